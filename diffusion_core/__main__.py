@@ -1,0 +1,133 @@
+"""Command line: python -m diffusion_core {sample,train,evaluate,build-data,train-classifier}.
+
+Errors in what the user asked for (a ValueError) print one line and exit with status 2."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "checkpoints/emoji32"
+
+
+def cmd_sample(args) -> None:
+    import numpy as np
+
+    from .pipeline import DiffusionPipeline
+    from .viz import save_grid
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".npz"):
+        raise ValueError(f"--out must end in .png or .npz, got {str(out)!r}")
+    pipe = DiffusionPipeline.from_pretrained(args.model, dtype=args.dtype)
+    classes = args.classes if args.classes else None
+    result = pipe.generate(num_images=args.num, classes=classes, style=args.style, sampler=args.sampler,
+                           steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".npz":
+        tmp = out.with_name(f".{out.stem}.tmp.npz")
+        np.savez(tmp, images=result.images, labels=result.labels)
+        tmp.replace(out)
+    else:
+        save_grid(result.images, out, nrow=args.nrow)
+    print(f"wrote {len(result.images)} images to {out} in {result.seconds:.2f} s "
+          f"({args.sampler}, {args.steps} steps, {pipe.device}, {pipe.dtype})")
+
+
+def cmd_train(args) -> None:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+    overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)} and v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    summary = train(cfg, resume=args.resume, show_progress=not args.quiet)
+    print(f"trained to step {summary['step']}; checkpoint exported to {cfg.export_dir}")
+
+
+def cmd_build_data(args) -> None:
+    from .data import EMOJI_NPZ, build_emoji
+
+    counts = build_emoji(args.out or EMOJI_NPZ)
+    print(f"wrote {args.out or EMOJI_NPZ}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate_command
+
+    evaluate_command(args)
+
+
+def cmd_train_classifier(args) -> None:
+    from .metrics import train_classifier
+
+    train_classifier(out_path=args.out, epochs=args.epochs, seed=args.seed)
+
+
+def int_or_none(value: str):
+    return None if value.lower() == "none" else int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diffusion_core", description="Small diffusion models: sample, train, evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sample", help="draw images and write a PNG grid or an .npz")
+    s.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or Hub repo id")
+    s.add_argument("--num", type=int, default=16, help="number of images (1..64)")
+    s.add_argument("--class", dest="classes", action="append", help="class name; repeat to cycle several")
+    s.add_argument("--style", default=None, help="style name (emoji: noto or openmoji)")
+    s.add_argument("--sampler", default="dpmpp_2m", help="ddpm, ddim or dpmpp_2m")
+    s.add_argument("--steps", type=int, default=20)
+    s.add_argument("--guidance", type=float, default=3.0)
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0..1)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dtype", default="float32", help="float32, bfloat16 or auto")
+    s.add_argument("--nrow", type=int, default=8)
+    s.add_argument("--out", default="samples.png", help=".png grid or .npz arrays")
+    s.set_defaults(func=cmd_sample)
+
+    t = sub.add_parser("train", help="train a model (flags override the config file)")
+    t.add_argument("--config", help="JSON training config, e.g. configs/emoji32.json")
+    t.add_argument("--resume", action="store_true", help="continue from out_dir/state.safetensors")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name, kind in (("data", str), ("max_steps", int), ("batch_size", int), ("lr", float), ("out_dir", str),
+                       ("export_dir", str), ("checkpoint_every", int), ("log_every", int), ("precision", str),
+                       ("num_threads", int), ("seed", int), ("base_channels", int), ("image_size", int),
+                       ("prediction_type", str), ("schedule", str), ("warmup_steps", int)):
+        t.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="measure sample quality with the project's classifier")
+    e.add_argument("--model", default=DEFAULT_MODEL)
+    e.add_argument("--classifier", default=None, help="classifier .safetensors (default: the shipped one)")
+    e.add_argument("--per-class", type=int, default=64, help="samples per class for each setting")
+    e.add_argument("--quick", action="store_true", help="only DPM-Solver++ 20 steps at guidance 3")
+    e.add_argument("--no-write", action="store_true", help="print the tables only; leave the model card alone")
+    e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("build-data", help="render a data set from pinned packages")
+    b.add_argument("name", choices=["emoji"])
+    b.add_argument("--out", default=None)
+    b.set_defaults(func=cmd_build_data)
+
+    c = sub.add_parser("train-classifier", help="train the evaluation classifier on the emoji sprites")
+    c.add_argument("--out", default=None)
+    c.add_argument("--epochs", type=int, default=30)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_train_classifier)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

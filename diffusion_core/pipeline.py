@@ -1,0 +1,255 @@
+"""DiffusionPipeline: a trained U-Net, its noise schedule and its context labels as one object.
+
+A checkpoint is a folder in the Hugging Face Hub's layout: config.json (the U-Net's arguments plus
+the schedule, prediction type, labels and styles), model.safetensors (EMA weights) and README.md
+(the model card). ``from_pretrained`` takes such a folder or a Hub repo id.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .samplers import SAMPLERS, sample
+from .schedule import NoiseSchedule
+from .unet import WEIGHTS_NAME, UNet, load_weights_strict
+
+MAX_IMAGES = 64
+CONFIG_NAME = "config.json"
+PIPELINE_KEYS = ("schedule", "num_timesteps", "prediction_type", "labels", "styles")
+REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float NCHW -> uint8 NHWC, the format at the library's edges."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 natively (AVX-512 BF16 or AMX), so bf16 autocast can pay off."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass
+class Trajectory:
+    """The denoising path: for each step its timestep, the input x_t and the predicted x_0 (uint8)."""
+    timesteps: list[int] = field(default_factory=list)
+    x_t: list[np.ndarray] = field(default_factory=list)
+    x0_pred: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class GenerationOutput:
+    images: np.ndarray                 # uint8 (n, H, W, 3)
+    labels: np.ndarray                 # int (n,), the class index per image, -1 when unconditional
+    seconds: float
+    trajectory: Trajectory | None = None
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A local checkpoint folder as is; a Hub repo id through huggingface_hub (which honours
+    HF_HUB_OFFLINE and its cache). Raises ValueError when neither works."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if not REPO_ID_PATTERN.match(name):
+        raise ValueError(f"model must be a checkpoint folder or a Hub repo id like 'user/name', got {name!r}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md"]))
+    except Exception as err:  # offline, not cached, unknown repo, no network: all mean "not available"
+        raise ValueError(f"could not get model {name!r} from the Hugging Face Hub or its cache: {err}") from err
+
+
+class DiffusionPipeline:
+    """``pipe.generate(num_images=16, classes=["food_drink"], sampler="dpmpp_2m", steps=20, guidance=3.0)``"""
+
+    def __init__(self, model: UNet, schedule: NoiseSchedule, labels: list[str], styles: list[str] | None = None,
+                 prediction_type: str = "epsilon", device: str | torch.device | None = None,
+                 dtype: str = "float32"):
+        styles = list(styles or [])
+        if model.context_dim != len(labels) + len(styles):
+            raise ValueError(f"the model's context_dim ({model.context_dim}) must equal the number of labels "
+                             f"({len(labels)}) plus styles ({len(styles)})")
+        self.schedule, self.labels, self.styles = schedule, list(labels), styles
+        self.prediction_type = prediction_type
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.eval().to(self.device)
+        self.source = None  # where the weights came from, set by from_pretrained
+        self.set_dtype(dtype)
+
+    # ---- loading and saving ------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device=None, dtype: str = "float32") -> "DiffusionPipeline":
+        folder = resolve_checkpoint(name_or_path)
+        config_path = folder / CONFIG_NAME
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{config_path} is missing or not valid JSON: {err}") from err
+        missing = [k for k in PIPELINE_KEYS if k not in config]
+        if missing:
+            raise ValueError(f"{config_path} lacks the pipeline keys {missing}")
+        init_keys = UNet._hub_mixin_init_parameters.keys() - {"self"}
+        try:
+            model = UNet(**{k: v for k, v in config.items() if k in init_keys})
+        except TypeError as err:
+            raise ValueError(f"{config_path} holds invalid model arguments: {err}") from err
+        load_weights_strict(model, str(folder / WEIGHTS_NAME))
+        pipe = cls(model, NoiseSchedule(config["schedule"], config["num_timesteps"]), config["labels"],
+                   config["styles"], config["prediction_type"], device=device, dtype=dtype)
+        pipe.source = str(name_or_path)
+        return pipe
+
+    def config(self) -> dict:
+        return {**self.model._hub_mixin_config, "schedule": self.schedule.kind,
+                "num_timesteps": self.schedule.num_timesteps, "prediction_type": self.prediction_type,
+                "labels": self.labels, "styles": self.styles}
+
+    def save_pretrained(self, folder: str | os.PathLike, model_card: str | None = None) -> Path:
+        """Write config.json, model.safetensors and README.md into ``folder``, atomically: everything
+        goes to a temporary folder beside it first, which then replaces ``folder`` in one rename."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            if model_card is not None:
+                (staging / "README.md").write_text(model_card)
+            self.model.save_pretrained(staging, config=self.config())
+            for extra in folder.glob("*") if folder.is_dir() else []:  # keep logs and grids already there
+                if not (staging / extra.name).exists():
+                    shutil.copy2(extra, staging / extra.name) if extra.is_file() else shutil.copytree(extra, staging / extra.name)
+            old = folder.with_name(f".{folder.name}.old")
+            if folder.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                folder.rename(old)
+            staging.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder
+
+    def push_to_hub(self, repo_id: str, folder: str | os.PathLike, **kwargs):
+        """Upload a saved checkpoint folder to the Hub (needs network and a token)."""
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True, **kwargs)
+        return api.upload_folder(repo_id=repo_id, folder_path=str(folder))
+
+    # ---- precision ---------------------------------------------------------------------------
+    def set_dtype(self, dtype: str) -> None:
+        """"float32", "bfloat16" (autocast, channels_last), or "auto": bf16 only where the hardware has
+        it natively and a quick timing of the network says it is faster."""
+        if dtype not in ("float32", "bfloat16", "auto"):
+            raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'auto', got {dtype!r}")
+        if dtype == "auto":
+            native = torch.cuda.is_bf16_supported() if self.device.type == "cuda" else cpu_has_native_bf16()
+            dtype = "bfloat16" if native and self._bf16_is_faster() else "float32"
+        self.dtype = dtype
+        memory_format = torch.channels_last if dtype == "bfloat16" else torch.contiguous_format
+        self.model.to(memory_format=memory_format)
+
+    def _bf16_is_faster(self, batch: int = 32) -> bool:
+        size = self.model.image_size
+        x = torch.randn(batch, self.model.in_channels, size, size, device=self.device)
+        t = torch.zeros(batch, dtype=torch.long, device=self.device)
+        times = {}
+        for dtype in ("float32", "bfloat16"):
+            self.dtype = dtype
+            self.model.to(memory_format=torch.channels_last if dtype == "bfloat16" else torch.contiguous_format)
+            self.denoise(x, t, None)  # warm-up
+            start = time.perf_counter()
+            self.denoise(x, t, None)
+            times[dtype] = time.perf_counter() - start
+        return times["bfloat16"] < 0.9 * times["float32"]
+
+    @torch.no_grad()
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """The model as a denoiser callable, under bf16 autocast when chosen; returns float32."""
+        if self.dtype == "bfloat16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return self.model(x_t.contiguous(memory_format=torch.channels_last), t, context).float()
+        return self.model(x_t, t, context).float()
+
+    # ---- context -----------------------------------------------------------------------------
+    def context_for(self, num_images: int, classes=None, blend=None, style=None) -> tuple[torch.Tensor | None, np.ndarray]:
+        """The (n, K) context and per-image class indices. ``classes``: a name or a list of names,
+        image i gets classes[i % len]; ``blend``: {name: weight in 0..1}, one blended context for all;
+        ``style``: one of ``self.styles``. With none of them: no context (unconditional)."""
+        if classes is not None and blend is not None:
+            raise ValueError("give either classes or blend, not both")
+        n_labels = len(self.labels)
+        ctx = np.zeros((num_images, n_labels + len(self.styles)), dtype=np.float32)
+        class_index = np.full(num_images, -1, dtype=np.int64)
+        if classes is not None:
+            classes = [classes] if isinstance(classes, str) else list(classes)
+            if not classes:
+                raise ValueError("classes must name at least one class")
+            for name in classes:
+                if name not in self.labels:
+                    raise ValueError(f"unknown class {name!r}; classes are {self.labels}")
+            class_index[:] = [self.labels.index(classes[i % len(classes)]) for i in range(num_images)]
+            ctx[np.arange(num_images), class_index] = 1.0
+        if blend is not None:
+            for name, weight in dict(blend).items():
+                if name not in self.labels:
+                    raise ValueError(f"unknown class {name!r} in blend; classes are {self.labels}")
+                if not isinstance(weight, (int, float)) or not math.isfinite(weight) or not 0 <= weight <= 1:
+                    raise ValueError(f"blend weight for {name!r} must be a number in 0..1, got {weight!r}")
+                ctx[:, self.labels.index(name)] = weight
+            if ctx[0, :n_labels].any():
+                class_index[:] = int(ctx[0, :n_labels].argmax())
+        if style is not None:
+            if style not in self.styles:
+                raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
+            ctx[:, n_labels + self.styles.index(style)] = 1.0
+        if not ctx.any():
+            return None, class_index
+        return torch.from_numpy(ctx).to(self.device), class_index
+
+    # ---- sampling ----------------------------------------------------------------------------
+    def generate(self, num_images: int = 16, classes=None, blend=None, style=None, sampler: str = "dpmpp_2m",
+                 steps: int = 20, guidance: float = 3.0, eta: float = 0.0, seed: int = 0,
+                 return_trajectory: bool = False, callback=None) -> GenerationOutput:
+        """Sample ``num_images`` (1..MAX_IMAGES) images as uint8 (n, H, W, 3). ``callback(step)`` sees
+        every SamplerStep (for progress bars and live previews)."""
+        if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or not 1 <= num_images <= MAX_IMAGES:
+            raise ValueError(f"num_images must be an integer in 1..{MAX_IMAGES}, got {num_images!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        context, class_index = self.context_for(int(num_images), classes, blend, style)
+        trajectory = Trajectory() if return_trajectory else None
+
+        def on_step(step):
+            if trajectory is not None:
+                trajectory.timesteps.append(step.t)
+                trajectory.x_t.append(to_uint8(step.x_t))
+                trajectory.x0_pred.append(to_uint8(step.x0_pred))
+            if callback is not None:
+                callback(step)
+
+        size = self.model.image_size
+        start = time.perf_counter()
+        x0 = sample(self.denoise, self.schedule, (int(num_images), self.model.in_channels, size, size),
+                    sampler=sampler, steps=steps, eta=eta, guidance=guidance, context=context,
+                    prediction_type=self.prediction_type, seed=int(seed), callback=on_step,
+                    clip_x0=True, device=self.device)
+        return GenerationOutput(to_uint8(x0), class_index, time.perf_counter() - start, trajectory)

@@ -1,0 +1,309 @@
+"""Training: the ε- (or v-) prediction objective of DDPM (Ho et al. 2020, Algorithm 1, eq. 14) with
+classifier-free guidance's context dropout (Ho & Salimans 2022, Algorithm 1), AdamW, warm-up and
+cosine decay, gradient clipping, EMA weights, bf16 autocast where the hardware has it natively,
+atomic checkpoints with exact resume, and DistributedDataParallel under torchrun.
+
+    python -m diffusion_core train --config configs/emoji32.json [--max-steps N] [--resume]
+    torchrun --nproc_per_node=K -m diffusion_core train --config configs/emoji32.json
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .data import load_dataset
+from .pipeline import DiffusionPipeline, cpu_has_native_bf16
+from .schedule import NoiseSchedule
+from .unet import UNet
+
+LOG_FIELDS = ("step", "loss", "lr", "images_per_s", "elapsed_s")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "emoji"                    # "emoji", "course:IMAGES.npy,LABELS.npy" or "folder:PATH"
+    image_size: int = 32
+    hflip: bool = False                    # random horizontal flips (augmentation)
+    # model (the U-Net's arguments)
+    base_channels: int = 32
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
+    num_res_blocks: int = 1
+    attention_resolutions: list[int] = field(default_factory=lambda: [8, 4])
+    num_heads: int = 4
+    dropout: float = 0.0
+    # diffusion
+    schedule: str = "cosine"
+    num_timesteps: int = 1000
+    prediction_type: str = "epsilon"
+    context_dropout: float = 0.15          # p of training on the all-zero ("no context") input
+    # optimisation
+    batch_size: int = 64                   # global batch, split over DDP processes
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    max_steps: int = 30_000
+    min_lr_ratio: float = 0.1              # cosine decay from lr to min_lr_ratio * lr
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    precision: str = "auto"                # "auto" (bf16 where native), "bf16" or "fp32"
+    seed: int = 0
+    # bookkeeping
+    out_dir: str = "runs/emoji32"
+    export_dir: str = "checkpoints/emoji32"
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    num_threads: int = 0                   # torch CPU threads; 0 = torch's default
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read training config {path}: {err}") from err
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    def unet_kwargs(self, context_dim: int) -> dict:
+        return dict(image_size=self.image_size, in_channels=3, base_channels=self.base_channels,
+                    channel_mults=list(self.channel_mults), num_res_blocks=self.num_res_blocks,
+                    attention_resolutions=list(self.attention_resolutions), context_dim=context_dim,
+                    num_heads=self.num_heads, dropout=self.dropout)
+
+    def validate(self) -> None:
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.context_dropout < 1, "context_dropout must be in [0, 1)"),
+            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+            (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
+            (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
+            (self.prediction_type in ("epsilon", "v"), "prediction_type must be 'epsilon' or 'v'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to min_lr_ratio · lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min((step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 1.0)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def diffusion_loss(model, schedule: NoiseSchedule, x0, context, t, noise, prediction_type: str) -> torch.Tensor:
+    """DDPM eq. 14, L_simple = E‖ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)‖², or the same with the v target."""
+    x_t = schedule.add_noise(x0, noise, t)
+    target = noise if prediction_type == "epsilon" else schedule.velocity(x0, noise, t)
+    return F.mse_loss(model(x_t, t, context).float(), target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: one safetensors file (tensors) with the rest as JSON metadata, written atomically.
+# ---------------------------------------------------------------------------------------------
+def save_training_state(path: Path, model, ema, optimizer, step: int, cfg: TrainConfig) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    optim_state = optimizer.state_dict()
+    for pid, state in optim_state["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"step": str(step), "config": cfg.to_json(), "param_groups": json.dumps(optim_state["param_groups"])}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_training_state(path: Path, model, ema, optimizer) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(meta["step"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.precision != "auto":
+        return cfg.precision == "bf16"
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+
+
+def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) -> dict:
+    """Train (or resume) per ``cfg``; returns a summary. Under torchrun each process takes its share
+    of every global batch, and gradients are averaged (DistributedDataParallel)."""
+    cfg.validate()
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    else:
+        rank, world = 0, 1
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must divide evenly over {world} processes")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    is_main = rank == 0
+    out_dir = Path(cfg.out_dir)
+    state_path = out_dir / "state.safetensors"
+
+    data = load_dataset(cfg.data, cfg.image_size)
+    images, contexts = (t.to(device) for t in data.to_tensors())
+    schedule = NoiseSchedule(cfg.schedule, cfg.num_timesteps)
+    torch.manual_seed(cfg.seed)
+    model = UNet(**cfg.unet_kwargs(contexts.shape[1])).to(device)
+    ema = UNet(**cfg.unet_kwargs(contexts.shape[1])).to(device)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    step = 0
+    if resume and state_path.exists():
+        step = load_training_state(state_path, model, ema, optimizer)
+    elif resume and is_main:
+        print(f"no checkpoint at {state_path}; starting from step 0")
+    bf16 = use_bf16(cfg, device)
+    model.to(memory_format=torch.channels_last)
+    net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(cfg.to_json())
+    log_path = out_dir / "log.csv"
+    if is_main and (step == 0 or not log_path.exists()):
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(LOG_FIELDS)
+    if is_main and step > 0:
+        truncate_log(log_path, step)
+
+    shard = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (is_main and show_progress), unit="step", dynamic_ncols=True)
+    losses, t_last, images_since, start_time = [], time.perf_counter(), 0, time.perf_counter()
+    while step < cfg.max_steps:
+        # The global batch comes from a generator seeded by (seed, step): the same on every process
+        # and after a resume, so a DDP run sees exactly the batches of a single-process run.
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=g)[shard]
+        t = torch.randint(cfg.num_timesteps, (cfg.batch_size,), generator=g)[shard].to(device)
+        noise = torch.randn((cfg.batch_size, *images.shape[1:]), generator=g)[shard].to(device)
+        keep = (torch.rand(cfg.batch_size, generator=g) >= cfg.context_dropout)[shard].to(device)
+        flip = (torch.rand(cfg.batch_size, generator=g) < 0.5)[shard].to(device)
+        x0 = images[idx.to(device)]
+        if cfg.hflip:
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        context = contexts[idx.to(device)] * keep[:, None]
+
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = diffusion_loss(net, schedule, x0.contiguous(memory_format=torch.channels_last), context, t,
+                                  noise, cfg.prediction_type)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        step += 1
+
+        loss_value = loss.detach()
+        if distributed:
+            dist.all_reduce(loss_value)
+            loss_value /= world
+        losses.append(loss_value.item())
+        images_since += cfg.batch_size
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            now = time.perf_counter()
+            ips = images_since / (now - t_last)
+            if is_main:
+                with open(log_path, "a", newline="") as f:
+                    csv.writer(f).writerow([step, f"{np.mean(losses):.6f}", f"{learning_rate(step - 1, cfg):.3e}",
+                                            f"{ips:.1f}", f"{now - start_time:.1f}"])
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}", img_s=f"{ips:.0f}")
+            losses, t_last, images_since = [], now, 0
+        bar.update(1)
+        if is_main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
+            save_training_state(state_path, model, ema, optimizer, step, cfg)
+            export(ema, cfg, data, step, out_dir)
+    bar.close()
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"step": step, "final_loss": float(np.mean(losses)) if losses else None}
+
+
+def truncate_log(log_path: Path, step: int) -> None:
+    """After a resume, drop log rows past the checkpoint's step (they will be written again)."""
+    import pandas as pd
+
+    log = pd.read_csv(log_path)
+    log[log["step"] <= step].to_csv(log_path.with_suffix(".tmp"), index=False)
+    os.replace(log_path.with_suffix(".tmp"), log_path)
+
+
+def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path) -> Path:
+    """Write the EMA weights as a Hub-layout checkpoint (config.json, model.safetensors, model card,
+    training log) to cfg.export_dir, and a sample grid (8 per class) to out_dir."""
+    from .model_card import training_card
+    from .viz import save_grid
+
+    pipe = DiffusionPipeline(ema_copy(ema, cfg, data), NoiseSchedule(cfg.schedule, cfg.num_timesteps),
+                             list(data.class_names), list(data.style_names), cfg.prediction_type, device="cpu")
+    per_class = 8
+    classes = [name for name in data.class_names for _ in range(per_class)]
+    grid = pipe.generate(num_images=len(classes), classes=classes, sampler="dpmpp_2m", steps=20, guidance=3.0, seed=0)
+    save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
+    folder = pipe.save_pretrained(cfg.export_dir, model_card=training_card(cfg, step, out_dir / "log.csv"))
+    save_grid(grid.images, folder / "samples.png", nrow=per_class)
+    import shutil
+
+    shutil.copy2(out_dir / "log.csv", folder / "training_log.csv")
+    return folder
+
+
+def ema_copy(ema: UNet, cfg: TrainConfig, data) -> UNet:
+    model = UNet(**cfg.unet_kwargs(ema.context_dim))
+    model.load_state_dict({k: v.detach().float().cpu() for k, v in ema.state_dict().items()})
+    return model

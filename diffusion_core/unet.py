@@ -1,0 +1,228 @@
+"""A small U-Net noise predictor with time and context embeddings.
+
+The shape follows Ho et al. 2020 (DDPM, appendix B) and Nichol & Dhariwal 2021 (Improved DDPM):
+residual blocks with GroupNorm and SiLU, a sinusoidal time embedding (Vaswani et al. 2017, sec. 3.5)
+through an MLP, the embedding injected into every residual block as a per-channel scale and shift
+of the normalised features ("adaptive group norm", Improved DDPM sec. 3 / Dhariwal & Nichol 2021
+sec. 3), self-attention at the low resolutions. The context is a K-dim float vector (one-hot, a
+blend, or all zeros for "no context") embedded by an MLP and added to the time embedding.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from safetensors.torch import load_file
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017, sec. 3.5): [cos(t·f_k), sin(t·f_k)]
+    with f_k = max_period^(-k/(dim/2))."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv, then GroupNorm scaled and shifted by the embedding -> SiLU -> conv,
+    plus a (1x1-projected) skip. The last conv starts at zero so each block starts as the identity."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, num_groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(num_groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_channels)
+        self.norm2 = nn.GroupNorm(num_groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H·W positions (Vaswani et al. 2017), residual, zero-started."""
+
+    def __init__(self, channels: int, num_heads: int, num_groups: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(num_groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (n, heads, hw, c/heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x, emb=None):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x, emb=None):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module, PyTorchModelHubMixin):
+    """ε- (or v-) prediction network: ``model(x_t, t, context) -> prediction`` with x_t (N,C,H,W),
+    t (N,) long, context (N, context_dim) float or None (None = all zeros = no context).
+
+    Every argument is JSON-serialisable, so ``save_pretrained``/``from_pretrained`` (from
+    huggingface_hub's PyTorchModelHubMixin) store it as config.json beside model.safetensors.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        in_channels: int = 3,
+        base_channels: int = 32,
+        channel_mults: tuple[int, ...] | list[int] = (1, 2, 2, 4),
+        num_res_blocks: int = 1,
+        attention_resolutions: tuple[int, ...] | list[int] = (8, 4),
+        context_dim: int = 10,
+        num_heads: int = 4,
+        num_groups: int = 16,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if image_size % (2 ** (len(channel_mults) - 1)):
+            raise ValueError(f"image_size {image_size} must be divisible by 2^{len(channel_mults) - 1}")
+        self.image_size, self.in_channels, self.context_dim = image_size, in_channels, context_dim
+        emb_dim = 4 * base_channels
+        self.base_channels = base_channels
+        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.context_mlp = nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+        def block(c_in, c_out, resolution):
+            layers = [ResBlock(c_in, c_out, emb_dim, num_groups, dropout)]
+            if resolution in attention_resolutions:
+                layers.append(SelfAttention(c_out, num_heads, num_groups))
+            return nn.ModuleList(layers)
+
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.down = nn.ModuleList()
+        skip_channels, channels, resolution = [base_channels], base_channels, image_size
+        for level, mult in enumerate(channel_mults):
+            for _ in range(num_res_blocks):
+                self.down.append(block(channels, base_channels * mult, resolution))
+                channels = base_channels * mult
+                skip_channels.append(channels)
+            if level < len(channel_mults) - 1:
+                self.down.append(nn.ModuleList([Downsample(channels)]))
+                skip_channels.append(channels)
+                resolution //= 2
+
+        self.mid = nn.ModuleList([
+            ResBlock(channels, channels, emb_dim, num_groups, dropout),
+            SelfAttention(channels, num_heads, num_groups),
+            ResBlock(channels, channels, emb_dim, num_groups, dropout),
+        ])
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mults))):
+            for i in range(num_res_blocks + 1):
+                self.up.append(block(channels + skip_channels.pop(), base_channels * mult, resolution))
+                channels = base_channels * mult
+                if level > 0 and i == num_res_blocks:
+                    self.up[-1].append(Upsample(channels))
+                    resolution *= 2
+
+        self.norm_out = nn.GroupNorm(num_groups, channels)
+        self.conv_out = nn.Conv2d(channels, in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id, revision, cache_dir, force_download, local_files_only, token,
+                         map_location="cpu", strict=True, **model_kwargs):
+        """Overrides the mixin's loader: model.safetensors only (never a pickle), always strict."""
+        model = cls(**model_kwargs)
+        if os.path.isdir(model_id):
+            weights = os.path.join(model_id, WEIGHTS_NAME)
+        else:
+            weights = hf_hub_download(model_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
+                                      force_download=force_download, token=token, local_files_only=local_files_only)
+        load_weights_strict(model, weights, map_location)
+        return model
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is None:
+            context = x.new_zeros(x.shape[0], self.context_dim)
+        emb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype)) + self.context_mlp(context.to(x.dtype))
+        h = self.conv_in(x)
+        skips = [h]
+        for layers in self.down:
+            for layer in layers:
+                h = layer(h, emb)
+            skips.append(h)
+        for layer in self.mid:
+            h = layer(h, emb)
+        for layers in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            for layer in layers:
+                h = layer(h, emb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+def load_weights_strict(model: nn.Module, path: str, map_location: str = "cpu") -> nn.Module:
+    """Load a .safetensors file into ``model``: every tensor must be present, expected and the right
+    shape, or a ValueError lists what is wrong. safetensors holds plain tensors, so nothing is unpickled."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no weights file {path!r}: a checkpoint needs {WEIGHTS_NAME} (pickle files are never loaded)")
+    try:
+        state = load_file(path, device=str(map_location))
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path!r} is not a readable safetensors file: {err}") from err
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems = [f"{label} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                for label, keys in (("missing tensors", missing), ("unexpected tensors", unexpected),
+                                    ("mis-shaped tensors", misshaped)) if keys]
+    if problems:
+        raise ValueError(f"weights in {path!r} do not match the model config: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def count_flops(model: UNet, batch_size: int = 1) -> int:
+    """FLOPs of one forward pass (torch.utils.flop_counter; a multiply-add counts as 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(batch_size, model.in_channels, model.image_size, model.image_size)
+    t = torch.zeros(batch_size, dtype=torch.long)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, t, None)
+    return counter.get_total_flops()

@@ -1,0 +1,77 @@
+"""Pictures of samples and trajectories: grids (PNG) and animations (GIF, MP4)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+
+def image_grid(images: np.ndarray, nrow: int = 8, scale: int = 4, padding: int = 2) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> one uint8 grid image, upscaled ``scale``x with nearest neighbour so
+    sprites stay crisp."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    grid = make_grid(x, nrow=min(nrow, len(images)), padding=padding, pad_value=255)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def upscale(images: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscale of uint8 (..., H, W, 3) images."""
+    return images.repeat(scale, axis=-3).repeat(scale, axis=-2)
+
+
+def save_atomic(image: Image.Image, path: str | os.PathLike, **save_kwargs) -> Path:
+    """Save a PIL image to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format=save_kwargs.pop("format", None) or Image.registered_extensions()[path.suffix.lower()], **save_kwargs)
+    os.replace(tmp, path)
+    return path
+
+
+def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int = 8, scale: int = 4) -> Path:
+    return save_atomic(Image.fromarray(image_grid(images, nrow, scale)), path)
+
+
+def trajectory_frames(x_t: list[np.ndarray], x0_pred: list[np.ndarray], final: np.ndarray | None = None,
+                      scale: int = 4, nrow: int = 8) -> list[np.ndarray]:
+    """One frame per step: the grid of x_t beside the grid of the predicted x_0 (then the result)."""
+    frames = []
+    for noisy, predicted in zip(x_t, x0_pred):
+        left, right = image_grid(noisy, nrow, scale), image_grid(predicted, nrow, scale)
+        gap = np.full((left.shape[0], 8, 3), 255, dtype=np.uint8)
+        frames.append(np.concatenate([left, gap, right], axis=1))
+    if final is not None:
+        grid = image_grid(final, nrow, scale)
+        gap = np.full((grid.shape[0], 8, 3), 255, dtype=np.uint8)
+        frames.append(np.concatenate([grid, gap, grid], axis=1))
+    return frames
+
+
+def save_gif(frames: list[np.ndarray], path: str | os.PathLike, seconds: float = 4.0, hold_last: float = 1.5) -> Path:
+    """An animated GIF lasting about ``seconds`` (the last frame held ``hold_last`` s longer), looping."""
+    per_frame = max(int(1000 * seconds / max(len(frames), 1)), 20)
+    durations = [per_frame] * (len(frames) - 1) + [int(1000 * hold_last)]
+    images = [Image.fromarray(f) for f in frames]
+    save_atomic(images[0], path, save_all=True, append_images=images[1:], duration=durations, loop=0,
+                format="GIF", optimize=False)
+    return Path(path)
+
+
+def save_mp4(frames: list[np.ndarray], path: str | os.PathLike, fps: int = 10) -> Path:
+    """An H.264 MP4 through torchvision's video writer (PyAV); sizes padded to even numbers."""
+    from torchvision.io import write_video
+
+    h, w = frames[0].shape[:2]
+    video = np.zeros((len(frames), h + h % 2, w + w % 2, 3), dtype=np.uint8) + 255
+    video[:, :h, :w] = np.stack(frames)
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write_video(str(tmp), torch.from_numpy(video), fps=fps)
+    os.replace(tmp, path)
+    return path
