@@ -173,8 +173,13 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         return model
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2] != self.image_size or x.shape[3] != self.image_size:
+            raise ValueError(f"x_t must have shape (N, {self.in_channels}, {self.image_size}, {self.image_size}), "
+                             f"got {tuple(x.shape)}")
         if context is None:
             context = x.new_zeros(x.shape[0], self.context_dim)
+        elif context.dim() != 2 or context.shape != (x.shape[0], self.context_dim):
+            raise ValueError(f"context must have shape (N={x.shape[0]}, {self.context_dim}), got {tuple(context.shape)}")
         emb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype)) + self.context_mlp(context.to(x.dtype))
         h = self.conv_in(x)
         skips = [h]

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny models and the exact denoiser for Gaussian data."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffusion_core.pipeline import DiffusionPipeline
+from diffusion_core.schedule import NoiseSchedule
+from diffusion_core.unet import UNet
+
+TINY_UNET = dict(image_size=16, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(8,), context_dim=5, num_heads=2, num_groups=4)
+TINY_LABELS = ["a", "b", "c"]
+TINY_STYLES = ["s1", "s2"]
+
+
+class GaussianDenoiser:
+    """The exact ε-predictor for data x_0 ~ N(mu, s² I): E[ε | x_t] = σ_t (x_t - √ᾱ_t mu) / (ᾱ_t s² + σ_t²).
+    ``mu`` may depend on the context: mu = mu0 + context · shift. Records every call."""
+
+    def __init__(self, schedule, mu=0.5, s=0.3, shift=None):
+        self.schedule, self.mu, self.s, self.shift = schedule, mu, s, shift
+        self.calls = []  # (t values, batch size, context or None)
+
+    def __call__(self, x_t, t, context):
+        self.calls.append((t.tolist(), x_t.shape[0], None if context is None else context.clone()))
+        abar = self.schedule.alphas_cumprod[t].to(x_t.dtype).view(-1, 1, 1, 1)
+        mu = torch.full((x_t.shape[0], 1, 1, 1), self.mu, dtype=x_t.dtype)
+        if self.shift is not None and context is not None:
+            mu = mu + (context @ self.shift).view(-1, 1, 1, 1)
+        sigma2 = 1 - abar
+        return sigma2.sqrt() * (x_t - abar.sqrt() * mu) / (abar * self.s**2 + sigma2)
+
+
+@pytest.fixture(scope="session")
+def schedule():
+    return NoiseSchedule("cosine", num_timesteps=1000)
+
+
+@pytest.fixture
+def tiny_pipeline():
+    torch.manual_seed(0)
+    model = UNet(**TINY_UNET)
+    with torch.no_grad():  # zero-initialised output layers would make every sample identical; randomise
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return DiffusionPipeline(model, NoiseSchedule("linear", 50), TINY_LABELS, TINY_STYLES, device="cpu")

@@ -1,0 +1,68 @@
+"""The command line, run as a user runs it."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_core.__main__ import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "diffusion_core", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tiny_checkpoint(tiny_pipeline, tmp_path):
+    return tiny_pipeline.save_pretrained(tmp_path / "tiny")
+
+
+def test_sample_writes_an_npz_with_images_and_labels(tiny_checkpoint, tmp_path):
+    out = tmp_path / "s.npz"
+    result = run_cli("sample", "--model", str(tiny_checkpoint), "--num", "3", "--class", "b", "--sampler", "ddim",
+                     "--steps", "4", "--guidance", "2", "--seed", "0", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    with np.load(out) as npz:
+        assert npz["images"].shape == (3, 16, 16, 3) and npz["images"].dtype == np.uint8
+        assert npz["labels"].tolist() == [1, 1, 1]
+
+
+def test_sample_writes_a_png_grid_and_unconditional_labels_are_minus_one(tiny_checkpoint, tmp_path):
+    png, npz = tmp_path / "grid.png", tmp_path / "u.npz"
+    assert run_cli("sample", "--model", str(tiny_checkpoint), "--num", "4", "--steps", "2", "--out", str(png)).returncode == 0
+    assert Image.open(png).size[0] > 16 * 4
+    assert run_cli("sample", "--model", str(tiny_checkpoint), "--num", "2", "--steps", "2", "--out", str(npz)).returncode == 0
+    assert np.load(npz)["labels"].tolist() == [-1, -1]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--steps", "0"], "steps must be an integer in 1..50"),
+    (["--steps", "51"], "steps must be an integer in 1..50"),
+    (["--guidance", "nan", "--class", "a"], "guidance must be a finite number"),
+    (["--class", "zebra"], "unknown class 'zebra'"),
+    (["--sampler", "euler"], "sampler must be one of"),
+    (["--num", "0"], "num_images must be an integer in 1..64"),
+    (["--out", "x.jpg"], "--out must end in .png or .npz"),
+])
+def test_bad_sample_arguments_print_the_message_and_exit_non_zero(tiny_checkpoint, tmp_path, args, message, capsys):
+    code = main(["sample", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "o.png"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err
+
+
+def test_bad_arguments_in_a_real_process_give_one_line_and_no_traceback(tiny_checkpoint, tmp_path):
+    result = run_cli("sample", "--model", str(tiny_checkpoint), "--steps", "-4", "--out", str(tmp_path / "o.png"))
+    assert result.returncode == 2
+    assert "steps must be an integer in 1..50" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_missing_model_folder_is_a_clear_error():
+    result = run_cli("sample", "--model", "no/such-model-anywhere", "--out", "/tmp/x.png")
+    assert result.returncode == 2 and "could not get model" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,156 @@
+"""The pipeline: generation, Hub-format checkpoints, strict loading, the Hub cache path."""
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_generate_returns_uint8_images_and_labels(tiny_pipeline):
+    out = tiny_pipeline.generate(num_images=4, classes=["a", "c"], steps=5, guidance=2.0, seed=1)
+    assert out.images.shape == (4, 16, 16, 3) and out.images.dtype == np.uint8
+    assert out.labels.tolist() == [0, 2, 0, 2]
+
+
+def test_unconditional_generation_has_label_minus_one(tiny_pipeline):
+    out = tiny_pipeline.generate(num_images=2, steps=3)
+    assert out.labels.tolist() == [-1, -1]
+
+
+def test_blend_and_style_build_the_context_vector(tiny_pipeline):
+    ctx, labels = tiny_pipeline.context_for(2, blend={"a": 0.6, "b": 0.4}, style="s2")
+    assert ctx.tolist() == [[0.6, 0.4, 0.0, 0.0, 1.0]] * 2 or torch.allclose(ctx, torch.tensor([[0.6, 0.4, 0, 0, 1.0]] * 2))
+    assert labels.tolist() == [0, 0]
+
+
+def test_same_seed_same_images_and_image_i_independent_of_batch_size(tiny_pipeline):
+    big = tiny_pipeline.generate(num_images=16, classes=["b"], steps=6, sampler="ddpm", seed=5)
+    again = tiny_pipeline.generate(num_images=16, classes=["b"], steps=6, sampler="ddpm", seed=5)
+    one = tiny_pipeline.generate(num_images=1, classes=["b"], steps=6, sampler="ddpm", seed=5)
+    assert np.array_equal(big.images, again.images)
+    assert np.array_equal(big.images[0], one.images[0])
+
+
+def test_trajectory_has_one_frame_per_step(tiny_pipeline):
+    out = tiny_pipeline.generate(num_images=2, steps=7, return_trajectory=True)
+    traj = out.trajectory
+    assert len(traj.timesteps) == 7 and traj.timesteps[0] == 49
+    assert len(traj.x_t) == len(traj.x0_pred) == 7 and traj.x_t[0].shape == (2, 16, 16, 3)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(num_images=0), f"num_images must be an integer in 1..{MAX_IMAGES}"),
+    (dict(num_images=MAX_IMAGES + 1), f"num_images must be an integer in 1..{MAX_IMAGES}"),
+    (dict(steps=0), "steps must be an integer in 1..50"),
+    (dict(steps=51), "steps must be an integer in 1..50"),
+    (dict(guidance=float("nan"), classes=["a"]), "guidance must be a finite number"),
+    (dict(classes=["zebra"]), "unknown class 'zebra'"),
+    (dict(blend={"a": 1.5}), "blend weight for 'a' must be a number in 0..1"),
+    (dict(style="gothic"), "unknown style 'gothic'"),
+    (dict(sampler="heun"), "sampler must be one of"),
+    (dict(seed=-1), "seed must be an integer"),
+])
+def test_bad_generate_arguments_raise_value_errors(tiny_pipeline, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipeline.generate(**{"steps": 3, **kwargs})
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+def test_save_and_load_round_trip_is_bit_exact(tiny_pipeline, tmp_path):
+    folder = tiny_pipeline.save_pretrained(tmp_path / "ckpt", model_card="# card\n")
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors", "README.md"}
+    loaded = DiffusionPipeline.from_pretrained(folder)
+    for (k, a), (k2, b) in zip(tiny_pipeline.model.state_dict().items(), loaded.model.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    assert loaded.labels == tiny_pipeline.labels and loaded.styles == tiny_pipeline.styles
+    a = tiny_pipeline.generate(num_images=2, classes=["a"], steps=4, seed=3).images
+    b = loaded.generate(num_images=2, classes=["a"], steps=4, seed=3).images
+    assert np.array_equal(a, b)
+
+
+def test_saving_replaces_the_folder_atomically_and_keeps_other_files(tiny_pipeline, tmp_path):
+    folder = tiny_pipeline.save_pretrained(tmp_path / "ckpt")
+    (folder / "training_log.csv").write_text("step,loss\n1,0.5\n")
+    tiny_pipeline.save_pretrained(tmp_path / "ckpt", model_card="# new card\n")
+    assert (folder / "training_log.csv").exists() and (folder / "README.md").read_text() == "# new card\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging leftovers
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("missing", "missing tensors"), ("extra", "unexpected tensors"), ("misshaped", "mis-shaped tensors")])
+def test_a_damaged_checkpoint_fails_with_a_clear_error(tiny_pipeline, tmp_path, damage, message):
+    folder = tiny_pipeline.save_pretrained(tmp_path / "ckpt")
+    weights = load_file(folder / "model.safetensors")
+    key = "conv_in.weight"
+    if damage == "missing":
+        del weights[key]
+    elif damage == "extra":
+        weights["surprise.weight"] = torch.zeros(2)
+    else:
+        weights[key] = torch.zeros(1, 2, 3)
+    save_file(weights, folder / "model.safetensors")
+    with pytest.raises(ValueError, match=message):
+        DiffusionPipeline.from_pretrained(folder)
+
+
+def test_a_pickle_file_is_never_loaded(tiny_pipeline, tmp_path):
+    folder = tiny_pipeline.save_pretrained(tmp_path / "ckpt")
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "unpickled"
+
+    class Trap:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Trap()))
+    with pytest.raises(ValueError, match="pickle files are never loaded"):
+        DiffusionPipeline.from_pretrained(folder)
+    assert not marker.exists()
+
+
+def fill_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """Lay a checkpoint into a huggingface_hub cache the way a download does: blobs named by their
+    hash, a snapshot of symlinks per commit, refs/main naming the commit."""
+    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo_dir / "blobs").mkdir()
+    for file in folder.iterdir():
+        blob = repo_dir / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copy2(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+
+
+def test_from_pretrained_resolves_a_hub_repo_id_from_the_cache_offline(tiny_pipeline, tmp_path):
+    folder = tiny_pipeline.save_pretrained(tmp_path / "ckpt", model_card="# card\n")
+    fill_hub_cache(tmp_path / "hub", "someone/tiny-sprites", folder)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "PYTHONPATH": str(ROOT)}
+    code = ("from diffusion_core.pipeline import DiffusionPipeline as P;"
+            "p = P.from_pretrained('someone/tiny-sprites'); print(p.labels, p.model.image_size)")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "['a', 'b', 'c'] 16" in result.stdout
+    code_missing = "from diffusion_core.pipeline import DiffusionPipeline as P; P.from_pretrained('someone/absent')"
+    result = subprocess.run([sys.executable, "-c", code_missing], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "could not get model 'someone/absent'" in result.stderr
+
+
+def test_config_json_holds_model_schedule_and_labels(tiny_pipeline, tmp_path):
+    config = json.loads((tiny_pipeline.save_pretrained(tmp_path / "c") / "config.json").read_text())
+    assert config["schedule"] == "linear" and config["num_timesteps"] == 50
+    assert config["labels"] == ["a", "b", "c"] and config["image_size"] == 16 and config["prediction_type"] == "epsilon"

@@ -1,0 +1,163 @@
+"""Samplers against exact answers, with the closed-form denoiser for Gaussian data."""
+import math
+
+import pytest
+import torch
+
+from diffusion_core.samplers import SAMPLERS, sample
+from diffusion_core.schedule import NoiseSchedule
+
+from conftest import GaussianDenoiser
+
+SHAPE = (16, 1, 32, 32)  # 16k pixel values: mean and std are known to well under 1%
+
+
+def moments(x):
+    return x.mean().item(), x.std().item()
+
+
+def exact_flow_error(schedule, sampler, steps, mu=0.5, s=0.3):
+    """RMS distance, in units of s, between a sampler's output and the exact probability-flow map
+    for N(mu, s²) data, x_0 = mu + s (x_T - √ᾱ_T mu)/√(ᾱ_T s² + 1 - ᾱ_T), from the same x_T; and the mean."""
+    first = []
+    x = sample(GaussianDenoiser(schedule, mu=mu, s=s), schedule, SHAPE, sampler=sampler, steps=steps,
+               callback=lambda step: first.append(step.x_t) if step.index == 0 else None)
+    abar = schedule.alphas_cumprod[-1].item()
+    exact = mu + s * (first[0] - math.sqrt(abar) * mu) / math.sqrt(abar * s * s + 1 - abar)
+    return ((x - exact).pow(2).mean().sqrt() / s).item(), x.mean().item()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+@pytest.mark.parametrize("steps", [10, 20, 50])
+def test_deterministic_samplers_keep_the_gaussian_mean_exactly_at_10_plus_steps(schedule, sampler, steps):
+    _, mean = exact_flow_error(schedule, sampler, steps)
+    first = []
+    sample(GaussianDenoiser(schedule), schedule, SHAPE, steps=1, callback=lambda st: first.append(st.x_t))
+    assert mean == pytest.approx(0.5 + 0.3 * first[0].mean().item(), abs=1e-3)
+
+
+def test_dpm_solver_pp_follows_the_exact_flow_tightly(schedule):
+    assert exact_flow_error(schedule, "dpmpp_2m", 20)[0] < 0.03
+    assert exact_flow_error(schedule, "dpmpp_2m", 50)[0] < 0.001
+
+
+def test_ddim_converges_to_the_exact_flow_at_first_order(schedule):
+    e20, e40, e100 = (exact_flow_error(schedule, "ddim", n)[0] for n in (20, 40, 100))
+    assert 1.6 < e20 / e40 < 2.4  # halving the step halves the error: first order (Euler)
+    assert e100 < 0.03
+
+
+def test_ddpm_at_full_steps_reproduces_gaussian_data(schedule):
+    mean, std = moments(sample(GaussianDenoiser(schedule, mu=-0.2, s=0.4), schedule, SHAPE, sampler="ddpm", steps=1000))
+    assert mean == pytest.approx(-0.2, abs=0.02)
+    assert std == pytest.approx(0.4, rel=0.03)
+
+
+def test_v_prediction_gives_the_same_samples_as_epsilon(schedule):
+    eps_model = GaussianDenoiser(schedule)
+
+    def v_model(x_t, t, context):  # v = √ᾱ ε - √(1-ᾱ) x̂_0, from the same exact ε
+        eps = eps_model(x_t, t, context)
+        abar = schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        return abar.sqrt() * eps - (1 - abar).sqrt() * x0
+
+    a = sample(eps_model, schedule, (2, 1, 8, 8), sampler="ddim", steps=20)
+    b = sample(v_model, schedule, (2, 1, 8, 8), sampler="ddim", steps=20, prediction_type="v")
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_one_point_data_set_is_returned_exactly(schedule, sampler):
+    steps = 1000 if sampler == "ddpm" else 10
+    x = sample(GaussianDenoiser(schedule, mu=0.25, s=0.0), schedule, (2, 3, 4, 4), sampler=sampler, steps=steps)
+    assert torch.allclose(x, torch.full_like(x, 0.25), atol=1e-4)
+
+
+def test_ddim_with_eta_one_still_matches_the_data_distribution(schedule):
+    mean, std = moments(sample(GaussianDenoiser(schedule, mu=0.1, s=0.5), schedule, SHAPE, sampler="ddim", steps=250, eta=1.0))
+    assert mean == pytest.approx(0.1, abs=0.02) and std == pytest.approx(0.5, rel=0.03)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 30, 999, 1000])
+def test_steps_n_makes_exactly_n_calls_from_T_minus_1_down(schedule, sampler, n):
+    den = GaussianDenoiser(schedule)
+    steps_seen = []
+    x = sample(den, schedule, (1, 1, 2, 2), sampler=sampler, steps=n, callback=lambda s: steps_seen.append(s.t))
+    ts = [c[0][0] for c in den.calls]
+    assert len(den.calls) == n and ts == steps_seen and ts == schedule.respace(n).tolist()
+    assert ts[0] == 999 and min(ts) >= 0 and all(a > b for a, b in zip(ts, ts[1:]))
+    if n == 1000:
+        assert ts[-1] == 0
+    assert torch.isfinite(x).all()
+
+
+def conditional_denoiser(schedule):
+    return GaussianDenoiser(schedule, mu=0.0, s=0.2, shift=torch.tensor([0.5, -0.5]))
+
+
+def test_guidance_zero_equals_unconditional_and_one_equals_conditional(schedule):
+    ctx = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
+    shape = (2, 1, 4, 4)
+    uncond = sample(conditional_denoiser(schedule), schedule, shape, steps=10, context=None, seed=3)
+    w0 = sample(conditional_denoiser(schedule), schedule, shape, steps=10, context=ctx, guidance=0.0, seed=3)
+    assert torch.equal(uncond, w0)
+    den = conditional_denoiser(schedule)
+    always_cond = lambda x, t, c: den(x, t, ctx)
+    cond = sample(always_cond, schedule, shape, steps=10, context=None, seed=3)
+    w1 = sample(conditional_denoiser(schedule), schedule, shape, steps=10, context=ctx, guidance=1.0, seed=3)
+    assert torch.equal(cond, w1)
+
+
+def test_guidance_batches_both_branches_in_one_call_per_step(schedule):
+    ctx = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    den = conditional_denoiser(schedule)
+    sample(den, schedule, (2, 1, 4, 4), steps=7, context=ctx, guidance=4.0)
+    assert len(den.calls) == 7
+    for _, batch, context in den.calls:
+        assert batch == 4 and torch.equal(context[:2], ctx) and torch.equal(context[2:], torch.zeros_like(ctx))
+
+
+def test_guided_output_is_uncond_plus_w_times_difference(schedule):
+    ctx = torch.tensor([[1.0, 0.0]])
+    den = conditional_denoiser(schedule)
+    w = 3.0
+    manual = lambda x, t, c: den(x, t, torch.zeros_like(ctx)) + w * (den(x, t, ctx) - den(x, t, torch.zeros_like(ctx)))
+    a = sample(manual, schedule, (1, 1, 4, 4), steps=10, seed=1)
+    b = sample(conditional_denoiser(schedule), schedule, (1, 1, 4, 4), steps=10, context=ctx, guidance=w, seed=1)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_image_i_is_bit_identical_in_a_batch_of_1_or_16(schedule, sampler):
+    den = GaussianDenoiser(schedule)
+    big = sample(den, schedule, (16, 3, 8, 8), sampler=sampler, steps=20, eta=0.5, seed=7)
+    small = sample(den, schedule, (1, 3, 8, 8), sampler=sampler, steps=20, eta=0.5, seed=7)
+    assert torch.equal(big[0], small[0])
+    assert not torch.equal(big[0], big[1])
+
+
+def test_callback_sees_x_t_and_predicted_x0(schedule):
+    seen = []
+    sample(GaussianDenoiser(schedule, mu=0.3, s=0.0), schedule, (1, 1, 2, 2), steps=5, callback=seen.append)
+    assert [s.index for s in seen] == list(range(5))
+    assert all(torch.allclose(s.x0_pred, torch.full_like(s.x0_pred, 0.3), atol=1e-4) for s in seen)
+    assert seen[0].x_t.std() > 0.3  # the first x_t is pure noise
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(steps=0), "steps must be an integer in 1..1000"),
+    (dict(steps=-3), "steps must be an integer in 1..1000"),
+    (dict(steps=1001), "steps must be an integer in 1..1000"),
+    (dict(guidance=float("nan")), "guidance must be a finite number in 0..50"),
+    (dict(guidance=float("inf")), "guidance must be a finite number in 0..50"),
+    (dict(guidance=-1.0), "guidance must be a finite number in 0..50"),
+    (dict(sampler="euler"), "sampler must be one of"),
+    (dict(eta=2.0), "eta must be a number in 0..1"),
+    (dict(prediction_type="x0"), "prediction_type must be one of"),
+    (dict(context=torch.zeros(3, 2)), r"context must have shape \(N=2, K\)"),
+])
+def test_bad_sampling_arguments_raise_value_errors_naming_the_argument(schedule, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sample(GaussianDenoiser(schedule), schedule, (2, 1, 4, 4), **kwargs)

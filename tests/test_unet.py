@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from diffusion_core.unet import UNet, count_flops
+
+from conftest import TINY_UNET
+
+
+@pytest.mark.parametrize("size,mults", [(16, (1, 2)), (32, (1, 2, 2, 4)), (64, (1, 2, 2, 2))])
+def test_unet_maps_images_to_same_shape_predictions(size, mults):
+    model = UNet(image_size=size, base_channels=8, channel_mults=mults, attention_resolutions=(8,), context_dim=3,
+                 num_heads=2, num_groups=4)
+    x = torch.randn(2, 3, size, size)
+    out = model(x, torch.tensor([0, 999]), torch.tensor([[1.0, 0, 0], [0.6, 0.4, 0]]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_default_unet_costs_at_most_0_6_gflop_per_image():
+    assert count_flops(UNet()) <= 0.6e9
+
+
+def test_context_changes_the_prediction_and_none_means_zeros():
+    torch.manual_seed(0)
+    model = UNet(**TINY_UNET)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 10])
+    ctx = torch.tensor([[1.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0]])
+    assert not torch.allclose(model(x, t, ctx), model(x, t, None))
+    assert torch.equal(model(x, t, None), model(x, t, torch.zeros(2, 5)))
+
+
+def test_wrong_image_size_or_context_length_is_a_value_error():
+    model = UNet(**TINY_UNET)
+    with pytest.raises(ValueError, match=r"x_t must have shape \(N, 3, 16, 16\)"):
+        model(torch.randn(1, 3, 32, 32), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"context must have shape \(N=1, 5\)"):
+        model(torch.randn(1, 3, 16, 16), torch.tensor([0]), torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="divisible"):
+        UNet(image_size=30, channel_mults=(1, 2, 2))
