@@ -44,6 +44,7 @@ class TrainConfig:
     num_res_blocks: int = 1
     attention_resolutions: list[int] = field(default_factory=lambda: [8, 4])
     num_heads: int = 4
+    num_groups: int = 16
     dropout: float = 0.0
     # diffusion
     schedule: str = "cosine"
@@ -86,7 +87,7 @@ class TrainConfig:
         return dict(image_size=self.image_size, in_channels=3, base_channels=self.base_channels,
                     channel_mults=list(self.channel_mults), num_res_blocks=self.num_res_blocks,
                     attention_resolutions=list(self.attention_resolutions), context_dim=context_dim,
-                    num_heads=self.num_heads, dropout=self.dropout)
+                    num_heads=self.num_heads, num_groups=self.num_groups, dropout=self.dropout)
 
     def validate(self) -> None:
         checks = [
