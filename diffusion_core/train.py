@@ -51,6 +51,7 @@ class TrainConfig:
     num_timesteps: int = 1000
     prediction_type: str = "epsilon"
     context_dropout: float = 0.15          # p of training on the all-zero ("no context") input
+    style_dropout: float = 0.3             # p of zeroing only the style part, so "class, any style" works
     # optimisation
     batch_size: int = 64                   # global batch, split over DDP processes
     lr: float = 3e-4
@@ -191,6 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) ->
 
     data = load_dataset(cfg.data, cfg.image_size)
     images, contexts = (t.to(device) for t in data.to_tensors())
+    num_classes = len(data.class_names)
     schedule = NoiseSchedule(cfg.schedule, cfg.num_timesteps)
     torch.manual_seed(cfg.seed)
     model = UNet(**cfg.unet_kwargs(contexts.shape[1])).to(device)
@@ -229,10 +231,12 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) ->
         noise = torch.randn((cfg.batch_size, *images.shape[1:]), generator=g)[shard].to(device)
         keep = (torch.rand(cfg.batch_size, generator=g) >= cfg.context_dropout)[shard].to(device)
         flip = (torch.rand(cfg.batch_size, generator=g) < 0.5)[shard].to(device)
+        keep_style = (torch.rand(cfg.batch_size, generator=g) >= cfg.style_dropout)[shard].to(device)
         x0 = images[idx.to(device)]
         if cfg.hflip:
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         context = contexts[idx.to(device)] * keep[:, None]
+        context[:, num_classes:] *= keep_style[:, None]
 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)

@@ -64,14 +64,19 @@ def save_gif(frames: list[np.ndarray], path: str | os.PathLike, seconds: float =
 
 
 def save_mp4(frames: list[np.ndarray], path: str | os.PathLike, fps: int = 10) -> Path:
-    """An H.264 MP4 through torchvision's video writer (PyAV); sizes padded to even numbers."""
-    from torchvision.io import write_video
+    """An H.264 MP4 (yuv420p, plays in browsers) written with PyAV; sizes padded to even numbers."""
+    import av
 
     h, w = frames[0].shape[:2]
-    video = np.zeros((len(frames), h + h % 2, w + w % 2, 3), dtype=np.uint8) + 255
-    video[:, :h, :w] = np.stack(frames)
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write_video(str(tmp), torch.from_numpy(video), fps=fps)
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("h264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+        for frame in frames:
+            padded = np.full((stream.height, stream.width, 3), 255, dtype=np.uint8)
+            padded[:h, :w] = frame
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")))
+        container.mux(stream.encode())  # flush
     os.replace(tmp, path)
     return path

@@ -1,0 +1,152 @@
+"""``python -m diffusion_core evaluate --model DIR``: sample quality of a checkpoint, measured with the
+project's classifier (see metrics.py) against real-data references, written to the model card."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import load_emoji
+from .metrics import COPY_RMSE, copy_share, frechet_distance, load_classifier, nearest_rmse, predict
+from .model_card import EVALUATION_FILE
+from .pipeline import MAX_IMAGES, DiffusionPipeline
+
+
+@dataclass
+class Setting:
+    sampler: str
+    steps: int
+    guidance: float
+    num: int | None = None   # samples; None = the default
+
+
+def default_settings() -> list[Setting]:
+    settings = [Setting("ddpm", 1000, 3.0, num=64)]
+    settings += [Setting("ddim", n, w) for n in (10, 25, 50) for w in (1.0, 3.0)]
+    settings += [Setting("dpmpp_2m", n, w) for n in (10, 20) for w in (1.0, 3.0)]
+    settings += [Setting("dpmpp_2m", 20, w) for w in (0.0, 2.0, 5.0, 8.0)]
+    return settings
+
+
+def generate_for_labels(pipe: DiffusionPipeline, labels: np.ndarray, setting: Setting, seed: int = 0) -> np.ndarray:
+    """One sample per entry of ``labels`` (class indices), in chunks of MAX_IMAGES."""
+    images = []
+    for chunk, start in enumerate(range(0, len(labels), MAX_IMAGES)):
+        names = [pipe.labels[i] for i in labels[start:start + MAX_IMAGES]]
+        out = pipe.generate(num_images=len(names), classes=names, sampler=setting.sampler, steps=setting.steps,
+                            guidance=setting.guidance, seed=seed + chunk)
+        images.append(out.images)
+    return np.concatenate(images)
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of an n-element subset of ``labels`` keeping the class proportions."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    order = np.argsort(rng.random(len(labels)) + labels * 0)  # shuffled
+    picked = []
+    for c in np.unique(labels):
+        idx = order[labels[order] == c]
+        picked.extend(idx[:max(1, round(n * len(idx) / len(labels)))])
+    return np.sort(np.array(picked[:n]))
+
+
+def evaluate(model: str, classifier: str | None = None, num: int = 184, settings: list[Setting] | None = None,
+             dtype: str = "auto", log=print) -> dict:
+    pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
+    if pipe.model.image_size != 32:
+        raise ValueError("evaluation uses the 32x32 emoji classifier; this model makes "
+                         f"{pipe.model.image_size}x{pipe.model.image_size} images")
+    clf, info = load_classifier(classifier)
+    if list(pipe.labels) != info["classes"]:
+        raise ValueError(f"the model's labels {pipe.labels} differ from the classifier's {info['classes']}")
+    train, held = load_emoji(split="train"), load_emoji(split="held_out")
+    train_pred, train_feat = predict(clf, train.images)
+    held_pred, held_feat = predict(clf, held.images)
+
+    def reference(n):
+        subset = stratified_subset(held.labels, n)
+        return {"accuracy": float((held_pred[subset] == held.labels[subset]).mean()),
+                "fd": frechet_distance(held_feat[subset], train_feat),
+                "copies": copy_share(held.images[subset], train.images), "n": int(len(subset))}
+
+    rows, references = [], {}
+    for setting in settings or default_settings():
+        n = setting.num or num
+        if n not in references:
+            references[n] = reference(n)
+        labels = held.labels[stratified_subset(held.labels, n)]
+        start = time.perf_counter()
+        images = generate_for_labels(pipe, labels, setting)
+        seconds = time.perf_counter() - start
+        pred, feat = predict(clf, images)
+        row = {"sampler": setting.sampler, "steps": setting.steps, "guidance": setting.guidance, "n": int(len(labels)),
+               "accuracy": float((pred == labels).mean()), "fd": frechet_distance(feat, train_feat),
+               "fd_floor": references[n]["fd"], "copies": copy_share(images, train.images),
+               "seconds_per_image": seconds / len(labels)}
+        rows.append(row)
+        log(format_row(row))
+    return {"model": str(model), "dtype": pipe.dtype, "classifier_held_out_accuracy": info["held_out_accuracy"],
+            "references": {str(k): v for k, v in references.items()}, "rows": rows,
+            "copy_threshold_rmse": COPY_RMSE}
+
+
+def format_row(row: dict) -> str:
+    return (f"| {row['sampler']} | {row['steps']} | {row['guidance']:g} | {row['n']} | {100 * row['accuracy']:.1f}% "
+            f"| {row['fd']:.2f} | {row['fd_floor']:.2f} | {row['fd'] / row['fd_floor']:.1f}x "
+            f"| {100 * row['copies']:.1f}% | {row['seconds_per_image']:.3f} |")
+
+
+def to_markdown(result: dict) -> str:
+    refs = result["references"]
+    n_main = max(refs, key=int)
+    ref = refs[n_main]
+    lines = [
+        f"Measured by `python -m diffusion_core evaluate` ({result['dtype']} sampling). Classes follow the held-out "
+        "split's class mix; class accuracy is judged by the project's classifier (`assets/classifier.safetensors`); "
+        "FD is the Fréchet distance to the training images in its 128-d feature space; the floor is the same "
+        "distance for real held-out images of the same count; copies are samples within "
+        f"{result['copy_threshold_rmse']} pixel RMSE of a training image.",
+        "",
+        f"Real-data references (n={ref['n']} held-out images): classifier accuracy {100 * ref['accuracy']:.1f}% "
+        f"(on the whole held-out split: {100 * result['classifier_held_out_accuracy']:.1f}%), FD floor {ref['fd']:.2f}, "
+        f"copies {100 * ref['copies']:.1f}%.",
+        "",
+        "| sampler | steps | guidance | n | class accuracy | FD | FD floor | FD / floor | copies | s/image |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [format_row(r) for r in result["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_to_model_card(folder: Path, markdown: str, result: dict) -> None:
+    """evaluation.md and evaluation.json beside the weights; the card's Evaluation section replaced."""
+    for name, text in ((EVALUATION_FILE, markdown), ("evaluation.json", json.dumps(result, indent=2))):
+        tmp = folder / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, folder / name)
+    card_path = folder / "README.md"
+    if card_path.exists():
+        card = card_path.read_text()
+        head, _, rest = card.partition("## Evaluation\n")
+        _, sep, tail = rest.partition("\n## ")
+        card = head + "## Evaluation\n" + markdown + (("\n## " + tail) if sep else "")
+        tmp = folder / ".README.md.tmp"
+        tmp.write_text(card)
+        os.replace(tmp, card_path)
+
+
+def evaluate_command(args) -> None:
+    settings = [Setting("dpmpp_2m", 20, 3.0)] if args.quick else None
+    result = evaluate(args.model, args.classifier, num=args.num, settings=settings, dtype=args.dtype)
+    markdown = to_markdown(result)
+    print(markdown)
+    folder = Path(args.model)
+    if not args.no_write and folder.is_dir():
+        write_to_model_card(folder, markdown, result)
+        print(f"wrote {folder / EVALUATION_FILE} and updated {folder / 'README.md'}")

@@ -1,0 +1,177 @@
+"""The Gradio app, started as a user starts it, called through gradio_client and a real browser.
+
+The app is started with a Hub repo id that is not available offline, so it must fall back to the
+shipped checkpoint and say so."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "artifacts" / "screenshots"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODEL_ID": "nobody/not-in-any-cache", "PYTHONPATH": str(ROOT)}
+    (ROOT / "artifacts").mkdir(exist_ok=True)
+    log = open(ROOT / "artifacts" / "app_test.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    import httpx
+
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with {proc.returncode}; see artifacts/app_test.log")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        raise RuntimeError("the app did not serve within 180 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def read(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def gallery_images(gallery) -> list[np.ndarray]:
+    return [read(item["image"] if isinstance(item, dict) and "image" in item else item) for item in gallery]
+
+
+def test_app_falls_back_to_the_shipped_checkpoint_and_says_so(server):
+    import httpx
+
+    config = httpx.get(server + "config", timeout=10).text
+    assert "Could not load" in config and "checkpoints/emoji32" in config
+
+
+def test_generate_returns_crisp_upscaled_sprites_and_same_seed_same_images(client):
+    gallery, info = client.predict("ddim", 4, 3, 11, api_name="/generate")
+    images = gallery_images(gallery)
+    assert len(images) == 3 and images[0].shape == (128, 128, 3)
+    assert np.array_equal(images[0][::4, ::4], images[0][1::4, 1::4])  # nearest-neighbour blocks
+    again = gallery_images(client.predict("ddim", 4, 3, 11, api_name="/generate")[0])
+    assert all(np.array_equal(a, b) for a, b in zip(images, again))
+    assert "3 images, ddim, 4 steps" in info
+
+
+def test_context_blend_generates_with_guidance(client):
+    weights = [0.0] * 8
+    weights[3], weights[2] = 0.6, 0.4
+    gallery, info = client.predict(*weights, "noto", 3.0, "dpmpp_2m", 5, 2, 0, api_name="/generate_context")
+    assert len(gallery) == 2 and "0.4·animal_nature + 0.6·food_drink" in info and "guidance 3" in info
+
+
+def test_animation_streams_then_gives_gif_mp4_and_a_frame_per_step(client):
+    job = client.submit("food_drink", "ddim", 6, 3.0, 2, 0, api_name="/animate")
+    final = job.result(timeout=300)
+    live, gif, mp4, slider, info = final
+    with Image.open(gif) as animation:
+        assert animation.n_frames == 7  # one per step, then the result
+    assert Path(mp4).stat().st_size > 1000 and open(mp4, "rb").read(12)[4:8] == b"ftyp"
+    assert slider["maximum"] == 6 and "2 images, 6 steps" in info
+    assert len(job.outputs()) >= 2  # intermediate frames were streamed before the final output
+
+
+def test_forward_process_shows_noisier_images_at_larger_t(client):
+    clean, noisy_early, plot, info = client.predict(10, None, 10, "cosine", api_name="/forward_process")
+    _, noisy_late, _, info_late = client.predict(10, None, 900, "cosine", api_name="/forward_process")
+    x0, early, late = read(clean).astype(float), read(noisy_early).astype(float), read(noisy_late).astype(float)
+    assert np.abs(early - x0).mean() < np.abs(late - x0).mean()
+    assert "t = 900" in info_late and "ᾱ_t" in info_late
+
+
+def test_compare_runs_three_samplers_with_their_times(client):
+    out = client.predict("flag", 3.0, 1, 0, api_name="/compare")
+    assert [len(out[i]) for i in (0, 2, 4)] == [1, 1, 1]
+    assert "DDPM, 1000 steps" in out[1] and "DDIM, 25 steps" in out[3] and "DPM-Solver++, 10 steps" in out[5]
+
+
+@pytest.mark.parametrize("endpoint,args,message", [
+    ("/generate", ("ddim", 5000, 2, 0), "steps must be a whole number in 1..1000"),
+    ("/generate", ("ddim", 2.5, 2, 0), "steps must be a whole number in 1..1000"),
+    ("/generate", ("ddim", 1000, 64, 0), "images x steps must be at most"),
+    ("/generate", ("ddim", 4, 2, -5), "seed must be a whole number"),
+    ("/generate", ("nope", 4, 2, 0), "sampler"),
+    ("/generate_context", (*[0.0] * 8, "any", 3.0, "ddim", 4, 2, 0), "set at least one class weight"),
+    ("/generate_context", (*[2.0] + [0.0] * 7, "any", 3.0, "ddim", 4, 2, 0), "weight of face must be a number in 0..1"),
+    ("/generate_context", (*[1.0] + [0.0] * 7, "any", float("nan"), "ddim", 4, 2, 0), "guidance must be a number in 0..10"),
+    ("/animate", ("zebra", "ddim", 4, 3.0, 2, 0), "class must be one of"),
+    ("/animate", ("face", "ddim", 4, 3.0, 17, 0), "number of images must be a whole number in 1..16"),
+    ("/forward_process", (10, None, 1000, "cosine"), "t must be a whole number in 0..999"),
+    ("/forward_process", (10, None, 5, "quadratic"), "schedule must be one of"),
+])
+def test_bad_inputs_give_a_visible_error_naming_the_field_and_the_server_keeps_serving(client, endpoint, args, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as err:
+        client.predict(*args, api_name=endpoint)
+    assert message in str(err.value)
+    assert len(client.predict("ddim", 1, 1, 0, api_name="/generate")[0]) == 1
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed "
+                    "(the test command installs it where it can; CI must have it)")
+def test_every_tab_works_in_a_real_browser(server):
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(server)
+        page.get_by_role("tab", name="Generate").click()
+        tab_runs = [
+            ("Generate", "Generate", "images, dpmpp_2m"),
+            ("Context", "Generate", "guidance"),
+            ("Denoising animation", "Animate", "Left: x_t"),
+            ("Forward process", "Show", "ᾱ_t ="),
+            ("Compare samplers", "Compare", "DPM-Solver++, 10 steps"),
+        ]
+        for tab, button, expected in tab_runs:
+            page.get_by_role("tab", name=tab).click()
+            panel = page.locator("[role=tabpanel]:visible")
+            if tab == "Context":
+                page.get_by_role("button", name="food_drink").first.click()  # a preset
+            panel.get_by_role("button", name=button, exact=True).click()
+            panel.get_by_text(expected).first.wait_for(timeout=240_000)
+            page.screenshot(path=str(SCREENSHOTS / f"{tab.lower().replace(' ', '_')}.png"), full_page=True)
+        page.get_by_role("tab", name="About").click()
+        page.get_by_text("Device:").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(SCREENSHOTS / "about.png"), full_page=True)
+        browser.close()
