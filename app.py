@@ -286,7 +286,7 @@ def seed_controls():
 
 
 def sprite_gallery(label: str):
-    return gr.Gallery(label=label, columns=8, height="auto", format="png", object_fit="contain", preview=False)
+    return gr.Gallery(label=label, columns=6, height="auto", format="png", object_fit="contain", preview=False)
 
 
 def generate_tab(app: App):
@@ -327,12 +327,16 @@ def context_tab(app: App):
         def preset(mix: dict, style_value=ANY_STYLE, w=3.0):
             return [mix.get(name, 0.0) for name in labels] + [style_value, w, "dpmpp_2m", 20, 16, 0]
 
-        examples = [preset({name: 1.0}) for name in labels]
-        pairs = [("food_drink", "animal_nature"), ("face", "animal_nature"), ("travel_places", "flag")]
-        examples += [preset({a: 0.6, b: 0.4}) for a, b in pairs if a in labels and b in labels]
-        if app.pipe.styles:
-            examples.append(preset({labels[0]: 1.0}, app.pipe.styles[-1]))
-        gr.Examples(examples, inputs, label="presets (click, then Generate)", cache_examples=False)
+        examples, names = [preset({name: 1.0}) for name in labels], list(labels)
+        for a, b in (("food_drink", "animal_nature"), ("face", "animal_nature"), ("travel_places", "flag")):
+            if a in labels and b in labels:
+                examples.append(preset({a: 0.6, b: 0.4}))
+                names.append(f"0.6 {a} + 0.4 {b}")
+        for style_name in app.pipe.styles:
+            examples.append(preset({labels[0]: 1.0}, style_name))
+            names.append(f"{labels[0]}, {style_name} style")
+        gr.Examples(examples, inputs, label="presets (click one, then Generate)", example_labels=names,
+                    cache_examples=False)
 
 
 def animation_tab(app: App):
