@@ -35,6 +35,22 @@ def cmd_sample(args) -> None:
           f"({args.sampler}, {args.steps} steps, {pipe.device}, {pipe.dtype})")
 
 
+def cmd_animate(args) -> None:
+    from .pipeline import DiffusionPipeline
+    from .viz import save_gif, save_mp4, trajectory_frames
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".gif", ".mp4"):
+        raise ValueError(f"--out must end in .gif or .mp4, got {str(out)!r}")
+    pipe = DiffusionPipeline.from_pretrained(args.model, dtype=args.dtype)
+    result = pipe.generate(num_images=args.num, classes=args.classes or None, sampler=args.sampler, steps=args.steps,
+                           guidance=args.guidance, seed=args.seed, return_trajectory=True)
+    frames = trajectory_frames(result.trajectory.x_t, result.trajectory.x0_pred, final=result.images,
+                               scale=args.scale, nrow=args.nrow)
+    save_gif(frames, out) if out.suffix.lower() == ".gif" else save_mp4(frames, out)
+    print(f"wrote {len(frames)} frames to {out} (left: x_t, right: predicted x_0)")
+
+
 def cmd_train(args) -> None:
     from .train import TrainConfig, train
 
@@ -86,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nrow", type=int, default=8)
     s.add_argument("--out", default="samples.png", help=".png grid or .npz arrays")
     s.set_defaults(func=cmd_sample)
+
+    a = sub.add_parser("animate", help="write the denoising trajectory as a GIF or MP4")
+    a.add_argument("--model", default=DEFAULT_MODEL)
+    a.add_argument("--num", type=int, default=8)
+    a.add_argument("--class", dest="classes", action="append")
+    a.add_argument("--sampler", default="dpmpp_2m")
+    a.add_argument("--steps", type=int, default=30)
+    a.add_argument("--guidance", type=float, default=3.0)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--dtype", default="float32")
+    a.add_argument("--scale", type=int, default=4)
+    a.add_argument("--nrow", type=int, default=4)
+    a.add_argument("--out", default="denoising.gif")
+    a.set_defaults(func=cmd_animate)
 
     t = sub.add_parser("train", help="train a model (flags override the config file)")
     t.add_argument("--config", help="JSON training config, e.g. configs/emoji32.json")

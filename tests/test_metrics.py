@@ -1,0 +1,53 @@
+"""Quality measures: the Fréchet distance, near-copy detection, and the evaluate command end to end."""
+import numpy as np
+import pytest
+import torch
+
+from diffusion_core.data import EMOJI_CLASSES, EMOJI_STYLES, load_emoji
+from diffusion_core.evaluate import Setting, evaluate, to_markdown, write_to_model_card
+from diffusion_core.metrics import copy_share, frechet_distance, load_classifier, predict
+from diffusion_core.pipeline import DiffusionPipeline
+from diffusion_core.schedule import NoiseSchedule
+from diffusion_core.unet import UNet
+
+
+def test_frechet_distance_is_zero_for_the_same_set_and_the_mean_shift_for_a_translated_one():
+    x = np.random.default_rng(0).normal(size=(2000, 4))
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    shift = np.array([1.0, 2.0, 0.0, 0.0])
+    assert frechet_distance(x, x + shift) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_frechet_distance_of_gaussians_with_different_scales_matches_the_formula():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(200_000, 2)), 2 * rng.normal(size=(200_000, 2))
+    assert frechet_distance(a, b) == pytest.approx(2 * (1 + 4 - 2 * 2), rel=0.02)  # Tr(Σa+Σb-2(ΣaΣb)^½)
+
+
+def test_copies_are_detected_and_distinct_images_are_not():
+    train = load_emoji(split="train").images[:200]
+    noisy_copies = np.clip(train[:10].astype(int) + 3, 0, 255).astype(np.uint8)
+    assert copy_share(noisy_copies, train) == 1.0
+    assert copy_share(np.full((5, 32, 32, 3), 128, np.uint8), train) == 0.0
+
+
+def test_shipped_classifier_recognises_most_held_out_images():
+    model, info = load_classifier()
+    held = load_emoji(split="held_out")
+    pred, feats = predict(model, held.images)
+    assert feats.shape == (len(held), 128) and (pred == held.labels).mean() > 0.6
+    assert info["classes"] == list(EMOJI_CLASSES)
+
+
+def test_evaluate_runs_end_to_end_and_writes_the_model_card(tmp_path):
+    torch.manual_seed(0)
+    model = UNet(base_channels=8, num_groups=4, channel_mults=(1, 2, 2, 2), attention_resolutions=(4,), num_heads=2)
+    pipe = DiffusionPipeline(model, NoiseSchedule("cosine", 100), list(EMOJI_CLASSES), list(EMOJI_STYLES), device="cpu")
+    folder = pipe.save_pretrained(tmp_path / "m", model_card="# card\n\n## Evaluation\nnot yet\n\n## Use\nhere\n")
+    result = evaluate(str(folder), num=16, settings=[Setting("ddim", 2, 3.0)], dtype="float32", log=lambda s: None)
+    row = result["rows"][0]
+    assert row["n"] == 16 and 0 <= row["accuracy"] <= 1 and row["fd"] > row["fd_floor"] > 0
+    markdown = to_markdown(result)
+    write_to_model_card(folder, markdown, result)
+    card = (folder / "README.md").read_text()
+    assert "| ddim | 2 | 3 | 16 |" in card and card.rstrip().endswith("here") and "not yet" not in card
