@@ -14,6 +14,7 @@ import math
 import os
 import queue
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -184,7 +185,7 @@ class App:
         out = result["out"]
         traj = out.trajectory
         all_frames = trajectory_frames(traj.x_t, traj.x0_pred, final=out.images, scale=SCALE)
-        folder = Path(tempfile.mkdtemp(prefix="denoising_"))
+        folder = fresh_output_dir()
         gif = save_gif(all_frames, folder / "denoising.gif")
         mp4 = save_mp4(all_frames, folder / "denoising.mp4", fps=max(4, min(30, len(all_frames) // 4)))
         slider = gr.Slider(minimum=0, maximum=len(all_frames) - 1, value=len(all_frames) - 1, step=1, interactive=True)
@@ -238,12 +239,22 @@ class App:
 
     # ---- tab 6: about -----------------------------------------------------------------------
     def about(self) -> str:
-        card_path = Path(self.pipe.source) / "README.md" if self.pipe.source and Path(self.pipe.source).is_dir() else None
+        card_path = self.pipe.folder / "README.md" if self.pipe.folder else None
         card = card_path.read_text() if card_path and card_path.exists() else "(no model card found)"
         if card.startswith("---"):
             card = card.split("---", 2)[2]  # drop the YAML front matter
         return (f"{self.source_note}\n\nDevice: `{self.pipe.device}`, network precision: `{self.pipe.dtype}`, "
                 f"labels: {', '.join(self.pipe.labels)}; styles: {', '.join(self.pipe.styles) or 'none'}.\n\n---\n{card}")
+
+
+def fresh_output_dir(keep_seconds: float = 3600.0) -> Path:
+    """A new folder for one request's files, under one app folder whose hour-old entries are removed."""
+    root = Path(tempfile.gettempdir()) / "diffusion_app"
+    root.mkdir(exist_ok=True)
+    for old in root.iterdir():
+        if time.time() - old.stat().st_mtime > keep_seconds:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=root))
 
 
 def noisy_image(schedule: NoiseSchedule, x0_uint8: np.ndarray, t: int, seed: int = 0) -> np.ndarray:
@@ -285,6 +296,14 @@ def seed_controls():
     return seed
 
 
+def run_controls(app: App, default_steps: int, max_images: int, default_images: int, button_label: str):
+    """Sampler, steps, number of images, seed and the run button: the controls every sampling tab has."""
+    sampler, steps = sampler_controls(default_steps, app.T)
+    num = gr.Slider(1, max_images, value=default_images, step=1, label="number of images")
+    seed = seed_controls()
+    return sampler, steps, num, seed, gr.Button(button_label, variant="primary")
+
+
 def sprite_gallery(label: str):
     return gr.Gallery(label=label, columns=6, height="auto", format="png", object_fit="contain", preview=False)
 
@@ -294,10 +313,7 @@ def generate_tab(app: App):
         gr.Markdown("Unconditional samples: the model draws whatever it likes, starting from pure noise.")
         with gr.Row():
             with gr.Column(scale=1):
-                sampler, steps = sampler_controls(20, app.T)
-                num = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="number of images")
-                seed = seed_controls()
-                button = gr.Button("Generate", variant="primary")
+                sampler, steps, num, seed, button = run_controls(app, 20, MAX_IMAGES, 16, "Generate")
             with gr.Column(scale=2):
                 gallery = sprite_gallery("samples")
                 info = gr.Markdown()
@@ -313,10 +329,7 @@ def context_tab(app: App):
                 weights = [gr.Slider(0, 1, value=0.0, step=0.05, label=name) for name in app.pipe.labels]
                 style = gr.Radio([ANY_STYLE, *app.pipe.styles], value=ANY_STYLE, label="style")
                 guidance = gr.Slider(0, MAX_GUIDANCE, value=3.0, step=0.25, label="guidance")
-                sampler, steps = sampler_controls(20, app.T)
-                num = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="number of images")
-                seed = seed_controls()
-                button = gr.Button("Generate", variant="primary")
+                sampler, steps, num, seed, button = run_controls(app, 20, MAX_IMAGES, 16, "Generate")
             with gr.Column(scale=2):
                 gallery = sprite_gallery("samples")
                 info = gr.Markdown()
@@ -346,11 +359,8 @@ def animation_tab(app: App):
         with gr.Row():
             with gr.Column(scale=1):
                 class_name = gr.Dropdown([ANY_STYLE, *app.pipe.labels], value=app.pipe.labels[0], label="class")
-                sampler, steps = sampler_controls(30, app.T)
                 guidance = gr.Slider(0, MAX_GUIDANCE, value=3.0, step=0.25, label="guidance")
-                num = gr.Slider(1, MAX_ANIMATION_IMAGES, value=4, step=1, label="number of images")
-                seed = seed_controls()
-                button = gr.Button("Animate", variant="primary")
+                sampler, steps, num, seed, button = run_controls(app, 30, MAX_ANIMATION_IMAGES, 4, "Animate")
             with gr.Column(scale=2):
                 live = gr.Image(label="x_t (left) and predicted x_0 (right)", type="numpy", format="png")
                 info = gr.Markdown()

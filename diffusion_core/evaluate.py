@@ -44,16 +44,17 @@ def generate_for_labels(pipe: DiffusionPipeline, labels: np.ndarray, setting: Se
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Indices of an n-element subset of ``labels`` keeping the class proportions."""
+    """Indices of an n-element random subset of ``labels`` keeping the class proportions (largest
+    remainder rounding, so exactly n)."""
     if n >= len(labels):
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
-    order = np.argsort(rng.random(len(labels)) + labels * 0)  # shuffled
-    picked = []
-    for c in np.unique(labels):
-        idx = order[labels[order] == c]
-        picked.extend(idx[:max(1, round(n * len(idx) / len(labels)))])
-    return np.sort(np.array(picked[:n]))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(int)
+    take[np.argsort(take - quota)[: n - take.sum()]] += 1
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked))
 
 
 def evaluate(model: str, classifier: str | None = None, num: int = 184, settings: list[Setting] | None = None,

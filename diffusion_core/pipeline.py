@@ -90,7 +90,8 @@ class DiffusionPipeline:
         self.prediction_type = prediction_type
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.eval().to(self.device)
-        self.source = None  # where the weights came from, set by from_pretrained
+        self.source = None  # where the weights came from (a folder or Hub repo id), set by from_pretrained
+        self.folder: Path | None = None  # the local folder they were read from (a Hub cache snapshot for an id)
         self.set_dtype(dtype)
 
     # ---- loading and saving ------------------------------------------------------------------
@@ -113,7 +114,7 @@ class DiffusionPipeline:
         load_weights_strict(model, str(folder / WEIGHTS_NAME))
         pipe = cls(model, NoiseSchedule(config["schedule"], config["num_timesteps"]), config["labels"],
                    config["styles"], config["prediction_type"], device=device, dtype=dtype)
-        pipe.source = str(name_or_path)
+        pipe.source, pipe.folder = str(name_or_path), folder
         return pipe
 
     def config(self) -> dict:
