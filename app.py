@@ -203,13 +203,7 @@ class App:
         schedule_kind = as_choice(schedule_kind, "schedule", ["linear", "cosine"])
         t = as_int(t, "t", 0, self.T - 1)
         if upload is not None:
-            x0 = np.asarray(upload)
-            if x0.ndim != 3 or x0.shape[-1] not in (3, 4):
-                raise gr.Error("the uploaded image must be an RGB picture")
-            from PIL import Image
-
-            size = self.pipe.model.image_size
-            x0 = np.asarray(Image.fromarray(x0[..., :3].astype(np.uint8)).resize((size, size), Image.LANCZOS))
+            x0 = read_upload(upload, self.pipe.model.image_size)
         else:
             if self.real is None:
                 raise gr.Error("upload an image: this model has no shipped training images")
@@ -245,6 +239,23 @@ class App:
             card = card.split("---", 2)[2]  # drop the YAML front matter
         return (f"{self.source_note}\n\nDevice: `{self.pipe.device}`, network precision: `{self.pipe.dtype}`, "
                 f"labels: {', '.join(self.pipe.labels)}; styles: {', '.join(self.pipe.styles) or 'none'}.\n\n---\n{card}")
+
+
+def read_upload(upload, size: int) -> np.ndarray:
+    """An uploaded picture (gradio's file payload, already in its upload cache) as a uint8 size x size
+    RGB image on white."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = upload.get("path") if isinstance(upload, dict) else None
+    if not path:
+        raise gr.Error("upload must be an image file")
+    try:
+        with Image.open(path) as image:
+            rgba = image.convert("RGBA")
+    except (OSError, UnidentifiedImageError):
+        raise gr.Error("upload must be an image file (PNG, JPEG, ...); this one could not be read")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB").resize((size, size), Image.LANCZOS))
 
 
 def fresh_output_dir(keep_seconds: float = 3600.0) -> Path:
@@ -317,7 +328,7 @@ def generate_tab(app: App):
             with gr.Column(scale=2):
                 gallery = sprite_gallery("samples")
                 info = gr.Markdown()
-        button.click(app.generate, [sampler, steps, num, seed], [gallery, info], api_name="generate")
+        button.click(app.generate, [sampler, steps, num, seed], [gallery, info], api_name="generate", preprocess=False)
 
 
 def context_tab(app: App):
@@ -334,7 +345,7 @@ def context_tab(app: App):
                 gallery = sprite_gallery("samples")
                 info = gr.Markdown()
         inputs = [*weights, style, guidance, sampler, steps, num, seed]
-        button.click(app.generate_context, inputs, [gallery, info], api_name="generate_context")
+        button.click(app.generate_context, inputs, [gallery, info], api_name="generate_context", preprocess=False)
         labels = app.pipe.labels
 
         def preset(mix: dict, style_value=ANY_STYLE, w=3.0):
@@ -369,8 +380,8 @@ def animation_tab(app: App):
                 frame = gr.Slider(0, 1, value=0, step=1, label="scrub through the steps", interactive=True)
         frames = gr.State([])
         button.click(app.animate, [class_name, sampler, steps, guidance, num, seed],
-                     [live, gif, mp4, frame, frames, info], api_name="animate")
-        frame.change(app.scrub, [frame, frames], live, api_name="scrub", show_progress="hidden")
+                     [live, gif, mp4, frame, frames, info], api_name="animate", preprocess=False)
+        frame.change(app.scrub, [frame, frames], live, api_name="scrub", show_progress="hidden", preprocess=False)
 
 
 def forward_tab(app: App):
@@ -381,7 +392,7 @@ def forward_tab(app: App):
         with gr.Row():
             with gr.Column(scale=1):
                 index = gr.Slider(0, count, value=min(100, count), step=1, label="training image")
-                upload = gr.Image(label="or upload an image", type="numpy", sources=["upload"])
+                upload = gr.Image(label="or upload an image", type="filepath", sources=["upload"])
                 t = gr.Slider(0, app.T - 1, value=250, step=1, label="t")
                 schedule = gr.Radio(["cosine", "linear"], value=app.pipe.schedule.kind, label="schedule")
                 button = gr.Button("Show", variant="primary")
@@ -393,10 +404,10 @@ def forward_tab(app: App):
                 plot = gr.LinePlot(x="t", y="value", color="curve", label="ᾱ_t and SNR", height=260)
         inputs = [index, upload, t, schedule]
         outputs = [clean, noisy, plot, info]
-        button.click(app.forward_process, inputs, outputs, api_name="forward_process")
+        button.click(app.forward_process, inputs, outputs, api_name="forward_process", preprocess=False)
         for slider in (index, t):
-            slider.release(app.forward_process, inputs, outputs, api_name=False)
-        schedule.change(app.forward_process, inputs, outputs, api_name=False)
+            slider.release(app.forward_process, inputs, outputs, api_name=False, preprocess=False)
+        schedule.change(app.forward_process, inputs, outputs, api_name=False, preprocess=False)
 
 
 def compare_tab(app: App):
@@ -414,7 +425,7 @@ def compare_tab(app: App):
                 with gr.Column():
                     outputs.append(sprite_gallery(name))
                     outputs.append(gr.Markdown())
-        button.click(app.compare, [class_name, guidance, num, seed], outputs, api_name="compare")
+        button.click(app.compare, [class_name, guidance, num, seed], outputs, api_name="compare", preprocess=False)
 
 
 def about_tab(app: App):

@@ -128,7 +128,7 @@ def test_compare_runs_three_samplers_with_their_times(client):
     ("/generate", ("nope", 4, 2, 0), "sampler"),
     ("/generate_context", (*[0.0] * 8, "any", 3.0, "ddim", 4, 2, 0), "set at least one class weight"),
     ("/generate_context", (*[2.0] + [0.0] * 7, "any", 3.0, "ddim", 4, 2, 0), "weight of face must be a number in 0..1"),
-    ("/generate_context", (*[1.0] + [0.0] * 7, "any", float("nan"), "ddim", 4, 2, 0), "guidance must be a number in 0..10"),
+    ("/generate_context", (*[1.0] + [0.0] * 7, "any", "nan", "ddim", 4, 2, 0), "guidance must be a number in 0..10"),
     ("/animate", ("zebra", "ddim", 4, 3.0, 2, 0), "class must be one of"),
     ("/animate", ("face", "ddim", 4, 3.0, 17, 0), "number of images must be a whole number in 1..16"),
     ("/forward_process", (10, None, 1000, "cosine"), "t must be a whole number in 0..999"),
@@ -175,3 +175,18 @@ def test_every_tab_works_in_a_real_browser(server):
         page.get_by_text("Device:").first.wait_for(timeout=30_000)
         page.screenshot(path=str(SCREENSHOTS / "about.png"), full_page=True)
         browser.close()
+
+
+def test_an_uploaded_picture_goes_through_the_forward_process(client, tmp_path):
+    from gradio_client import handle_file
+
+    path = tmp_path / "red.png"
+    Image.new("RGB", (50, 40), (255, 0, 0)).save(path)
+    clean, noisy, _, info = client.predict(0, handle_file(str(path)), 0, "linear", api_name="/forward_process")
+    assert read(clean)[0, 0].tolist() == [255, 0, 0] and "t = 0" in info
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="upload must be an image file"):
+        client.predict(0, handle_file(str(bad)), 0, "linear", api_name="/forward_process")
