@@ -416,7 +416,7 @@ def compare_tab(app: App):
         with gr.Row():
             class_name = gr.Dropdown([ANY_STYLE, *app.pipe.labels], value=app.pipe.labels[0], label="class")
             guidance = gr.Slider(0, MAX_GUIDANCE, value=3.0, step=0.25, label="guidance")
-            num = gr.Slider(1, MAX_IMAGE_STEPS // app.T, value=4, step=1, label="number of images")
+            num = gr.Slider(1, MAX_IMAGE_STEPS // app.T, value=2, step=1, label="number of images")
             seed = seed_controls()
         button = gr.Button("Compare", variant="primary")
         outputs = []

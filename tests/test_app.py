@@ -5,6 +5,7 @@ shipped checkpoint and say so."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -156,20 +157,20 @@ def test_every_tab_works_in_a_real_browser(server):
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(server)
         page.get_by_role("tab", name="Generate").click()
-        tab_runs = [
-            ("Generate", "Generate", "images, dpmpp_2m"),
-            ("Context", "Generate", "guidance"),
-            ("Denoising animation", "Animate", "Left: x_t"),
-            ("Forward process", "Show", "ᾱ_t ="),
-            ("Compare samplers", "Compare", "DPM-Solver++, 10 steps"),
+        tab_runs = [  # (tab, its main button, the text that appears once the result is in)
+            ("Generate", "Generate", r"16 images, dpmpp_2m, 20 steps: [\d.]+ s"),
+            ("Context", "Generate", r"guidance 3: [\d.]+ s"),
+            ("Denoising animation", "Animate", r"Left: x_t, right"),
+            ("Forward process", "Show", r"ᾱ_t = [\d.]+"),
+            ("Compare samplers", "Compare", r"DPM-Solver\+\+, 10 steps: [\d.]+ s"),
         ]
         for tab, button, expected in tab_runs:
             page.get_by_role("tab", name=tab).click()
             panel = page.locator("[role=tabpanel]:visible")
             if tab == "Context":
-                page.get_by_role("button", name="food_drink").first.click()  # a preset
+                panel.get_by_role("button", name="0.6 food_drink + 0.4 animal_nature").click()  # a preset
             panel.get_by_role("button", name=button, exact=True).click()
-            panel.get_by_text(expected).first.wait_for(timeout=240_000)
+            panel.get_by_text(re.compile(expected)).first.wait_for(timeout=240_000)
             page.screenshot(path=str(SCREENSHOTS / f"{tab.lower().replace(' ', '_')}.png"), full_page=True)
         page.get_by_role("tab", name="About").click()
         page.get_by_text("Device:").first.wait_for(timeout=30_000)
