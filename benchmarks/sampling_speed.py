@@ -22,6 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffusion_core.pipeline import DiffusionPipeline, cpu_has_native_bf16  # noqa: E402
 from diffusion_core.schedule import NoiseSchedule  # noqa: E402
 from diffusion_core.unet import UNet, count_flops  # noqa: E402
+from benchmarks.course_unet import CourseContextUnet  # noqa: E402
+
+
+def count_flops_of(model) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, 3, 32, 32), torch.zeros(1, dtype=torch.long), None)
+    return counter.get_total_flops()
 
 
 def matmul_peak_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
@@ -36,6 +45,24 @@ def matmul_peak_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def forward_rate(model, device: torch.device, batch: int = 32, repeats: int = 5) -> float:
+    """Best network forwards per second (images/s) at a batch of ``batch`` 32x32 images, fp32."""
+    model = model.eval().to(device)
+    x, t = torch.randn(batch, 3, 32, 32, device=device), torch.zeros(batch, dtype=torch.long, device=device)
+    best = 0.0
+    with torch.no_grad():
+        model(x, t, None)
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(x, t, None)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = max(best, batch / (time.perf_counter() - start))
     return best
 
 
@@ -89,7 +116,12 @@ def main() -> None:
     dtypes = ["float32"] + (["bfloat16"] if native_bf16 else [])
     hw = torch.cuda.get_device_name(0) if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     print(f"device: {hw}; torch {torch.__version__}; batch {args.batch}")
-    print(f"U-Net: {flops:.3f} GFLOP per image per forward; fp32 matmul peak measured: {peak:.0f} GFLOP/s\n")
+    print(f"U-Net: {flops:.3f} GFLOP per image per forward; fp32 matmul peak measured: {peak:.0f} GFLOP/s")
+    course = CourseContextUnet()
+    course_flops = count_flops_of(course) / 1e9
+    ours_rate, course_rate = forward_rate(UNet(), device), forward_rate(course, device)
+    print(f"fp32 forward, batch 32: our U-Net {ours_rate:.0f} images/s ({flops:.2f} GFLOP); the course's ContextUnet "
+          f"at 32x32 {course_rate:.0f} images/s ({course_flops:.2f} GFLOP)\n")
     print("| sampler | steps | guidance | dtype | images/s | outside network | network GFLOP/s | % of fp32 peak |")
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for dtype in dtypes:

@@ -82,3 +82,14 @@ def test_image_folder_errors_name_the_problem(tmp_path):
     (tmp_path / "cls" / "broken.png").write_bytes(b"\x89PNG garbage")
     with pytest.raises(ValueError, match="broken.png: unreadable image"):
         load_image_folder(tmp_path)
+
+
+def test_building_emoji_without_the_system_packages_names_each_missing_one(monkeypatch, tmp_path):
+    import diffusion_core.data as data
+
+    monkeypatch.setattr(data, "NOTO_FONT", tmp_path / "NotoColorEmoji.ttf")
+    monkeypatch.setattr(data, "EMOJI_TEST", tmp_path / "emoji-test.txt")
+    with pytest.raises(RuntimeError) as err:
+        data.build_emoji(tmp_path / "out.npz")
+    assert "apt-get install fonts-noto-color-emoji" in str(err.value) and "apt-get install unicode-data" in str(err.value)
+    assert not (tmp_path / "out.npz").exists()
