@@ -27,7 +27,7 @@ import pandas as pd
 from diffusion_core.data import load_emoji
 from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
 from diffusion_core.schedule import NoiseSchedule
-from diffusion_core.viz import image_grid, save_gif, save_mp4, trajectory_frames, upscale
+from diffusion_core.viz import save_gif, save_mp4, trajectory_frames, upscale
 
 ROOT = Path(__file__).resolve().parent
 SHIPPED_MODEL = ROOT / "checkpoints" / "emoji32"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import load_emoji
-from .metrics import COPY_RMSE, copy_share, frechet_distance, load_classifier, nearest_rmse, predict
+from .metrics import COPY_RMSE, copy_share, frechet_distance, load_classifier, predict
 from .model_card import EVALUATION_FILE
 from .pipeline import MAX_IMAGES, DiffusionPipeline
 

@@ -1,7 +1,6 @@
 """Shared fixtures: tiny models and the exact denoiser for Gaussian data."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

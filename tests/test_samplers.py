@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from diffusion_core.samplers import SAMPLERS, sample
-from diffusion_core.schedule import NoiseSchedule
 
 from conftest import GaussianDenoiser
 
