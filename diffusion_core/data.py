@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,10 +266,10 @@ def build_emoji(out_path: str | os.PathLike = EMOJI_NPZ, sizes=(32, 16)) -> dict
     images = {s: [] for s in sizes}
     labels, styles, names, seen = [], [], [], set()
     emoji = read_emoji_list()
+    renderers = (partial(render_noto, font=font, sizes=sizes), partial(render_openmoji, svg_dir=svg_dir, sizes=sizes))
     for codepoints, cls, name in tqdm(emoji, desc="rendering emoji", unit="emoji"):
-        for style, render in ((0, lambda: render_noto(codepoints, font, sizes)),
-                              (1, lambda: render_openmoji(codepoints, svg_dir, sizes))):
-            rendered = render()
+        for style, render in enumerate(renderers):  # style 0: noto, 1: openmoji
+            rendered = render(codepoints)
             if rendered is None:
                 continue
             digest = hashlib.sha1(rendered[0].tobytes()).hexdigest()
