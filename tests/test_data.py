@@ -93,3 +93,24 @@ def test_building_emoji_without_the_system_packages_names_each_missing_one(monke
         data.build_emoji(tmp_path / "out.npz")
     assert "apt-get install fonts-noto-color-emoji" in str(err.value) and "apt-get install unicode-data" in str(err.value)
     assert not (tmp_path / "out.npz").exists()
+
+
+def _can_build_emoji() -> bool:
+    from diffusion_core.data import check_emoji_build_requirements
+
+    try:
+        check_emoji_build_requirements()
+        return True
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(not _can_build_emoji(), reason="the emoji build needs Debian's fonts-noto-color-emoji, "
+                    "unicode-data, libfribidi0 and requirements-data.txt")
+def test_build_data_reproduces_the_shipped_arrays(tmp_path):
+    from diffusion_core.data import EMOJI_NPZ, build_emoji
+
+    build_emoji(tmp_path / "rebuilt.npz")
+    with np.load(tmp_path / "rebuilt.npz") as rebuilt, np.load(EMOJI_NPZ) as shipped:
+        for key in ("images32", "images16", "labels", "styles", "names"):
+            assert np.array_equal(rebuilt[key], shipped[key]), key
