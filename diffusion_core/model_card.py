@@ -20,7 +20,9 @@ def training_card(cfg, step: int, log_path: Path) -> str:
     import pandas as pd
 
     log = pd.read_csv(log_path) if Path(log_path).exists() else pd.DataFrame()
-    wall = float(log["elapsed_s"].iloc[-1]) if len(log) else 0.0
+    # Wall time summed over the logged intervals, so it spans resumed runs (elapsed_s restarts at 0).
+    images_per_row = log["step"].diff().fillna(log["step"]) * cfg.batch_size if len(log) else []
+    wall = float((images_per_row / log["images_per_s"]).sum()) if len(log) else 0.0
     ips = float(log["images_per_s"].tail(20).median()) if len(log) else 0.0
     loss = float(log["loss"].tail(10).mean()) if len(log) else float("nan")
     evaluation_path = Path(cfg.export_dir) / EVALUATION_FILE
@@ -53,7 +55,7 @@ python -m diffusion_core train --config configs/{Path(cfg.export_dir).name}.json
 | steps | {step} |
 | batch size | {cfg.batch_size} |
 | images seen | {step * cfg.batch_size:,} |
-| wall time (this run's log) | {wall / 3600:.2f} h |
+| wall time (all logged runs) | {wall / 3600:.2f} h |
 | images/s (median, last rows) | {ips:.0f} |
 | final loss | {loss:.4f} |
 | hardware (export) | {hardware()} |
