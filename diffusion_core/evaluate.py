@@ -25,7 +25,7 @@ class Setting:
 
 
 def default_settings() -> list[Setting]:
-    settings = [Setting("ddpm", 1000, 3.0, num=64)]
+    settings = [Setting("ddpm", 1000, 3.0, num=32)]  # 1000 steps: fewer samples
     settings += [Setting("ddim", n, w) for n in (10, 25, 50) for w in (1.0, 3.0)]
     settings += [Setting("dpmpp_2m", n, w) for n in (10, 20) for w in (1.0, 3.0)]
     settings += [Setting("dpmpp_2m", 20, w) for w in (0.0, 2.0, 5.0, 8.0)]
