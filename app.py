@@ -34,6 +34,7 @@ SHIPPED_MODEL = ROOT / "checkpoints" / "emoji32"
 SAMPLER_CHOICES = [("DPM-Solver++ (2M)", "dpmpp_2m"), ("DDIM", "ddim"), ("DDPM", "ddpm")]
 MAX_IMAGE_STEPS = 16_000       # cap on images x steps per request (16 images at 1000 DDPM steps)
 MAX_ANIMATION_IMAGES = 16
+MAX_FRAMES = 120               # the GIF, MP4 and scrubber keep at most this many steps, evenly spaced
 MAX_GUIDANCE = 10.0
 MAX_SEED = 2**31 - 1
 ANY_STYLE = "any"
@@ -184,7 +185,9 @@ class App:
             raise gr.Error(str(result["error"]))
         out = result["out"]
         traj = out.trajectory
-        all_frames = trajectory_frames(traj.x_t, traj.x0_pred, final=out.images, scale=SCALE)
+        keep = np.unique(np.linspace(0, steps - 1, min(steps, MAX_FRAMES)).round().astype(int))  # bounded memory
+        all_frames = trajectory_frames([traj.x_t[i] for i in keep], [traj.x0_pred[i] for i in keep],
+                                       final=out.images, scale=SCALE)
         folder = fresh_output_dir()
         gif = save_gif(all_frames, folder / "denoising.gif")
         mp4 = save_mp4(all_frames, folder / "denoising.mp4", fps=max(4, min(30, len(all_frames) // 4)))
