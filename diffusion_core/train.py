@@ -301,6 +301,7 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path) -> Path:
     grid = pipe.generate(num_images=len(classes), classes=classes, sampler="dpmpp_2m", steps=20, guidance=3.0, seed=0)
     save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
     folder = pipe.save_pretrained(cfg.export_dir, model_card=training_card(cfg, step, out_dir / "log.csv"))
+    pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}")  # every export kept, for learning curves
     save_grid(grid.images, folder / "samples.png", nrow=per_class)
     import shutil
 
