@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from diffusion_core.data import load_emoji
-from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
+from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline, to_uint8
 from diffusion_core.schedule import NoiseSchedule
 from diffusion_core.viz import save_gif, save_mp4, trajectory_frames, upscale
 
@@ -156,9 +156,11 @@ class App:
         sampler, steps, num_images, seed = self.check_common(sampler, steps, num_images, seed, MAX_ANIMATION_IMAGES)
         frames: queue.Queue = queue.Queue()
         result: dict = {}
+        live_every = max(1, steps // 50)  # stream at most ~50 live frames
 
         def on_step(step):
-            frames.put((step.index, trajectory_frames([to_uint8(step.x_t)], [to_uint8(step.x0_pred)], scale=SCALE)[0]))
+            if step.index % live_every == 0 or step.index == steps - 1:
+                frames.put((step.index, trajectory_frames([to_uint8(step.x_t)], [to_uint8(step.x0_pred)], scale=SCALE)[0]))
 
         def work():
             try:
@@ -170,36 +172,36 @@ class App:
                 result["error"] = err
             frames.put(None)
 
-        from diffusion_core.pipeline import to_uint8
-
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        live_every = max(1, steps // 50)  # stream at most ~50 frames; every frame goes into the GIF
         while (item := frames.get()) is not None:
             index, frame = item
             progress((index + 1, steps), desc="denoising")
-            if index % live_every == 0 or index == steps - 1:
-                yield frame, gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"step {index + 1}/{steps}"
+            yield frame, gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"step {index + 1}/{steps}"
         thread.join()
         if "error" in result:
             raise gr.Error(str(result["error"]))
         out = result["out"]
-        traj = out.trajectory
         keep = np.unique(np.linspace(0, steps - 1, min(steps, MAX_FRAMES)).round().astype(int))  # bounded memory
-        all_frames = trajectory_frames([traj.x_t[i] for i in keep], [traj.x0_pred[i] for i in keep],
-                                       final=out.images, scale=SCALE)
+        recorded = {"x_t": [out.trajectory.x_t[i] for i in keep], "x0_pred": [out.trajectory.x0_pred[i] for i in keep],
+                    "final": out.images}
+        all_frames = trajectory_frames(recorded["x_t"], recorded["x0_pred"], final=out.images, scale=SCALE)
         folder = fresh_output_dir()
         gif = save_gif(all_frames, folder / "denoising.gif")
         mp4 = save_mp4(all_frames, folder / "denoising.mp4", fps=max(4, min(30, len(all_frames) // 4)))
         slider = gr.Slider(minimum=0, maximum=len(all_frames) - 1, value=len(all_frames) - 1, step=1, interactive=True)
-        yield (all_frames[-1], str(gif), str(mp4), slider, all_frames,
+        yield (all_frames[-1], str(gif), str(mp4), slider, recorded,
                f"{num_images} images, {steps} steps in {out.seconds:.2f} s. Left: x_t, right: predicted x_0.")
 
-    def scrub(self, index, frames):
-        if not frames:
+    def scrub(self, index, recorded):
+        """The frame at ``index`` of the last animation, rebuilt from the small recorded arrays."""
+        if not recorded:
             raise gr.Error("run the animation first")
-        index = as_int(index, "frame", 0, len(frames) - 1)
-        return frames[index]
+        count = len(recorded["x_t"]) + 1
+        index = as_int(index, "frame", 0, count - 1)
+        if index == count - 1:
+            return trajectory_frames([], [], final=recorded["final"], scale=SCALE)[0]
+        return trajectory_frames([recorded["x_t"][index]], [recorded["x0_pred"][index]], scale=SCALE)[0]
 
     # ---- tab 4: forward process -------------------------------------------------------------
     def forward_process(self, image_index, upload, t, schedule_kind):
@@ -274,8 +276,6 @@ def fresh_output_dir(keep_seconds: float = 3600.0) -> Path:
 def noisy_image(schedule: NoiseSchedule, x0_uint8: np.ndarray, t: int, seed: int = 0) -> np.ndarray:
     """q(x_t | x_0) for one uint8 image with fixed noise, back to uint8 (values outside [-1, 1] clipped)."""
     import torch
-
-    from diffusion_core.pipeline import to_uint8
 
     x0 = torch.from_numpy(x0_uint8).permute(2, 0, 1)[None].float() / 127.5 - 1
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
@@ -381,10 +381,10 @@ def animation_tab(app: App):
                 gif = gr.Image(label="animated GIF", type="filepath")
                 mp4 = gr.File(label="MP4 download")
                 frame = gr.Slider(0, 1, value=0, step=1, label="scrub through the steps", interactive=True)
-        frames = gr.State([])
+        recorded = gr.State(None)  # the sampled trajectory (a bounded number of steps), for the scrubber
         button.click(app.animate, [class_name, sampler, steps, guidance, num, seed],
-                     [live, gif, mp4, frame, frames, info], api_name="animate", preprocess=False)
-        frame.change(app.scrub, [frame, frames], live, api_name="scrub", show_progress="hidden", preprocess=False)
+                     [live, gif, mp4, frame, recorded, info], api_name="animate", preprocess=False)
+        frame.change(app.scrub, [frame, recorded], live, api_name="scrub", show_progress="hidden", preprocess=False)
 
 
 def forward_tab(app: App):

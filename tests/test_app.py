@@ -105,6 +105,9 @@ def test_animation_streams_then_gives_gif_mp4_and_a_frame_per_step(client):
     assert Path(mp4).stat().st_size > 1000 and open(mp4, "rb").read(12)[4:8] == b"ftyp"
     assert slider["maximum"] == 6 and "2 images, 6 steps" in info
     assert len(job.outputs()) >= 2  # intermediate frames were streamed before the final output
+    first = read(client.predict(0, api_name="/scrub"))  # the scrubber, within the same session
+    last = read(client.predict(6, api_name="/scrub"))
+    assert first.shape == last.shape == read(live).shape and not np.array_equal(first, last)
 
 
 def test_forward_process_shows_noisier_images_at_larger_t(client):
