@@ -342,7 +342,7 @@ def context_tab(app: App):
             with gr.Column(scale=1):
                 weights = [gr.Slider(0, 1, value=0.0, step=0.05, label=name) for name in app.pipe.labels]
                 style = gr.Radio([ANY_STYLE, *app.pipe.styles], value=ANY_STYLE, label="style")
-                guidance = gr.Slider(0, MAX_GUIDANCE, value=3.0, step=0.25, label="guidance")
+                guidance = gr.Slider(0, MAX_GUIDANCE, value=5.0, step=0.25, label="guidance")
                 sampler, steps, num, seed, button = run_controls(app, 20, MAX_IMAGES, 16, "Generate")
             with gr.Column(scale=2):
                 gallery = sprite_gallery("samples")
@@ -351,7 +351,7 @@ def context_tab(app: App):
         button.click(app.generate_context, inputs, [gallery, info], api_name="generate_context", preprocess=False)
         labels = app.pipe.labels
 
-        def preset(mix: dict, style_value=ANY_STYLE, w=3.0):
+        def preset(mix: dict, style_value=ANY_STYLE, w=5.0):
             return [mix.get(name, 0.0) for name in labels] + [style_value, w, "dpmpp_2m", 20, 16, 0]
 
         examples, names = [preset({name: 1.0}) for name in labels], list(labels)
@@ -373,7 +373,7 @@ def animation_tab(app: App):
         with gr.Row():
             with gr.Column(scale=1):
                 class_name = gr.Dropdown([ANY_STYLE, *app.pipe.labels], value=app.pipe.labels[0], label="class")
-                guidance = gr.Slider(0, MAX_GUIDANCE, value=3.0, step=0.25, label="guidance")
+                guidance = gr.Slider(0, MAX_GUIDANCE, value=5.0, step=0.25, label="guidance")
                 sampler, steps, num, seed, button = run_controls(app, 30, MAX_ANIMATION_IMAGES, 4, "Animate")
             with gr.Column(scale=2):
                 live = gr.Image(label="x_t (left) and predicted x_0 (right)", type="numpy", format="png")
@@ -418,7 +418,7 @@ def compare_tab(app: App):
         gr.Markdown(f"The same seed and context through DDPM ({app.T} steps), DDIM (25) and DPM-Solver++ (10).")
         with gr.Row():
             class_name = gr.Dropdown([ANY_STYLE, *app.pipe.labels], value=app.pipe.labels[0], label="class")
-            guidance = gr.Slider(0, MAX_GUIDANCE, value=3.0, step=0.25, label="guidance")
+            guidance = gr.Slider(0, MAX_GUIDANCE, value=5.0, step=0.25, label="guidance")
             num = gr.Slider(1, MAX_IMAGE_STEPS // app.T, value=2, step=1, label="number of images")
             seed = seed_controls()
         button = gr.Button("Compare", variant="primary")

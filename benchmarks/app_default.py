@@ -1,5 +1,5 @@
 """Time the app's default request: 16 guided 32x32 images (Context tab defaults: DPM-Solver++,
-20 steps, guidance 3), with the precision the app picks ("auto").
+20 steps, guidance 5), with the precision the app picks ("auto").
 
     python benchmarks/app_default.py [--model checkpoints/emoji32] [--repeats 5]
 """
@@ -24,8 +24,8 @@ def main() -> None:
     args = parser.parse_args()
     for dtype in ("float32", "auto"):
         pipe = DiffusionPipeline.from_pretrained(args.model, dtype=dtype)
-        pipe.generate(num_images=16, classes=["food_drink"], steps=20, guidance=3.0)  # warm-up
-        times = [pipe.generate(num_images=16, classes=["food_drink"], sampler="dpmpp_2m", steps=20, guidance=3.0,
+        pipe.generate(num_images=16, classes=["food_drink"], steps=20, guidance=5.0)  # warm-up
+        times = [pipe.generate(num_images=16, classes=["food_drink"], sampler="dpmpp_2m", steps=20, guidance=5.0,
                                seed=i).seconds for i in range(args.repeats)]
         print(f"{pipe.device} ({torch.get_num_threads()} threads), dtype {dtype} -> {pipe.dtype}: 16 guided images, "
               f"DPM-Solver++ 20 steps: median {statistics.median(times):.2f} s, best {min(times):.2f} s")

@@ -128,6 +128,7 @@ class DiffusionPipeline:
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint folder is for everyone to read
         try:
             if model_card is not None:
                 (staging / "README.md").write_text(model_card)

@@ -162,7 +162,7 @@ def test_every_tab_works_in_a_real_browser(server):
         page.get_by_role("tab", name="Generate").click()
         tab_runs = [  # (tab, its main button, the text that appears once the result is in)
             ("Generate", "Generate", r"16 images, dpmpp_2m, 20 steps: [\d.]+ s"),
-            ("Context", "Generate", r"guidance 3: [\d.]+ s"),
+            ("Context", "Generate", r"guidance 5: [\d.]+ s"),
             ("Denoising animation", "Animate", r"Left: x_t, right"),
             ("Forward process", "Show", r"ᾱ_t = [\d.]+"),
             ("Compare samplers", "Compare", r"DPM-Solver\+\+, 10 steps: [\d.]+ s"),
