@@ -26,12 +26,14 @@ import pandas as pd
 
 from diffusion_core.data import load_emoji
 from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline, to_uint8
+from diffusion_core.samplers import DEFAULT_SAMPLER
 from diffusion_core.schedule import NoiseSchedule
 from diffusion_core.viz import save_gif, save_mp4, trajectory_frames, upscale
 
 ROOT = Path(__file__).resolve().parent
 SHIPPED_MODEL = ROOT / "checkpoints" / "emoji32"
-SAMPLER_CHOICES = [("DPM-Solver++ (2M)", "dpmpp_2m"), ("DDIM", "ddim"), ("DDPM", "ddpm")]
+SAMPLER_CHOICES = [("DPM-Solver++ 2M SDE (stochastic)", "dpmpp_2m_sde"), ("DPM-Solver++ 2M (deterministic)", "dpmpp_2m"),
+                   ("DDIM", "ddim"), ("DDPM", "ddpm")]
 MAX_IMAGE_STEPS = 16_000       # cap on images x steps per request (16 images at 1000 DDPM steps)
 MAX_ANIMATION_IMAGES = 16
 MAX_FRAMES = 120               # the GIF, MP4 and scrubber keep at most this many steps, evenly spaced
@@ -94,6 +96,9 @@ class App:
         self.pipe, self.source_note = pipe, source_note
         self.T = pipe.schedule.num_timesteps
         self.samplers = [key for _, key in SAMPLER_CHOICES]
+        # (label, sampler, steps) for the "Compare samplers" tab: the original and the fast ones
+        self.comparison = (("DDPM", "ddpm", self.T), ("DDIM", "ddim", 25), ("DPM-Solver++ 2M", "dpmpp_2m", 20),
+                           ("DPM-Solver++ 2M SDE", "dpmpp_2m_sde", 20))
         self.real = load_emoji(split="all") if pipe.model.image_size == 32 else None
 
     # ---- shared checks and calls ------------------------------------------------------------
@@ -229,7 +234,7 @@ class App:
         num_images = as_int(num_images, "number of images", 1, MAX_IMAGE_STEPS // self.T)
         seed = as_int(seed, "seed", 0, MAX_SEED)
         outputs = []
-        for label, sampler, steps in (("DDPM", "ddpm", self.T), ("DDIM", "ddim", 25), ("DPM-Solver++", "dpmpp_2m", 10)):
+        for label, sampler, steps in self.comparison:
             out = self.run(progress, f"{label}, {steps} steps", num_images=num_images,
                            classes=None if class_name == ANY_STYLE else [class_name], sampler=sampler, steps=steps,
                            guidance=guidance if class_name != ANY_STYLE else 1.0, seed=seed)
@@ -297,7 +302,7 @@ def schedule_curves(schedule: NoiseSchedule, t: int) -> pd.DataFrame:
 # Layout: one small function per tab.
 # ---------------------------------------------------------------------------------------------
 def sampler_controls(default_steps: int, T: int):
-    sampler = gr.Dropdown(SAMPLER_CHOICES, value="dpmpp_2m", label="sampler")
+    sampler = gr.Dropdown(SAMPLER_CHOICES, value=DEFAULT_SAMPLER, label="sampler")
     steps = gr.Slider(1, T, value=default_steps, step=1, label="steps")
     return sampler, steps
 
@@ -352,7 +357,7 @@ def context_tab(app: App):
         labels = app.pipe.labels
 
         def preset(mix: dict, style_value=ANY_STYLE, w=5.0):
-            return [mix.get(name, 0.0) for name in labels] + [style_value, w, "dpmpp_2m", 20, 16, 0]
+            return [mix.get(name, 0.0) for name in labels] + [style_value, w, DEFAULT_SAMPLER, 20, 16, 0]
 
         examples, names = [preset({name: 1.0}) for name in labels], list(labels)
         for a, b in (("food_drink", "animal_nature"), ("face", "animal_nature"), ("travel_places", "flag")):
@@ -415,7 +420,8 @@ def forward_tab(app: App):
 
 def compare_tab(app: App):
     with gr.Tab("Compare samplers"):
-        gr.Markdown(f"The same seed and context through DDPM ({app.T} steps), DDIM (25) and DPM-Solver++ (10).")
+        gr.Markdown("The same seed and context through each sampler: "
+                    + ", ".join(f"{label} ({steps} steps)" for label, _, steps in app.comparison) + ".")
         with gr.Row():
             class_name = gr.Dropdown([ANY_STYLE, *app.pipe.labels], value=app.pipe.labels[0], label="class")
             guidance = gr.Slider(0, MAX_GUIDANCE, value=5.0, step=0.25, label="guidance")
@@ -424,7 +430,7 @@ def compare_tab(app: App):
         button = gr.Button("Compare", variant="primary")
         outputs = []
         with gr.Row():
-            for name in ("DDPM", "DDIM", "DPM-Solver++"):
+            for name, _, _ in app.comparison:
                 with gr.Column():
                     outputs.append(sprite_gallery(name))
                     outputs.append(gr.Markdown())

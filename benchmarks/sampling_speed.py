@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffusion_core.pipeline import DiffusionPipeline, cpu_has_native_bf16  # noqa: E402
+from diffusion_core.samplers import SAMPLERS  # noqa: E402
 from diffusion_core.schedule import NoiseSchedule  # noqa: E402
 from diffusion_core.unet import UNet, count_flops  # noqa: E402
 from benchmarks.course_unet import CourseContextUnet  # noqa: E402
@@ -126,7 +127,7 @@ def main() -> None:
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for dtype in dtypes:
         pipe.set_dtype(dtype)
-        for sampler in ("ddpm", "ddim", "dpmpp_2m"):
+        for sampler in SAMPLERS:
             for steps in args.steps:
                 for guidance in (0.0, 3.0):
                     ips, net, total, images = timed_generate(pipe, args.batch, sampler, steps, guidance, args.repeats)

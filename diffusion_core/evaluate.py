@@ -14,6 +14,7 @@ from .data import load_emoji
 from .metrics import COPY_RMSE, copy_share, frechet_distance, load_classifier, predict
 from .model_card import EVALUATION_FILE
 from .pipeline import MAX_IMAGES, DiffusionPipeline
+from .samplers import DEFAULT_SAMPLER
 
 
 @dataclass
@@ -26,10 +27,16 @@ class Setting:
 
 def default_settings() -> list[Setting]:
     settings = [Setting("ddpm", 1000, 3.0, num=32)]  # 1000 steps: fewer samples
+    settings += [Setting("ddpm", 25, w) for w in (1.0, 3.0)]
     settings += [Setting("ddim", n, w) for n in (10, 25, 50) for w in (1.0, 3.0)]
-    settings += [Setting("dpmpp_2m", n, w) for n in (10, 20) for w in (1.0, 3.0)]
-    settings += [Setting("dpmpp_2m", 20, w) for w in (0.0, 2.0, 5.0, 8.0)]
+    settings += [Setting(sampler, n, w) for sampler in ("dpmpp_2m", "dpmpp_2m_sde") for n in (10, 20) for w in (1.0, 3.0)]
+    settings += [Setting(DEFAULT_SAMPLER, 20, w) for w in (0.0, 2.0, 4.0, 5.0, 8.0)]  # the guidance sweep
     return settings
+
+
+def quick_settings() -> list[Setting]:
+    """The default sampler at 20 steps, at the two guidance scales the quality bar allows."""
+    return [Setting(DEFAULT_SAMPLER, 20, w) for w in (3.0, 4.0)]
 
 
 def generate_for_labels(pipe: DiffusionPipeline, labels: np.ndarray, setting: Setting, seed: int = 0) -> np.ndarray:
@@ -143,7 +150,7 @@ def write_to_model_card(folder: Path, markdown: str, result: dict) -> None:
 
 
 def evaluate_command(args) -> None:
-    settings = [Setting("dpmpp_2m", 20, 3.0)] if args.quick else None
+    settings = quick_settings() if args.quick else None
     result = evaluate(args.model, args.classifier, num=args.num, settings=settings, dtype=args.dtype)
     markdown = to_markdown(result)
     print(markdown)

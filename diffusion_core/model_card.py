@@ -71,6 +71,6 @@ The log is `training_log.csv` beside this card; `samples.png` shows 8 samples pe
 ```python
 from diffusion_core.pipeline import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained("checkpoints/{Path(cfg.export_dir).name}")
-out = pipe.generate(num_images=16, classes=["food_drink"], sampler="dpmpp_2m", steps=20, guidance=3.0, seed=0)
+out = pipe.generate(num_images=16, classes=["food_drink"], sampler="dpmpp_2m_sde", steps=20, guidance=3.0, seed=0)
 ```
 """

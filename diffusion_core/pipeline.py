@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .samplers import SAMPLERS, sample
+from .samplers import DEFAULT_SAMPLER, SAMPLERS, sample
 from .schedule import NoiseSchedule
 from .unet import WEIGHTS_NAME, UNet, load_weights_strict
 
@@ -77,7 +77,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
 
 
 class DiffusionPipeline:
-    """``pipe.generate(num_images=16, classes=["food_drink"], sampler="dpmpp_2m", steps=20, guidance=3.0)``"""
+    """``pipe.generate(num_images=16, classes=["food_drink"], sampler="dpmpp_2m_sde", steps=20, guidance=3.0)``"""
 
     def __init__(self, model: UNet, schedule: NoiseSchedule, labels: list[str], styles: list[str] | None = None,
                  prediction_type: str = "epsilon", device: str | torch.device | None = None,
@@ -226,7 +226,7 @@ class DiffusionPipeline:
         return torch.from_numpy(ctx).to(self.device), class_index
 
     # ---- sampling ----------------------------------------------------------------------------
-    def generate(self, num_images: int = 16, classes=None, blend=None, style=None, sampler: str = "dpmpp_2m",
+    def generate(self, num_images: int = 16, classes=None, blend=None, style=None, sampler: str = DEFAULT_SAMPLER,
                  steps: int = 20, guidance: float = 3.0, eta: float = 0.0, seed: int = 0,
                  return_trajectory: bool = False, callback=None) -> GenerationOutput:
         """Sample ``num_images`` (1..MAX_IMAGES) images as uint8 (n, H, W, 3). ``callback(step)`` sees

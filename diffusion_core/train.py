@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .data import load_dataset
 from .pipeline import DiffusionPipeline, cpu_has_native_bf16
+from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
 from .unet import UNet
 
@@ -298,7 +299,7 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path) -> Path:
                              list(data.class_names), list(data.style_names), cfg.prediction_type, device="cpu")
     per_class = 8
     classes = [name for name in data.class_names for _ in range(per_class)]
-    grid = pipe.generate(num_images=len(classes), classes=classes, sampler="dpmpp_2m", steps=20, guidance=3.0, seed=0)
+    grid = pipe.generate(num_images=len(classes), classes=classes, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0, seed=0)
     save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
     folder = pipe.save_pretrained(cfg.export_dir, model_card=training_card(cfg, step, out_dir / "log.csv"))
     pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}")  # every export kept, for learning curves

@@ -118,10 +118,11 @@ def test_forward_process_shows_noisier_images_at_larger_t(client):
     assert "t = 900" in info_late and "ᾱ_t" in info_late
 
 
-def test_compare_runs_three_samplers_with_their_times(client):
+def test_compare_runs_four_samplers_with_their_times(client):
     out = client.predict("flag", 3.0, 1, 0, api_name="/compare")
-    assert [len(out[i]) for i in (0, 2, 4)] == [1, 1, 1]
-    assert "DDPM, 1000 steps" in out[1] and "DDIM, 25 steps" in out[3] and "DPM-Solver++, 10 steps" in out[5]
+    assert [len(out[i]) for i in (0, 2, 4, 6)] == [1, 1, 1, 1]
+    assert "DDPM, 1000 steps" in out[1] and "DDIM, 25 steps" in out[3]
+    assert "DPM-Solver++ 2M, 20 steps" in out[5] and "DPM-Solver++ 2M SDE, 20 steps" in out[7]
 
 
 @pytest.mark.parametrize("endpoint,args,message", [
@@ -161,11 +162,11 @@ def test_every_tab_works_in_a_real_browser(server):
         page.goto(server)
         page.get_by_role("tab", name="Generate").click()
         tab_runs = [  # (tab, its main button, the text that appears once the result is in)
-            ("Generate", "Generate", r"16 images, dpmpp_2m, 20 steps: [\d.]+ s"),
+            ("Generate", "Generate", r"16 images, dpmpp_2m_sde, 20 steps: [\d.]+ s"),
             ("Context", "Generate", r"guidance 5: [\d.]+ s"),
             ("Denoising animation", "Animate", r"Left: x_t, right"),
             ("Forward process", "Show", r"ᾱ_t = [\d.]+"),
-            ("Compare samplers", "Compare", r"DPM-Solver\+\+, 10 steps: [\d.]+ s"),
+            ("Compare samplers", "Compare", r"DPM-Solver\+\+ 2M SDE, 20 steps: [\d.]+ s"),
         ]
         for tab, button, expected in tab_runs:
             page.get_by_role("tab", name=tab).click()

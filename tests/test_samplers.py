@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from diffusion_core.samplers import SAMPLERS, sample
+from diffusion_core.samplers import SAMPLERS, ddpm_step, dpmpp_2m_sde_step, sample
 
 from conftest import GaussianDenoiser
 
@@ -50,6 +50,23 @@ def test_ddpm_at_full_steps_reproduces_gaussian_data(schedule):
     mean, std = moments(sample(GaussianDenoiser(schedule, mu=-0.2, s=0.4), schedule, SHAPE, sampler="ddpm", steps=1000))
     assert mean == pytest.approx(-0.2, abs=0.02)
     assert std == pytest.approx(0.4, rel=0.03)
+
+
+def test_sde_dpm_solver_pp_first_order_step_is_the_ddpm_posterior_step():
+    x_t, x0, z = torch.randn(3, 2, 1, 4, 4)
+    for abar, abar_prev in ((0.01, 0.05), (0.3, 0.5), (0.9, 0.97)):
+        ddpm = ddpm_step(x_t, x0, abar, abar_prev, noise=lambda: z)
+        sde, _ = dpmpp_2m_sde_step(x_t, x0, None, abar, abar_prev, None, noise=lambda: z)
+        assert torch.allclose(ddpm, sde, atol=1e-5)
+
+
+def test_sde_dpm_solver_pp_reproduces_gaussian_data_and_beats_ddpm_at_20_steps(schedule):
+    data = dict(mu=0.1, s=0.5)
+    mean, std = moments(sample(GaussianDenoiser(schedule, **data), schedule, SHAPE, sampler="dpmpp_2m_sde", steps=100))
+    assert mean == pytest.approx(0.1, abs=0.02) and std == pytest.approx(0.5, rel=0.02)
+    std_error = {name: abs(moments(sample(GaussianDenoiser(schedule, **data), schedule, SHAPE, sampler=name,
+                                          steps=20))[1] - 0.5) for name in ("ddpm", "dpmpp_2m_sde")}
+    assert std_error["dpmpp_2m_sde"] < 0.05 * 0.5 < std_error["ddpm"]  # measured: 4% too wide vs 13% too narrow
 
 
 def test_v_prediction_gives_the_same_samples_as_epsilon(schedule):
