@@ -57,7 +57,7 @@ def cmd_train(args) -> None:
     cfg = TrainConfig.from_json(args.config) if args.config else TrainConfig()
     overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)} and v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
-    summary = train(cfg, resume=args.resume, show_progress=not args.quiet)
+    summary = train(cfg, resume=args.resume, show_progress=not args.quiet, export_only=args.export_only)
     print(f"trained to step {summary['step']}; checkpoint exported to {cfg.export_dir}")
 
 
@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="JSON training config, e.g. configs/emoji32.json")
     t.add_argument("--resume", action="store_true", help="continue from out_dir/state.safetensors")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--export-only", action="store_true",
+                   help="write out_dir/state.safetensors's EMA weights to export_dir (card, samples) without training")
     for name, kind in (("data", str), ("max_steps", int), ("batch_size", int), ("lr", float), ("out_dir", str),
                        ("export_dir", str), ("checkpoint_every", int), ("log_every", int), ("precision", str),
                        ("num_threads", int), ("seed", int), ("base_channels", int), ("image_size", int),

@@ -62,7 +62,7 @@ python -m diffusion_core train --config configs/{Path(cfg.export_dir).name}.json
 | precision | {cfg.precision} (bf16 autocast where native) |
 
 The log is `training_log.csv` beside this card; `samples.png` shows 8 samples per class
-(DPM-Solver++ 20 steps, guidance 3, seed 0).
+(DPM-Solver++ 2M SDE, 20 steps, guidance 3, seed 0).
 
 ## Evaluation
 {evaluation}

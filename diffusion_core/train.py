@@ -169,9 +169,10 @@ def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
     return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
 
 
-def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, export_only: bool = False) -> dict:
     """Train (or resume) per ``cfg``; returns a summary. Under torchrun each process takes its share
-    of every global batch, and gradients are averaged (DistributedDataParallel)."""
+    of every global batch, and gradients are averaged (DistributedDataParallel). ``export_only``
+    writes the saved state's EMA weights to cfg.export_dir (card, sample grid) without training."""
     cfg.validate()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -203,6 +204,12 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) ->
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     step = 0
+    if export_only:
+        if not state_path.exists():
+            raise ValueError(f"no training state at {state_path} to export")
+        step = load_training_state(state_path, model, ema, optimizer)
+        folder = export(ema, cfg, data, step, out_dir) if is_main else None
+        return {"step": step, "export": str(folder)}
     if resume and state_path.exists():
         step = load_training_state(state_path, model, ema, optimizer)
     elif resume and is_main:

@@ -51,6 +51,20 @@ def test_training_writes_log_checkpoint_grid_and_a_loadable_export(course_files,
     assert "| steps | 6 |" in card and "python -m diffusion_core train" in card
 
 
+def test_export_only_rewrites_the_saved_states_ema_without_training(course_files, tmp_path):
+    cfg = tiny_config(course_files, tmp_path, "a")
+    with pytest.raises(ValueError, match="no training state"):
+        train(cfg, export_only=True, show_progress=False)
+    train(cfg, show_progress=False)
+    log_before = (Path(cfg.out_dir) / "log.csv").read_text()
+    again = tiny_config(course_files, tmp_path, "a", export_dir=str(tmp_path / "again"))
+    assert train(again, export_only=True, show_progress=False)["step"] == 6
+    a, b = (load_file(Path(d) / "model.safetensors") for d in (cfg.export_dir, again.export_dir))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "| steps | 6 |" in (tmp_path / "again" / "README.md").read_text()
+    assert (Path(cfg.out_dir) / "log.csv").read_text() == log_before
+
+
 def test_resume_continues_exactly_where_it_stopped(course_files, tmp_path):
     straight = tiny_config(course_files, tmp_path, "straight")
     train(straight, show_progress=False)
