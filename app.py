@@ -38,6 +38,7 @@ MAX_IMAGE_STEPS = 16_000       # cap on images x steps per request (16 images at
 MAX_ANIMATION_IMAGES = 16
 MAX_FRAMES = 120               # the GIF, MP4 and scrubber keep at most this many steps, evenly spaced
 MAX_GUIDANCE = 10.0
+DEFAULT_GUIDANCE = 4.0  # measured for the shipped model with the default sampler (README, "Quality")
 MAX_SEED = 2**31 - 1
 ANY_STYLE = "any"
 SCALE = 4                      # sprites are shown 4x larger, nearest-neighbour, so pixels stay crisp
@@ -347,7 +348,7 @@ def context_tab(app: App):
             with gr.Column(scale=1):
                 weights = [gr.Slider(0, 1, value=0.0, step=0.05, label=name) for name in app.pipe.labels]
                 style = gr.Radio([ANY_STYLE, *app.pipe.styles], value=ANY_STYLE, label="style")
-                guidance = gr.Slider(0, MAX_GUIDANCE, value=5.0, step=0.25, label="guidance")
+                guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.25, label="guidance")
                 sampler, steps, num, seed, button = run_controls(app, 20, MAX_IMAGES, 16, "Generate")
             with gr.Column(scale=2):
                 gallery = sprite_gallery("samples")
@@ -356,7 +357,7 @@ def context_tab(app: App):
         button.click(app.generate_context, inputs, [gallery, info], api_name="generate_context", preprocess=False)
         labels = app.pipe.labels
 
-        def preset(mix: dict, style_value=ANY_STYLE, w=5.0):
+        def preset(mix: dict, style_value=ANY_STYLE, w=DEFAULT_GUIDANCE):
             return [mix.get(name, 0.0) for name in labels] + [style_value, w, DEFAULT_SAMPLER, 20, 16, 0]
 
         examples, names = [preset({name: 1.0}) for name in labels], list(labels)
@@ -378,7 +379,7 @@ def animation_tab(app: App):
         with gr.Row():
             with gr.Column(scale=1):
                 class_name = gr.Dropdown([ANY_STYLE, *app.pipe.labels], value=app.pipe.labels[0], label="class")
-                guidance = gr.Slider(0, MAX_GUIDANCE, value=5.0, step=0.25, label="guidance")
+                guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.25, label="guidance")
                 sampler, steps, num, seed, button = run_controls(app, 30, MAX_ANIMATION_IMAGES, 4, "Animate")
             with gr.Column(scale=2):
                 live = gr.Image(label="x_t (left) and predicted x_0 (right)", type="numpy", format="png")
@@ -424,14 +425,14 @@ def compare_tab(app: App):
                     + ", ".join(f"{label} ({steps} steps)" for label, _, steps in app.comparison) + ".")
         with gr.Row():
             class_name = gr.Dropdown([ANY_STYLE, *app.pipe.labels], value=app.pipe.labels[0], label="class")
-            guidance = gr.Slider(0, MAX_GUIDANCE, value=5.0, step=0.25, label="guidance")
+            guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.25, label="guidance")
             num = gr.Slider(1, MAX_IMAGE_STEPS // app.T, value=2, step=1, label="number of images")
             seed = seed_controls()
         button = gr.Button("Compare", variant="primary")
         outputs = []
         with gr.Row():
             for name, _, _ in app.comparison:
-                with gr.Column():
+                with gr.Column(min_width=160):  # four side by side, even on a laptop
                     outputs.append(sprite_gallery(name))
                     outputs.append(gr.Markdown())
         button.click(app.compare, [class_name, guidance, num, seed], outputs, api_name="compare", preprocess=False)

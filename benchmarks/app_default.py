@@ -1,5 +1,5 @@
-"""Time the app's default request: 16 guided 32x32 images (Context tab defaults: DPM-Solver++,
-20 steps, guidance 5), with the precision the app picks ("auto").
+"""Time the app's default request: 16 guided 32x32 images (Context tab defaults: the default sampler,
+20 steps, the app's default guidance), with the precision the app picks ("auto").
 
     python benchmarks/app_default.py [--model checkpoints/emoji32] [--repeats 5]
 """
@@ -14,7 +14,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app import DEFAULT_GUIDANCE  # noqa: E402
 from diffusion_core.pipeline import DiffusionPipeline  # noqa: E402
+from diffusion_core.samplers import DEFAULT_SAMPLER  # noqa: E402
 
 
 def main() -> None:
@@ -24,11 +26,11 @@ def main() -> None:
     args = parser.parse_args()
     for dtype in ("float32", "auto"):
         pipe = DiffusionPipeline.from_pretrained(args.model, dtype=dtype)
-        pipe.generate(num_images=16, classes=["food_drink"], steps=20, guidance=5.0)  # warm-up
-        times = [pipe.generate(num_images=16, classes=["food_drink"], sampler="dpmpp_2m", steps=20, guidance=5.0,
-                               seed=i).seconds for i in range(args.repeats)]
+        request = dict(num_images=16, classes=["food_drink"], sampler=DEFAULT_SAMPLER, steps=20, guidance=DEFAULT_GUIDANCE)
+        pipe.generate(**request)  # warm-up
+        times = [pipe.generate(**request, seed=i).seconds for i in range(args.repeats)]
         print(f"{pipe.device} ({torch.get_num_threads()} threads), dtype {dtype} -> {pipe.dtype}: 16 guided images, "
-              f"DPM-Solver++ 20 steps: median {statistics.median(times):.2f} s, best {min(times):.2f} s")
+              f"{DEFAULT_SAMPLER} 20 steps, guidance {DEFAULT_GUIDANCE:g}: median {statistics.median(times):.2f} s, best {min(times):.2f} s")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app import DEFAULT_GUIDANCE
+
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "artifacts" / "screenshots"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -163,7 +165,7 @@ def test_every_tab_works_in_a_real_browser(server):
         page.get_by_role("tab", name="Generate").click()
         tab_runs = [  # (tab, its main button, the text that appears once the result is in)
             ("Generate", "Generate", r"16 images, dpmpp_2m_sde, 20 steps: [\d.]+ s"),
-            ("Context", "Generate", r"guidance 5: [\d.]+ s"),
+            ("Context", "Generate", rf"guidance {DEFAULT_GUIDANCE:g}: [\d.]+ s"),
             ("Denoising animation", "Animate", r"Left: x_t, right"),
             ("Forward process", "Show", r"ᾱ_t = [\d.]+"),
             ("Compare samplers", "Compare", r"DPM-Solver\+\+ 2M SDE, 20 steps: [\d.]+ s"),
