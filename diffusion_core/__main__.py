@@ -77,7 +77,7 @@ def cmd_evaluate(args) -> None:
 def cmd_train_classifier(args) -> None:
     from .metrics import train_classifier
 
-    train_classifier(out_path=args.out, epochs=args.epochs, seed=args.seed)
+    train_classifier(out_path=args.out, epochs=args.epochs, seed=args.seed, width=args.width)
 
 
 def int_or_none(value: str):
@@ -146,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("train-classifier", help="train the evaluation classifier on the emoji sprites")
     c.add_argument("--out", default=None)
-    c.add_argument("--epochs", type=int, default=30)
+    c.add_argument("--epochs", type=int, default=60)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--width", type=int, default=64, help="channels of the first conv stage (then 2x, 4x)")
     c.set_defaults(func=cmd_train_classifier)
     return parser
 

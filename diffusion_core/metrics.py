@@ -50,15 +50,15 @@ def to_input(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def train_classifier(out_path: str | os.PathLike | None = None, epochs: int = 30, seed: int = 0,
-                     batch_size: int = 128, log=print) -> dict:
+def train_classifier(out_path: str | os.PathLike | None = None, epochs: int = 60, seed: int = 0,
+                     width: int = 64, batch_size: int = 128, log=print) -> dict:
     """Train on the emoji train split (random flips and shifts), report held-out accuracy, save
     weights + metadata to a .safetensors file atomically."""
     out_path = Path(out_path or CLASSIFIER_PATH)
     torch.manual_seed(seed)
     train_data, held = load_emoji(split="train"), load_emoji(split="held_out")
     x, y = to_input(train_data.images), torch.from_numpy(train_data.labels)
-    model = SpriteClassifier()
+    model = SpriteClassifier(width=width)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=5e-4)
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
@@ -77,7 +77,7 @@ def train_classifier(out_path: str | os.PathLike | None = None, epochs: int = 30
             acc = accuracy(model, held.images, held.labels)
             log(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, held-out accuracy {acc:.3f}")
     result = {"held_out_accuracy": accuracy(model, held.images, held.labels), "epochs": epochs, "seed": seed,
-              "classes": list(EMOJI_CLASSES)}
+              "width": width, "classes": list(EMOJI_CLASSES)}
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
               metadata={"info": json.dumps(result)})
@@ -101,7 +101,7 @@ def load_classifier(path: str | os.PathLike | None = None) -> tuple[SpriteClassi
         raise ValueError(f"no classifier at {path}; train it with `python -m diffusion_core train-classifier`")
     with safe_open(str(path), "pt") as f:
         info = json.loads(f.metadata()["info"])
-    model = SpriteClassifier(num_classes=len(info["classes"]))
+    model = SpriteClassifier(num_classes=len(info["classes"]), width=info.get("width", 32))
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.eval(), info
 

@@ -48,7 +48,7 @@ these weights are shared under CC BY-SA 4.0 too.
 
 ## Training
 ```
-python -m diffusion_core train --config configs/{Path(cfg.export_dir).name}.json --resume
+python -m diffusion_core train --config configs/{Path(cfg.out_dir).name}.json --resume
 ```
 | fact | value |
 | --- | --- |

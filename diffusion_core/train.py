@@ -188,6 +188,8 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         raise ValueError(f"batch_size {cfg.batch_size} must divide evenly over {world} processes")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolutions
     is_main = rank == 0
     out_dir = Path(cfg.out_dir)
     state_path = out_dir / "state.safetensors"
@@ -208,7 +210,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         if not state_path.exists():
             raise ValueError(f"no training state at {state_path} to export")
         step = load_training_state(state_path, model, ema, optimizer)
-        folder = export(ema, cfg, data, step, out_dir) if is_main else None
+        folder = export(ema, cfg, data, step, out_dir, device) if is_main else None
         return {"step": step, "export": str(folder)}
     if resume and state_path.exists():
         step = load_training_state(state_path, model, ema, optimizer)
@@ -279,7 +281,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         bar.update(1)
         if is_main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
             save_training_state(state_path, model, ema, optimizer, step, cfg)
-            export(ema, cfg, data, step, out_dir)
+            export(ema, cfg, data, step, out_dir, device)
     bar.close()
     if distributed:
         dist.barrier()
@@ -296,17 +298,18 @@ def truncate_log(log_path: Path, step: int) -> None:
     os.replace(log_path.with_suffix(".tmp"), log_path)
 
 
-def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path) -> Path:
+def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: torch.device | str = "cpu") -> Path:
     """Write the EMA weights as a Hub-layout checkpoint (config.json, model.safetensors, model card,
-    training log) to cfg.export_dir, and a sample grid (8 per class) to out_dir."""
+    training log) to cfg.export_dir, and a sample grid (8 per class, drawn on ``device``) to out_dir."""
     from .model_card import training_card
     from .viz import save_grid
 
     pipe = DiffusionPipeline(ema_copy(ema, cfg, data), NoiseSchedule(cfg.schedule, cfg.num_timesteps),
-                             list(data.class_names), list(data.style_names), cfg.prediction_type, device="cpu")
+                             list(data.class_names), list(data.style_names), cfg.prediction_type, device=device)
     per_class = 8
     classes = [name for name in data.class_names for _ in range(per_class)]
     grid = pipe.generate(num_images=len(classes), classes=classes, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0, seed=0)
+    pipe.model.cpu()  # the weights are saved from the CPU
     save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
     folder = pipe.save_pretrained(cfg.export_dir, model_card=training_card(cfg, step, out_dir / "log.csv"))
     pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}")  # every export kept, for learning curves
