@@ -1,7 +1,7 @@
-"""Training throughput (images/s) of the default emoji32 configuration on this machine, fp32 and
-bf16 autocast (where native), measured over a few optimizer steps after a warm-up.
+"""Training throughput (images/s) of a training configuration (default: emoji32) on this machine,
+fp32 and bf16 autocast (where native), measured over a few optimizer steps after a warm-up.
 
-    python benchmarks/training_speed.py [--steps 20] [--batch 64]
+    python benchmarks/training_speed.py [--config configs/emoji32.json] [--steps 20] [--batch 64]
 """
 from __future__ import annotations
 
@@ -52,14 +52,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "emoji32.json"))
     args = parser.parse_args()
-    cfg = TrainConfig.from_json(Path(__file__).resolve().parent.parent / "configs" / "emoji32.json")
+    cfg = TrainConfig.from_json(args.config)
     cfg.batch_size = args.batch
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
     for bf16 in [False] + ([True] if native else []):
         ips = images_per_second(cfg, bf16, args.steps, device)
-        print(f"{device}, batch {args.batch}, {'bf16 autocast' if bf16 else 'fp32'}: {ips:.0f} training images/s")
+        print(f"{Path(args.config).stem}, {device}, batch {args.batch}, {'bf16 autocast' if bf16 else 'fp32'}: "
+              f"{ips:.0f} training images/s")
 
 
 if __name__ == "__main__":

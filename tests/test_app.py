@@ -30,12 +30,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
+def serve_app(model: str | None, log_name: str):
+    """Start `python app.py` (offline, with $HF_MODEL_ID = model when given), yield its URL, stop it."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODEL_ID": "nobody/not-in-any-cache", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("HF_MODEL_ID", None)
+    if model:
+        env["HF_MODEL_ID"] = model
     (ROOT / "artifacts").mkdir(exist_ok=True)
-    log = open(ROOT / "artifacts" / "app_test.log", "w")
+    log = open(ROOT / "artifacts" / log_name, "w")
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -44,7 +47,7 @@ def server():
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with {proc.returncode}; see artifacts/app_test.log")
+            raise RuntimeError(f"the app exited with {proc.returncode}; see artifacts/{log_name}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 break
@@ -57,6 +60,18 @@ def server():
     proc.terminate()
     proc.wait(timeout=30)
     log.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The app asked for a Hub model it cannot get offline: it must fall back to the shipped one."""
+    yield from serve_app("nobody/not-in-any-cache", "app_test.log")
+
+
+@pytest.fixture(scope="module")
+def default_server():
+    """The app as `python app.py` starts it (the README's screenshots come from this one)."""
+    yield from serve_app(None, "app_test_default.log")
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +167,7 @@ def test_bad_inputs_give_a_visible_error_naming_the_field_and_the_server_keeps_s
 
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed "
                     "(the test command installs it where it can; CI must have it)")
-def test_every_tab_works_in_a_real_browser(server):
+def test_every_tab_works_in_a_real_browser(default_server):
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -161,8 +176,9 @@ def test_every_tab_works_in_a_real_browser(server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(server)
+        page.goto(default_server)
         page.get_by_role("tab", name="Generate").click()
+        assert "Could not load" not in page.content()  # the shipped default loads as it is
         tab_runs = [  # (tab, its main button, the text that appears once the result is in)
             ("Generate", "Generate", r"16 images, dpmpp_2m_sde, 20 steps: [\d.]+ s"),
             ("Context", "Generate", rf"guidance {DEFAULT_GUIDANCE:g}: [\d.]+ s"),
