@@ -28,7 +28,7 @@ COPY_RMSE = 0.05  # a sample within this pixel RMSE (0..1 scale) of a training i
 class SpriteClassifier(nn.Module):
     """Three conv stages (32 -> 16 -> 8 -> 4 px) and a 128-d feature layer before the class logits."""
 
-    def __init__(self, num_classes: int = len(EMOJI_CLASSES), width: int = 32, feature_dim: int = 128):
+    def __init__(self, num_classes: int = len(EMOJI_CLASSES), width: int = 64, feature_dim: int = 128):
         super().__init__()
         def stage(c_in, c_out):
             return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
@@ -101,7 +101,7 @@ def load_classifier(path: str | os.PathLike | None = None) -> tuple[SpriteClassi
         raise ValueError(f"no classifier at {path}; train it with `python -m diffusion_core train-classifier`")
     with safe_open(str(path), "pt") as f:
         info = json.loads(f.metadata()["info"])
-    model = SpriteClassifier(num_classes=len(info["classes"]), width=info.get("width", 32))
+    model = SpriteClassifier(num_classes=len(info["classes"]), width=info.get("width", 32))  # 32: files before widths were saved
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.eval(), info
 
