@@ -40,8 +40,7 @@ wait
 declare -A STEPS
 for c in $CONFIGS; do
   rate=$(tail -n 1 "$PROBE/$c/log.csv" | cut -d, -f4)
-  batch=$($PY -c "import json; print(json.load(open('configs/$c.json'))['batch_size'])")
-  [[ "$TRAIN_ARGS" =~ --batch-size[[:space:]]+([0-9]+) ]] && batch=${BASH_REMATCH[1]}
+  batch=$($PY -c "import json; print(json.load(open('$PROBE/$c/config.json'))['batch_size'])")  # flags applied
   steps=$($PY -c "print(max(100, int($rate * $TRAIN_SECONDS * 0.85 / $batch) // 100 * 100))")
   STEPS[$c]=$steps
   say "$c: probe $rate images/s (batch $batch) -> $steps steps in ${TRAIN_SECONDS}s"
