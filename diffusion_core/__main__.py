@@ -126,16 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("data", str), ("max_steps", int), ("batch_size", int), ("lr", float), ("out_dir", str),
                        ("export_dir", str), ("checkpoint_every", int), ("log_every", int), ("precision", str),
                        ("num_threads", int), ("seed", int), ("base_channels", int), ("image_size", int),
-                       ("prediction_type", str), ("schedule", str), ("warmup_steps", int)):
+                       ("prediction_type", str), ("schedule", str), ("warmup_steps", int), ("init_from", str),
+                       ("min_lr_ratio", float)):
         t.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="measure sample quality with the project's classifier")
     e.add_argument("--model", default=DEFAULT_MODEL)
     e.add_argument("--classifier", default=None, help="classifier .safetensors (default: the shipped one)")
-    e.add_argument("--num", type=int, default=184, help="samples per setting (class mix of the held-out split)")
+    e.add_argument("--num", type=int, default=None, help="samples per setting, in the held-out split's class mix "
+                   "(default: one per held-out image)")
     e.add_argument("--dtype", default="auto", help="float32, bfloat16 or auto")
     e.add_argument("--quick", action="store_true", help="only the default sampler (DPM-Solver++ 2M SDE) at 20 steps, guidance 3 and 4")
+    e.add_argument("--setting", action="append", metavar="SAMPLER:STEPS:GUIDANCE",
+                   help="evaluate only this setting (repeatable), e.g. dpmpp_2m_sde:25:4")
     e.add_argument("--no-write", action="store_true", help="print the tables only; leave the model card alone")
     e.set_defaults(func=cmd_evaluate)
 

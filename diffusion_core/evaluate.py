@@ -14,7 +14,7 @@ from .data import load_emoji
 from .metrics import COPY_RMSE, copy_share, frechet_distance, load_classifier, predict
 from .model_card import EVALUATION_FILE
 from .pipeline import MAX_IMAGES, DiffusionPipeline
-from .samplers import DEFAULT_SAMPLER
+from .samplers import DEFAULT_SAMPLER, SAMPLERS
 
 
 @dataclass
@@ -31,12 +31,25 @@ def default_settings() -> list[Setting]:
     settings += [Setting("ddim", n, w) for n in (10, 25, 50) for w in (1.0, 3.0)]
     settings += [Setting(sampler, n, w) for sampler in ("dpmpp_2m", "dpmpp_2m_sde") for n in (10, 20) for w in (1.0, 3.0)]
     settings += [Setting(DEFAULT_SAMPLER, 20, w) for w in (0.0, 2.0, 4.0, 5.0, 8.0)]  # the guidance sweep
+    settings += [Setting(DEFAULT_SAMPLER, 25, w) for w in (3.0, 4.0)]  # the quality bar allows 20-25 steps
     return settings
 
 
 def quick_settings() -> list[Setting]:
     """The default sampler at 20 steps, at the two guidance scales the quality bar allows."""
     return [Setting(DEFAULT_SAMPLER, 20, w) for w in (3.0, 4.0)]
+
+
+def parse_setting(text: str) -> Setting:
+    """'SAMPLER:STEPS:GUIDANCE', e.g. 'dpmpp_2m_sde:25:4'; the sampler checks the ranges."""
+    try:
+        sampler, steps, guidance = text.split(":")
+        setting = Setting(sampler, int(steps), float(guidance))
+    except ValueError:
+        raise ValueError(f"a setting is SAMPLER:STEPS:GUIDANCE, e.g. dpmpp_2m_sde:25:4; got {text!r}") from None
+    if setting.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {setting.sampler!r} in setting {text!r}; samplers are {SAMPLERS}")
+    return setting
 
 
 def generate_for_labels(pipe: DiffusionPipeline, labels: np.ndarray, setting: Setting, seed: int = 0) -> np.ndarray:
@@ -64,8 +77,14 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-def evaluate(model: str, classifier: str | None = None, num: int = 184, settings: list[Setting] | None = None,
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
+    return {name: float((pred[labels == c] == c).mean()) for c, name in enumerate(classes) if (labels == c).any()}
+
+
+def evaluate(model: str, classifier: str | None = None, num: int | None = None, settings: list[Setting] | None = None,
              dtype: str = "auto", log=print) -> dict:
+    if num is not None and num < 2:
+        raise ValueError(f"num must be at least 2 (the Fréchet distance needs a covariance), got {num}")
     pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
     if pipe.model.image_size != 32:
         raise ValueError("evaluation uses the 32x32 emoji classifier; this model makes "
@@ -76,10 +95,12 @@ def evaluate(model: str, classifier: str | None = None, num: int = 184, settings
     train, held = load_emoji(split="train"), load_emoji(split="held_out")
     train_pred, train_feat = predict(clf, train.images)
     held_pred, held_feat = predict(clf, held.images)
+    num = num or len(held)  # default: one sample per held-out image
 
     def reference(n):
         subset = stratified_subset(held.labels, n)
         return {"accuracy": float((held_pred[subset] == held.labels[subset]).mean()),
+                "per_class_accuracy": per_class_accuracy(held_pred[subset], held.labels[subset], info["classes"]),
                 "fd": frechet_distance(held_feat[subset], train_feat),
                 "copies": copy_share(held.images[subset], train.images), "n": int(len(subset))}
 
@@ -94,7 +115,8 @@ def evaluate(model: str, classifier: str | None = None, num: int = 184, settings
         seconds = time.perf_counter() - start
         pred, feat = predict(clf, images)
         row = {"sampler": setting.sampler, "steps": setting.steps, "guidance": setting.guidance, "n": int(len(labels)),
-               "accuracy": float((pred == labels).mean()), "fd": frechet_distance(feat, train_feat),
+               "accuracy": float((pred == labels).mean()),
+               "per_class_accuracy": per_class_accuracy(pred, labels, info["classes"]), "fd": frechet_distance(feat, train_feat),
                "fd_floor": references[n]["fd"], "copies": copy_share(images, train.images),
                "seconds_per_image": seconds / len(labels)}
         rows.append(row)
@@ -129,6 +151,16 @@ def to_markdown(result: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [format_row(r) for r in result["rows"]]
+    bar_rows = [r for r in result["rows"] if r["sampler"] == DEFAULT_SAMPLER and 20 <= r["steps"] <= 25
+                and 3 <= r["guidance"] <= 4 and r["n"] == ref["n"]]
+    if bar_rows:
+        lines += ["", f"Class accuracy per class: real held-out images (n={ref['n']}) and samples of {DEFAULT_SAMPLER} "
+                  "at the quality bar's settings (steps / guidance).", "",
+                  "| class | real | " + " | ".join(f"{r['steps']} / {r['guidance']:g}" for r in bar_rows) + " |",
+                  "| --- | ---: | " + " | ".join("---:" for _ in bar_rows) + " |"]
+        for name, real in ref["per_class_accuracy"].items():
+            lines.append(f"| {name} | {100 * real:.0f}% | "
+                         + " | ".join(f"{100 * r['per_class_accuracy'][name]:.0f}%" for r in bar_rows) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -150,7 +182,9 @@ def write_to_model_card(folder: Path, markdown: str, result: dict) -> None:
 
 
 def evaluate_command(args) -> None:
-    settings = quick_settings() if args.quick else None
+    settings = [parse_setting(text) for text in args.setting] if args.setting else None
+    if args.quick:
+        settings = (settings or []) + quick_settings()
     result = evaluate(args.model, args.classifier, num=args.num, settings=settings, dtype=args.dtype)
     markdown = to_markdown(result)
     print(markdown)

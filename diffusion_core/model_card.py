@@ -52,6 +52,7 @@ python -m diffusion_core train --config configs/{Path(cfg.out_dir).name}.json --
 ```
 | fact | value |
 | --- | --- |
+| initialised from | {f"`{cfg.init_from}` (fine-tuned; the table counts this run only)" if cfg.init_from else "random (from scratch)"} |
 | steps | {step} |
 | batch size | {cfg.batch_size} |
 | images seen | {step * cfg.batch_size:,} |

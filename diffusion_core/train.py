@@ -4,6 +4,7 @@ cosine decay, gradient clipping, EMA weights, bf16 autocast where the hardware h
 atomic checkpoints with exact resume, and DistributedDataParallel under torchrun.
 
     python -m diffusion_core train --config configs/emoji32.json [--max-steps N] [--resume]
+    python -m diffusion_core train --config configs/X.json --init-from checkpoints/emoji32   # fine-tune
     torchrun --nproc_per_node=K -m diffusion_core train --config configs/emoji32.json
 """
 from __future__ import annotations
@@ -64,6 +65,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     precision: str = "auto"                # "auto" (bf16 where native), "bf16" or "fp32"
     seed: int = 0
+    init_from: str = ""                    # checkpoint folder or Hub id whose weights start the run (fine-tuning)
     # bookkeeping
     out_dir: str = "runs/emoji32"
     export_dir: str = "checkpoints/emoji32"
@@ -160,6 +162,19 @@ def load_training_state(path: Path, model, ema, optimizer) -> int:
     return int(meta["step"])
 
 
+def init_weights(model: UNet, cfg: TrainConfig, context_dim: int) -> None:
+    """Start from the weights of a trained checkpoint (its EMA export): same architecture and context
+    required. The optimizer, schedule and step start fresh, so this is fine-tuning, not resuming."""
+    pipe = DiffusionPipeline.from_pretrained(cfg.init_from, device="cpu")
+    expected, config = cfg.unet_kwargs(context_dim), pipe.config()
+    found = {k: config.get(k) for k in expected}
+    if found != expected:
+        differ = sorted(k for k in expected if found[k] != expected[k])
+        raise ValueError(f"init_from {cfg.init_from!r} has a different architecture than this config "
+                         f"(differs in {differ}: {[found[k] for k in differ]} vs {[expected[k] for k in differ]})")
+    model.load_state_dict(pipe.model.state_dict())
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +229,12 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         return {"step": step, "export": str(folder)}
     if resume and state_path.exists():
         step = load_training_state(state_path, model, ema, optimizer)
-    elif resume and is_main:
-        print(f"no checkpoint at {state_path}; starting from step 0")
+    else:
+        if resume and is_main:
+            print(f"no checkpoint at {state_path}; starting from step 0")
+        if cfg.init_from:
+            init_weights(model, cfg, contexts.shape[1])
+            ema.load_state_dict(model.state_dict())
     bf16 = use_bf16(cfg, device)
     model.to(memory_format=torch.channels_last)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model

@@ -66,3 +66,14 @@ def test_bad_arguments_in_a_real_process_give_one_line_and_no_traceback(tiny_che
 def test_a_missing_model_folder_is_a_clear_error():
     result = run_cli("sample", "--model", "no/such-model-anywhere", "--out", "/tmp/x.png")
     assert result.returncode == 2 and "could not get model" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--setting", "ddim:25"], "a setting is SAMPLER:STEPS:GUIDANCE"),
+    (["--setting", "euler:25:3"], "unknown sampler 'euler'"),
+    (["--num", "1"], "num must be at least 2"),
+])
+def test_bad_evaluate_arguments_print_the_message_and_exit_non_zero(args, message, capsys):
+    code = main(["evaluate", "--model", str(ROOT / "checkpoints" / "emoji32_small"), "--no-write", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffusion_core.data import EMOJI_CLASSES, EMOJI_STYLES, load_emoji
-from diffusion_core.evaluate import Setting, evaluate, to_markdown, write_to_model_card
+from diffusion_core.evaluate import Setting, evaluate, parse_setting, stratified_subset, to_markdown, write_to_model_card
 from diffusion_core.metrics import copy_share, frechet_distance, load_classifier, predict
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.schedule import NoiseSchedule
@@ -44,10 +44,25 @@ def test_evaluate_runs_end_to_end_and_writes_the_model_card(tmp_path):
     model = UNet(base_channels=8, num_groups=4, channel_mults=(1, 2, 2, 2), attention_resolutions=(4,), num_heads=2)
     pipe = DiffusionPipeline(model, NoiseSchedule("cosine", 100), list(EMOJI_CLASSES), list(EMOJI_STYLES), device="cpu")
     folder = pipe.save_pretrained(tmp_path / "m", model_card="# card\n\n## Evaluation\nnot yet\n\n## Use\nhere\n")
-    result = evaluate(str(folder), num=16, settings=[Setting("ddim", 2, 3.0)], dtype="float32", log=lambda s: None)
-    row = result["rows"][0]
+    settings = [Setting("ddim", 2, 3.0), parse_setting("dpmpp_2m_sde:20:4")]
+    result = evaluate(str(folder), num=16, settings=settings, dtype="float32", log=lambda s: None)
+    row, bar_row = result["rows"]
     assert row["n"] == 16 and 0 <= row["accuracy"] <= 1 and row["fd"] > row["fd_floor"] > 0
+    # per-class accuracy: the overall accuracy is its class-count-weighted mean
+    held_labels = load_emoji(split="held_out").labels
+    counts = np.bincount(held_labels[stratified_subset(held_labels, 16)],
+                         minlength=len(EMOJI_CLASSES))
+    per_class = np.array([bar_row["per_class_accuracy"].get(name, 0.0) for name in EMOJI_CLASSES])
+    assert np.isclose((per_class * counts).sum() / counts.sum(), bar_row["accuracy"])
     markdown = to_markdown(result)
     write_to_model_card(folder, markdown, result)
     card = (folder / "README.md").read_text()
     assert "| ddim | 2 | 3 | 16 |" in card and card.rstrip().endswith("here") and "not yet" not in card
+    assert "| class | real | 20 / 4 |" in card  # the per-class table shows the bar's setting only
+
+
+@pytest.mark.parametrize("text, message", [("ddim:25", "SAMPLER:STEPS:GUIDANCE"), ("ddim:x:3", "SAMPLER:STEPS:GUIDANCE"),
+                                           ("euler:25:3", "unknown sampler 'euler'")])
+def test_a_bad_evaluation_setting_is_a_clear_error(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_setting(text)

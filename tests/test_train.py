@@ -81,6 +81,27 @@ def test_resume_continues_exactly_where_it_stopped(course_files, tmp_path):
     assert log["step"].tolist() == list(range(1, 7))
 
 
+def test_init_from_starts_a_run_from_an_exported_checkpoint(course_files, tmp_path):
+    first = tiny_config(course_files, tmp_path, "first")
+    train(first, show_progress=False)
+    # lr so small that one step leaves the weights where init_from put them
+    tuned = tiny_config(course_files, tmp_path, "tuned", init_from=first.export_dir, max_steps=1, warmup_steps=1, lr=1e-12)
+    train(tuned, show_progress=False)
+    exported = load_file(Path(first.export_dir) / "model.safetensors")
+    state = load_file(Path(tuned.out_dir) / "state.safetensors")
+    for prefix in ("model.", "ema."):
+        for key, value in exported.items():
+            assert torch.allclose(state[prefix + key], value, atol=1e-6), prefix + key
+    card = (Path(tuned.export_dir) / "README.md").read_text()
+    assert f"| initialised from | `{first.export_dir}`" in card and "| steps | 1 |" in card
+
+    wider = tiny_config(course_files, tmp_path, "wider", init_from=first.export_dir, base_channels=16)
+    with pytest.raises(ValueError, match=r"different architecture .*base_channels"):
+        train(wider, show_progress=False)
+    with pytest.raises(ValueError, match="checkpoint folder or a Hub repo id"):
+        train(tiny_config(course_files, tmp_path, "nowhere", init_from=str(tmp_path / "no such folder")), show_progress=False)
+
+
 def test_kill_9_at_any_moment_never_leaves_a_corrupt_checkpoint(course_files, tmp_path):
     cfg = tiny_config(course_files, tmp_path, "killed", max_steps=10_000, checkpoint_every=1, log_every=1)
     config_path = tmp_path / "killed.json"
