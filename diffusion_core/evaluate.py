@@ -53,12 +53,13 @@ def parse_setting(text: str) -> Setting:
 
 
 def generate_for_labels(pipe: DiffusionPipeline, labels: np.ndarray, setting: Setting, seed: int = 0) -> np.ndarray:
-    """One sample per entry of ``labels`` (class indices), in chunks of MAX_IMAGES."""
+    """One sample per entry of ``labels`` (class indices), in chunks of MAX_IMAGES; chunk k of seed s is
+    sampled with seed 1000 s + k, so different seeds draw different noise."""
     images = []
     for chunk, start in enumerate(range(0, len(labels), MAX_IMAGES)):
         names = [pipe.labels[i] for i in labels[start:start + MAX_IMAGES]]
         out = pipe.generate(num_images=len(names), classes=names, sampler=setting.sampler, steps=setting.steps,
-                            guidance=setting.guidance, seed=seed + chunk)
+                            guidance=setting.guidance, seed=1000 * seed + chunk)
         images.append(out.images)
     return np.concatenate(images)
 
@@ -82,7 +83,11 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, classes: list[str])
 
 
 def evaluate(model: str, classifier: str | None = None, num: int | None = None, settings: list[Setting] | None = None,
-             dtype: str = "auto", log=print) -> dict:
+             dtype: str = "auto", seeds: tuple[int, ...] = (0,), log=print) -> dict:
+    """Every setting sampled once per seed (the same labels, different noise); a row holds the means
+    over seeds and, under "seeds", each seed's own numbers."""
+    if not seeds or any(not 0 <= seed < 2**40 for seed in seeds):
+        raise ValueError(f"seeds must be one or more integers in 0..2^40-1, got {list(seeds)}")
     if num is not None and num < 2:
         raise ValueError(f"num must be at least 2 (the Fréchet distance needs a covariance), got {num}")
     pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
@@ -110,24 +115,37 @@ def evaluate(model: str, classifier: str | None = None, num: int | None = None, 
         if n not in references:
             references[n] = reference(n)
         labels = held.labels[stratified_subset(held.labels, n)]
-        start = time.perf_counter()
-        images = generate_for_labels(pipe, labels, setting)
-        seconds = time.perf_counter() - start
-        pred, feat = predict(clf, images)
+        runs = []
+        for seed in seeds:
+            start = time.perf_counter()
+            images = generate_for_labels(pipe, labels, setting, seed)
+            seconds = time.perf_counter() - start
+            pred, feat = predict(clf, images)
+            runs.append({"seed": seed, "accuracy": float((pred == labels).mean()),
+                         "per_class_accuracy": per_class_accuracy(pred, labels, info["classes"]),
+                         "fd": frechet_distance(feat, train_feat), "copies": copy_share(images, train.images),
+                         "seconds_per_image": seconds / len(labels)})
         row = {"sampler": setting.sampler, "steps": setting.steps, "guidance": setting.guidance, "n": int(len(labels)),
-               "accuracy": float((pred == labels).mean()),
-               "per_class_accuracy": per_class_accuracy(pred, labels, info["classes"]), "fd": frechet_distance(feat, train_feat),
-               "fd_floor": references[n]["fd"], "copies": copy_share(images, train.images),
-               "seconds_per_image": seconds / len(labels)}
+               **{k: float(np.mean([r[k] for r in runs])) for k in ("accuracy", "fd", "copies", "seconds_per_image")},
+               "per_class_accuracy": {c: float(np.mean([r["per_class_accuracy"][c] for r in runs]))
+                                      for c in runs[0]["per_class_accuracy"]},
+               "fd_floor": references[n]["fd"], "seeds": runs}
         rows.append(row)
         log(format_row(row))
-    return {"model": str(model), "dtype": pipe.dtype, "classifier_held_out_accuracy": info["held_out_accuracy"],
+    return {"model": str(model), "dtype": pipe.dtype, "seeds": list(seeds),
+            "classifier_held_out_accuracy": info["held_out_accuracy"],
             "references": {str(k): v for k, v in references.items()}, "rows": rows,
             "copy_threshold_rmse": COPY_RMSE}
 
 
 def format_row(row: dict) -> str:
-    return (f"| {row['sampler']} | {row['steps']} | {row['guidance']:g} | {row['n']} | {100 * row['accuracy']:.1f}% "
+    """One table row; with several seeds, n reads "368 x 3" and the accuracy shows its range over seeds."""
+    runs = row.get("seeds", [])
+    n, accuracy = str(row["n"]), f"{100 * row['accuracy']:.1f}%"
+    if len(runs) > 1:
+        low, high = (100 * f(r["accuracy"] for r in runs) for f in (min, max))
+        n, accuracy = f"{row['n']} x {len(runs)}", f"{accuracy} ({low:.1f}-{high:.1f})"
+    return (f"| {row['sampler']} | {row['steps']} | {row['guidance']:g} | {n} | {accuracy} "
             f"| {row['fd']:.2f} | {row['fd_floor']:.2f} | {row['fd'] / row['fd_floor']:.1f}x "
             f"| {100 * row['copies']:.1f}% | {row['seconds_per_image']:.3f} |")
 
@@ -141,7 +159,10 @@ def to_markdown(result: dict) -> str:
         "split's class mix; class accuracy is judged by the project's classifier (`assets/classifier.safetensors`); "
         "FD is the Fréchet distance to the training images in its 128-d feature space; the floor is the same "
         "distance for real held-out images of the same count; copies are samples within "
-        f"{result['copy_threshold_rmse']} pixel RMSE of a training image.",
+        f"{result['copy_threshold_rmse']} pixel RMSE of a training image."
+        + (f" Each setting was sampled with {len(result['seeds'])} noise seeds ({', '.join(map(str, result['seeds']))}): "
+           "the numbers are means over seeds, the accuracy's range over seeds in brackets."
+           if len(result.get("seeds", [0])) > 1 else ""),
         "",
         f"Real-data references (n={ref['n']} held-out images): classifier accuracy {100 * ref['accuracy']:.1f}% "
         f"(on the whole held-out split: {100 * result['classifier_held_out_accuracy']:.1f}%), FD floor {ref['fd']:.2f}, "
@@ -185,7 +206,7 @@ def evaluate_command(args) -> None:
     settings = [parse_setting(text) for text in args.setting] if args.setting else None
     if args.quick:
         settings = (settings or []) + quick_settings()
-    result = evaluate(args.model, args.classifier, num=args.num, settings=settings, dtype=args.dtype)
+    result = evaluate(args.model, args.classifier, num=args.num, settings=settings, dtype=args.dtype, seeds=tuple(args.seeds))
     markdown = to_markdown(result)
     print(markdown)
     folder = Path(args.model)

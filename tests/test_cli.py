@@ -72,6 +72,7 @@ def test_a_missing_model_folder_is_a_clear_error():
     (["--setting", "ddim:25"], "a setting is SAMPLER:STEPS:GUIDANCE"),
     (["--setting", "euler:25:3"], "unknown sampler 'euler'"),
     (["--num", "1"], "num must be at least 2"),
+    (["--seeds", "-1"], "seeds must be one or more integers"),
 ])
 def test_bad_evaluate_arguments_print_the_message_and_exit_non_zero(args, message, capsys):
     code = main(["evaluate", "--model", str(ROOT / "checkpoints" / "emoji32_small"), "--no-write", *args])

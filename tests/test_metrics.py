@@ -45,19 +45,23 @@ def test_evaluate_runs_end_to_end_and_writes_the_model_card(tmp_path):
     pipe = DiffusionPipeline(model, NoiseSchedule("cosine", 100), list(EMOJI_CLASSES), list(EMOJI_STYLES), device="cpu")
     folder = pipe.save_pretrained(tmp_path / "m", model_card="# card\n\n## Evaluation\nnot yet\n\n## Use\nhere\n")
     settings = [Setting("ddim", 2, 3.0), parse_setting("dpmpp_2m_sde:20:4")]
-    result = evaluate(str(folder), num=16, settings=settings, dtype="float32", log=lambda s: None)
+    result = evaluate(str(folder), num=16, settings=settings, dtype="float32", seeds=(0, 1), log=lambda s: None)
     row, bar_row = result["rows"]
     assert row["n"] == 16 and 0 <= row["accuracy"] <= 1 and row["fd"] > row["fd_floor"] > 0
+    # two seeds: two different draws, the row holds their mean
+    assert [r["seed"] for r in row["seeds"]] == [0, 1] and row["seeds"][0]["fd"] != row["seeds"][1]["fd"]
+    assert np.isclose(row["fd"], np.mean([r["fd"] for r in row["seeds"]]))
     # per-class accuracy: the overall accuracy is its class-count-weighted mean
     held_labels = load_emoji(split="held_out").labels
     counts = np.bincount(held_labels[stratified_subset(held_labels, 16)],
                          minlength=len(EMOJI_CLASSES))
-    per_class = np.array([bar_row["per_class_accuracy"].get(name, 0.0) for name in EMOJI_CLASSES])
-    assert np.isclose((per_class * counts).sum() / counts.sum(), bar_row["accuracy"])
+    for run in bar_row["seeds"]:
+        per_class = np.array([run["per_class_accuracy"].get(name, 0.0) for name in EMOJI_CLASSES])
+        assert np.isclose((per_class * counts).sum() / counts.sum(), run["accuracy"])
     markdown = to_markdown(result)
     write_to_model_card(folder, markdown, result)
     card = (folder / "README.md").read_text()
-    assert "| ddim | 2 | 3 | 16 |" in card and card.rstrip().endswith("here") and "not yet" not in card
+    assert "| ddim | 2 | 3 | 16 x 2 |" in card and card.rstrip().endswith("here") and "not yet" not in card
     assert "| class | real | 20 / 4 |" in card  # the per-class table shows the bar's setting only
 
 
