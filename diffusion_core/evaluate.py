@@ -12,7 +12,7 @@ import numpy as np
 
 from .data import load_emoji
 from .metrics import COPY_RMSE, copy_share, frechet_distance, load_classifier, predict
-from .model_card import EVALUATION_FILE
+from .model_card import EVALUATION_FILE, weights_fingerprint
 from .pipeline import MAX_IMAGES, DiffusionPipeline
 from .samplers import DEFAULT_SAMPLER, SAMPLERS
 
@@ -132,7 +132,8 @@ def evaluate(model: str, classifier: str | None = None, num: int | None = None, 
                "fd_floor": references[n]["fd"], "seeds": runs}
         rows.append(row)
         log(format_row(row))
-    return {"model": str(model), "dtype": pipe.dtype, "seeds": list(seeds),
+    return {"model": str(model), "weights_fingerprint": weights_fingerprint(pipe.model.state_dict()),
+            "dtype": pipe.dtype, "seeds": list(seeds),
             "classifier_held_out_accuracy": info["held_out_accuracy"],
             "references": {str(k): v for k, v in references.items()}, "rows": rows,
             "copy_threshold_rmse": COPY_RMSE}

@@ -2,12 +2,53 @@
 once ``evaluate`` has run, its tables."""
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 from pathlib import Path
 
 import torch
 
 EVALUATION_FILE = "evaluation.md"
+NOT_EVALUATED = "Not evaluated yet: run `python -m diffusion_core evaluate --model DIR`."
+
+
+def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors' names and float32 values: the same weights give the same fingerprint
+    however they were stored, so an evaluation can say which weights it measured."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def evaluation_of(folder: Path, fingerprint: str) -> str:
+    """The folder's evaluation tables if they were measured on these weights; a stale evaluation (of
+    weights since replaced, e.g. by more training) is not carried over."""
+    try:
+        measured = json.loads((folder / "evaluation.json").read_text()).get("weights_fingerprint")
+    except (OSError, ValueError):
+        return NOT_EVALUATED
+    if measured != fingerprint or not (folder / EVALUATION_FILE).exists():
+        return NOT_EVALUATED
+    return (folder / EVALUATION_FILE).read_text()
+
+
+def initial_weights_training(init_from: str | None) -> str:
+    """For a fine-tuned model: the command and facts table from the Training section of the card of
+    the checkpoint it started from (when that is a local folder), so the card tells the whole story."""
+    card = Path(init_from) / "README.md" if init_from else None
+    if card is None or not card.is_file():
+        return ""
+    _, found, section = card.read_text().partition("\n## Training\n")
+    lines = section.partition("\n## ")[0].splitlines()
+    table = [i for i, line in enumerate(lines) if line.startswith("|")]
+    if not found or not table:
+        return ""
+    end = next((i for i in range(table[0], len(lines)) if not lines[i].startswith("|")), len(lines))
+    body = "\n".join(lines[:end])
+    return f"\n### Before this run: how `{init_from}` was trained (from its card)\n{body}\n"
 
 
 def hardware() -> str:
@@ -16,7 +57,9 @@ def hardware() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def training_card(cfg, step: int, log_path: Path) -> str:
+def training_card(cfg, step: int, log_path: Path, fingerprint: str = "") -> str:
+    """The card of an export at ``step``; ``fingerprint`` (of the exported weights) decides whether an
+    evaluation already in the export folder still applies."""
     import pandas as pd
 
     log = pd.read_csv(log_path) if Path(log_path).exists() else pd.DataFrame()
@@ -25,8 +68,7 @@ def training_card(cfg, step: int, log_path: Path) -> str:
     wall = float((images_per_row / log["images_per_s"]).sum()) if len(log) else 0.0
     ips = float(log["images_per_s"].tail(20).median()) if len(log) else 0.0
     loss = float(log["loss"].tail(10).mean()) if len(log) else float("nan")
-    evaluation_path = Path(cfg.export_dir) / EVALUATION_FILE
-    evaluation = evaluation_path.read_text() if evaluation_path.exists() else "Not evaluated yet: run `python -m diffusion_core evaluate --model DIR`."
+    evaluation = evaluation_of(Path(cfg.export_dir), fingerprint)
     return f"""---
 license: cc-by-sa-4.0
 library_name: diffusion_core
@@ -64,7 +106,7 @@ python -m diffusion_core train --config configs/{Path(cfg.out_dir).name}.json --
 
 The log is `training_log.csv` beside this card; `samples.png` shows 8 samples per class
 (DPM-Solver++ 2M SDE, 20 steps, guidance 3, seed 0).
-
+{initial_weights_training(cfg.init_from)}
 ## Evaluation
 {evaluation}
 

@@ -2,10 +2,12 @@
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from diffusion_core.data import EMOJI_CLASSES, EMOJI_STYLES, load_emoji
 from diffusion_core.evaluate import Setting, evaluate, parse_setting, stratified_subset, to_markdown, write_to_model_card
 from diffusion_core.metrics import copy_share, frechet_distance, load_classifier, predict
+from diffusion_core.model_card import weights_fingerprint
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.schedule import NoiseSchedule
 from diffusion_core.unet import UNet
@@ -47,6 +49,7 @@ def test_evaluate_runs_end_to_end_and_writes_the_model_card(tmp_path):
     settings = [Setting("ddim", 2, 3.0), parse_setting("dpmpp_2m_sde:20:4")]
     result = evaluate(str(folder), num=16, settings=settings, dtype="float32", seeds=(0, 1), log=lambda s: None)
     row, bar_row = result["rows"]
+    assert result["weights_fingerprint"] == weights_fingerprint(load_file(folder / "model.safetensors"))
     assert row["n"] == 16 and 0 <= row["accuracy"] <= 1 and row["fd"] > row["fd_floor"] > 0
     # two seeds: two different draws, the row holds their mean
     assert [r["seed"] for r in row["seeds"]] == [0, 1] and row["seeds"][0]["fd"] != row["seeds"][1]["fd"]

@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffusion_core.evaluate import write_to_model_card
+from diffusion_core.model_card import NOT_EVALUATED, weights_fingerprint
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.train import TrainConfig, train
 
@@ -65,6 +67,20 @@ def test_export_only_rewrites_the_saved_states_ema_without_training(course_files
     assert (Path(cfg.out_dir) / "log.csv").read_text() == log_before
 
 
+def test_an_evaluation_stays_in_the_card_only_while_it_measures_the_exported_weights(course_files, tmp_path):
+    cfg = tiny_config(course_files, tmp_path, "a")
+    train(cfg, show_progress=False)
+    folder = Path(cfg.export_dir)
+    result = {"weights_fingerprint": weights_fingerprint(load_file(folder / "model.safetensors"))}
+    write_to_model_card(folder, "| measured | table |\n", result)
+    train(cfg, export_only=True, show_progress=False)  # the same weights again: the evaluation still holds
+    assert "| measured | table |" in (folder / "README.md").read_text() and (folder / "evaluation.json").exists()
+    train(tiny_config(course_files, tmp_path, "a", max_steps=9), resume=True, show_progress=False)  # new weights
+    card = (folder / "README.md").read_text()
+    assert "| measured | table |" not in card and NOT_EVALUATED in card
+    assert not (folder / "evaluation.json").exists() and not (folder / "evaluation.md").exists()
+
+
 def test_resume_continues_exactly_where_it_stopped(course_files, tmp_path):
     straight = tiny_config(course_files, tmp_path, "straight")
     train(straight, show_progress=False)
@@ -94,6 +110,9 @@ def test_init_from_starts_a_run_from_an_exported_checkpoint(course_files, tmp_pa
             assert torch.allclose(state[prefix + key], value, atol=1e-6), prefix + key
     card = (Path(tuned.export_dir) / "README.md").read_text()
     assert f"| initialised from | `{first.export_dir}`" in card and "| steps | 1 |" in card
+    # the card also tells how the initial weights were trained, from their own card
+    before = card.partition(f"### Before this run: how `{first.export_dir}` was trained")[2].partition("\n## ")[0]
+    assert "| steps | 6 |" in before and f"configs/{Path(first.out_dir).name}.json" in before
 
     wider = tiny_config(course_files, tmp_path, "wider", init_from=first.export_dir, base_channels=16)
     with pytest.raises(ValueError, match=r"different architecture .*base_channels"):
