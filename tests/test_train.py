@@ -197,3 +197,10 @@ def test_each_shipped_checkpoint_has_the_architecture_of_the_config_that_exports
     assert {k: shipped[k] for k in expected} == expected
     card = (ROOT / "checkpoints" / checkpoint / "README.md").read_text()
     assert f"configs/{Path(makers[0].out_dir).name}.json" in card
+
+
+@pytest.mark.parametrize("checkpoint", ["emoji32", "emoji32_small"])
+def test_each_shipped_evaluation_measured_the_weights_shipped_beside_it(checkpoint):
+    folder = ROOT / "checkpoints" / checkpoint
+    measured = json.loads((folder / "evaluation.json").read_text())["weights_fingerprint"]
+    assert measured == weights_fingerprint(load_file(folder / "model.safetensors"))
