@@ -12,7 +12,7 @@ import numpy as np
 
 from .data import load_emoji
 from .metrics import COPY_RMSE, copy_share, frechet_distance, load_classifier, predict
-from .model_card import EVALUATION_FILE, weights_fingerprint
+from .model_card import EVALUATION_FILE, EVALUATION_JSON, weights_fingerprint
 from .pipeline import MAX_IMAGES, DiffusionPipeline
 from .samplers import DEFAULT_SAMPLER, SAMPLERS
 
@@ -188,7 +188,7 @@ def to_markdown(result: dict) -> str:
 
 def write_to_model_card(folder: Path, markdown: str, result: dict) -> None:
     """evaluation.md and evaluation.json beside the weights; the card's Evaluation section replaced."""
-    for name, text in ((EVALUATION_FILE, markdown), ("evaluation.json", json.dumps(result, indent=2))):
+    for name, text in ((EVALUATION_FILE, markdown), (EVALUATION_JSON, json.dumps(result, indent=2))):
         tmp = folder / f".{name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, folder / name)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 EVALUATION_FILE = "evaluation.md"
+EVALUATION_JSON = "evaluation.json"
 NOT_EVALUATED = "Not evaluated yet: run `python -m diffusion_core evaluate --model DIR`."
 
 
@@ -23,16 +24,14 @@ def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def evaluation_of(folder: Path, fingerprint: str) -> str:
-    """The folder's evaluation tables if they were measured on these weights; a stale evaluation (of
-    weights since replaced, e.g. by more training) is not carried over."""
+def evaluation_of(folder: Path, fingerprint: str) -> str | None:
+    """The folder's evaluation tables if they were measured on these weights, else None: a stale
+    evaluation (of weights since replaced, e.g. by more training) is not carried over."""
     try:
-        measured = json.loads((folder / "evaluation.json").read_text()).get("weights_fingerprint")
+        measured = json.loads((folder / EVALUATION_JSON).read_text()).get("weights_fingerprint")
+        return (folder / EVALUATION_FILE).read_text() if measured == fingerprint else None
     except (OSError, ValueError):
-        return NOT_EVALUATED
-    if measured != fingerprint or not (folder / EVALUATION_FILE).exists():
-        return NOT_EVALUATED
-    return (folder / EVALUATION_FILE).read_text()
+        return None
 
 
 def initial_weights_training(init_from: str | None) -> str:
@@ -57,9 +56,8 @@ def hardware() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def training_card(cfg, step: int, log_path: Path, fingerprint: str = "") -> str:
-    """The card of an export at ``step``; ``fingerprint`` (of the exported weights) decides whether an
-    evaluation already in the export folder still applies."""
+def training_card(cfg, step: int, log_path: Path, evaluation: str | None = None) -> str:
+    """The card of an export at ``step``, with the evaluation tables of these weights if there are any."""
     import pandas as pd
 
     log = pd.read_csv(log_path) if Path(log_path).exists() else pd.DataFrame()
@@ -68,7 +66,6 @@ def training_card(cfg, step: int, log_path: Path, fingerprint: str = "") -> str:
     wall = float((images_per_row / log["images_per_s"]).sum()) if len(log) else 0.0
     ips = float(log["images_per_s"].tail(20).median()) if len(log) else 0.0
     loss = float(log["loss"].tail(10).mean()) if len(log) else float("nan")
-    evaluation = evaluation_of(Path(cfg.export_dir), fingerprint)
     return f"""---
 license: cc-by-sa-4.0
 library_name: diffusion_core
@@ -108,7 +105,7 @@ The log is `training_log.csv` beside this card; `samples.png` shows 8 samples pe
 (DPM-Solver++ 2M SDE, 20 steps, guidance 3, seed 0).
 {initial_weights_training(cfg.init_from)}
 ## Evaluation
-{evaluation}
+{evaluation or NOT_EVALUATED}
 
 ## Use
 ```python

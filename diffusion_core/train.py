@@ -320,7 +320,7 @@ def truncate_log(log_path: Path, step: int) -> None:
 def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: torch.device | str = "cpu") -> Path:
     """Write the EMA weights as a Hub-layout checkpoint (config.json, model.safetensors, model card,
     training log) to cfg.export_dir, and a sample grid (8 per class, drawn on ``device``) to out_dir."""
-    from .model_card import EVALUATION_FILE, NOT_EVALUATED, training_card, weights_fingerprint
+    from .model_card import EVALUATION_FILE, EVALUATION_JSON, evaluation_of, training_card, weights_fingerprint
     from .viz import save_grid
 
     pipe = DiffusionPipeline(ema_copy(ema, cfg, data), NoiseSchedule(cfg.schedule, cfg.num_timesteps),
@@ -330,11 +330,10 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
     grid = pipe.generate(num_images=len(classes), classes=classes, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0, seed=0)
     pipe.model.cpu()  # the weights are saved from the CPU
     save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
-    fingerprint = weights_fingerprint(pipe.model.state_dict())
-    card = training_card(cfg, step, out_dir / "log.csv", fingerprint)
-    folder = pipe.save_pretrained(cfg.export_dir, model_card=card)
-    if NOT_EVALUATED in card:  # an evaluation of the weights this export replaced no longer applies
-        for name in (EVALUATION_FILE, "evaluation.json"):
+    evaluation = evaluation_of(Path(cfg.export_dir), weights_fingerprint(pipe.model.state_dict()))
+    folder = pipe.save_pretrained(cfg.export_dir, model_card=training_card(cfg, step, out_dir / "log.csv", evaluation))
+    if evaluation is None:  # an evaluation of the weights this export replaced no longer applies
+        for name in (EVALUATION_FILE, EVALUATION_JSON):
             (folder / name).unlink(missing_ok=True)
     pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}")  # every export kept, for learning curves
     save_grid(grid.images, folder / "samples.png", nrow=per_class)
