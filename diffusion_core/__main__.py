@@ -22,8 +22,10 @@ def cmd_sample(args) -> None:
         raise ValueError(f"--out must end in .png or .npz, got {str(out)!r}")
     pipe = DiffusionPipeline.from_pretrained(args.model, dtype=args.dtype)
     classes = args.classes if args.classes else None
-    result = pipe.generate(num_images=args.num, classes=classes, style=args.style, sampler=args.sampler,
-                           steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed)
+    result = pipe.generate(num_images=args.num, classes=classes, style=args.style, prompt=args.prompt,
+                           sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed)
+    if result.unknown_words:
+        print(f"note: the model does not know the words {', '.join(result.unknown_words)} (they were ignored)")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npz":
         tmp = out.with_name(f".{out.stem}.tmp.npz")
@@ -31,8 +33,10 @@ def cmd_sample(args) -> None:
         tmp.replace(out)
     else:
         save_grid(result.images, out, nrow=args.nrow)
+    sampling = {k: v if v is not None else pipe.default_sampling[k]
+                for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance))}
     print(f"wrote {len(result.images)} images to {out} in {result.seconds:.2f} s "
-          f"({args.sampler}, {args.steps} steps, {pipe.device}, {pipe.dtype})")
+          f"({sampling['sampler']}, {sampling['steps']} steps, guidance {sampling['guidance']:g}, {pipe.device}, {pipe.dtype})")
 
 
 def cmd_animate(args) -> None:
@@ -62,10 +66,36 @@ def cmd_train(args) -> None:
 
 
 def cmd_build_data(args) -> None:
-    from .data import EMOJI_NPZ, build_emoji
+    from .data import EMOJI_NPZ
+    from .emoji_build import build_emoji
 
-    counts = build_emoji(args.out or EMOJI_NPZ)
-    print(f"wrote {args.out or EMOJI_NPZ}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    out = args.out or EMOJI_NPZ
+    result = build_emoji(out)
+    for style, report in result["icon_sets"].items():
+        line = f"{style}: {report['drawn']} emoji drawn, {report['duplicates']} exact duplicates dropped"
+        if report.get("skin_tone_icons"):
+            line += f", {report['skin_tone_icons']} skin-tone icons dropped"
+        if report.get("unknown_icons"):
+            line += f", {report['unknown_icons']} icons not in emoji-test.txt 15.0 (e.g. {', '.join(report['unknown_examples'][:4])})"
+        if report.get("failed"):
+            line += f", {len(report['failed'])} failed to render: {'; '.join(report['failed'])}"
+        print(line)
+    print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
+
+
+def cmd_describe_data(args) -> None:
+    import numpy as np
+
+    from .data import EMOJI_NPZ, count_table, load_emoji
+    from .viz import class_style_grid, save_atomic
+    from PIL import Image
+
+    data = load_emoji(args.data or EMOJI_NPZ, split="all")
+    styles = data.context[:, len(data.class_names):].argmax(1)
+    grid = class_style_grid(data.images, data.labels, styles, data.class_names, data.style_names, per_cell=args.per_cell)
+    save_atomic(Image.fromarray(grid), args.grid)
+    print(f"wrote {args.grid} (rows: {', '.join(data.class_names)})\n")
+    print(count_table(args.data or EMOJI_NPZ))
 
 
 def cmd_evaluate(args) -> None:
@@ -77,7 +107,7 @@ def cmd_evaluate(args) -> None:
 def cmd_train_classifier(args) -> None:
     from .metrics import train_classifier
 
-    train_classifier(out_path=args.out, epochs=args.epochs, seed=args.seed, width=args.width)
+    train_classifier(out_path=args.out, epochs=args.epochs, patience=args.patience, seed=args.seed, width=args.width)
 
 
 def int_or_none(value: str):
@@ -92,10 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or Hub repo id")
     s.add_argument("--num", type=int, default=16, help="number of images (1..64)")
     s.add_argument("--class", dest="classes", action="append", help="class name; repeat to cycle several")
-    s.add_argument("--style", default=None, help="style name (emoji: noto or openmoji)")
-    s.add_argument("--sampler", default="dpmpp_2m_sde", help="ddpm, ddim, dpmpp_2m or dpmpp_2m_sde")
-    s.add_argument("--steps", type=int, default=20)
-    s.add_argument("--guidance", type=float, default=3.0)
+    s.add_argument("--style", default=None, help="style name (emoji: noto, openmoji, twemoji, fluent, emojione)")
+    s.add_argument("--prompt", default=None, help="text, e.g. 'red apple' (models trained with text)")
+    s.add_argument("--sampler", default=None, help="ddpm, ddim, dpmpp_2m or dpmpp_2m_sde (default: the checkpoint's)")
+    s.add_argument("--steps", type=int, default=None, help="default: the checkpoint's default_sampling")
+    s.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's default_sampling")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0..1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default="float32", help="float32, bfloat16 or auto")
@@ -131,17 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="measure sample quality with the project's classifier")
+    e = sub.add_parser("evaluate", help="measure sample quality (FD, KID, precision, recall, class accuracy, copies) "
+                       "beside real data's values")
+    e.add_argument("--samples", default=None, metavar="F.npz",
+                   help="score this sample file ('images' uint8 (N,32,32,3), 'labels' (N,) class or -1) and print JSON")
+    e.add_argument("--styles", nargs="+", default=None, help="with --samples: compare with real images of these styles only")
     e.add_argument("--model", default=DEFAULT_MODEL)
     e.add_argument("--classifier", default=None, help="classifier .safetensors (default: the shipped one)")
-    e.add_argument("--num", type=int, default=None, help="samples per setting, in the held-out split's class mix "
-                   "(default: one per held-out image)")
     e.add_argument("--dtype", default="auto", help="float32, bfloat16 or auto")
     e.add_argument("--quick", action="store_true", help="only the default sampler (DPM-Solver++ 2M SDE) at 20 steps, guidance 3 and 4")
     e.add_argument("--setting", action="append", metavar="SAMPLER:STEPS:GUIDANCE",
                    help="evaluate only this setting (repeatable), e.g. dpmpp_2m_sde:25:4")
     e.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="noise seeds: each setting is sampled once per seed, rows show the mean (and the range)")
+                   help="noise seeds: each setting is sampled once per seed, rows show the mean")
     e.add_argument("--no-write", action="store_true", help="print the tables only; leave the model card alone")
     e.set_defaults(func=cmd_evaluate)
 
@@ -150,11 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None)
     b.set_defaults(func=cmd_build_data)
 
+    d = sub.add_parser("describe-data", help="a grid of real sprites per style and class, and a table of counts")
+    d.add_argument("--data", default=None, help="emoji .npz (default: the shipped one)")
+    d.add_argument("--grid", default="assets/real_emoji_grid.png")
+    d.add_argument("--per-cell", type=int, default=4, help="sprites per class and style")
+    d.set_defaults(func=cmd_describe_data)
+
     c = sub.add_parser("train-classifier", help="train the evaluation classifier on the emoji sprites")
     c.add_argument("--out", default=None)
-    c.add_argument("--epochs", type=int, default=60)
+    c.add_argument("--epochs", type=int, default=30, help="at most this many epochs")
+    c.add_argument("--patience", type=int, default=6, help="stop after this many epochs without a better held-out accuracy")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--width", type=int, default=64, help="channels of the first conv stage (then 2x, 4x)")
+    c.add_argument("--width", type=int, default=48, help="channels of the first conv stage (then 2x, 4x)")
     c.set_defaults(func=cmd_train_classifier)
     return parser
 

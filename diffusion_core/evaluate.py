@@ -1,5 +1,11 @@
-"""``python -m diffusion_core evaluate --model DIR``: sample quality of a checkpoint, measured with the
-project's classifier (see metrics.py) against real-data references, written to the model card."""
+"""``python -m diffusion_core evaluate``: sample quality against real data, with the real data's own
+values beside every number and a calibration table that shows the scale.
+
+``--samples F.npz`` scores any sample set; ``--model DIR`` samples a checkpoint in the held-out
+split's class and style mix (one sample per held-out image), scores each setting the same way and
+writes the tables and a real-vs-samples picture to its model card. See metrics.py for the roles
+of the real images (feature_train, reference, held-out) and the measures.
+"""
 from __future__ import annotations
 
 import json
@@ -9,12 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from .data import load_emoji
-from .metrics import COPY_RMSE, copy_share, frechet_distance, load_classifier, predict
+from .data import SpriteData, load_emoji
+from .metrics import (COPY_RMSE, MIN_IMAGES, NEIGHBOURS, check_images, copy_share, frechet_distance,
+                      kernel_inception_distance, load_classifier, precision_recall, predict, real_roles)
 from .model_card import EVALUATION_FILE, EVALUATION_JSON, weights_fingerprint
 from .pipeline import MAX_IMAGES, DiffusionPipeline
 from .samplers import DEFAULT_SAMPLER, SAMPLERS
+
+COMPARISON_FILE = "real_vs_samples.png"
+HEADLINE = ("dpmpp_2m_sde", 20, 5.0)  # the app's setting, for the picture of a checkpoint without default_sampling
+MEASURES = ("class_accuracy", "fd", "kid", "precision", "recall", "copies")
 
 
 @dataclass
@@ -22,21 +35,16 @@ class Setting:
     sampler: str
     steps: int
     guidance: float
-    num: int | None = None   # samples; None = the default
 
 
 def default_settings() -> list[Setting]:
-    settings = [Setting("ddpm", 1000, 3.0, num=32)]  # 1000 steps: fewer samples
-    settings += [Setting("ddpm", 25, w) for w in (1.0, 3.0)]
-    settings += [Setting("ddim", n, w) for n in (10, 25, 50) for w in (1.0, 3.0)]
-    settings += [Setting(sampler, n, w) for sampler in ("dpmpp_2m", "dpmpp_2m_sde") for n in (10, 20) for w in (1.0, 3.0)]
-    settings += [Setting(DEFAULT_SAMPLER, 20, w) for w in (0.0, 2.0, 4.0, 5.0, 8.0)]  # the guidance sweep
-    settings += [Setting(DEFAULT_SAMPLER, 25, w) for w in (3.0, 4.0)]  # the quality bar allows 20-25 steps
+    settings = [Setting(DEFAULT_SAMPLER, 20, w) for w in (1.0, 2.0, 3.0, 4.0, 5.0)]  # the guidance sweep
+    settings += [Setting("dpmpp_2m", 20, 3.0), Setting("ddim", 25, 3.0), Setting("ddpm", 25, 3.0)]
     return settings
 
 
 def quick_settings() -> list[Setting]:
-    """The default sampler at 20 steps, at the two guidance scales the quality bar allows."""
+    """The default sampler at 20 steps, guidance 3 and 4."""
     return [Setting(DEFAULT_SAMPLER, 20, w) for w in (3.0, 4.0)]
 
 
@@ -52,137 +60,232 @@ def parse_setting(text: str) -> Setting:
     return setting
 
 
-def generate_for_labels(pipe: DiffusionPipeline, labels: np.ndarray, setting: Setting, seed: int = 0) -> np.ndarray:
-    """One sample per entry of ``labels`` (class indices), in chunks of MAX_IMAGES; chunk k of seed s is
-    sampled with seed 1000 s + k, so different seeds draw different noise."""
-    images = []
-    for chunk, start in enumerate(range(0, len(labels), MAX_IMAGES)):
-        names = [pipe.labels[i] for i in labels[start:start + MAX_IMAGES]]
-        out = pipe.generate(num_images=len(names), classes=names, sampler=setting.sampler, steps=setting.steps,
-                            guidance=setting.guidance, seed=1000 * seed + chunk)
-        images.append(out.images)
-    return np.concatenate(images)
+# ---------------------------------------------------------------------------------------------
+# Real data and scores
+# ---------------------------------------------------------------------------------------------
+class RealData:
+    """The real images in their roles, their features, and the floor: the scores of real held-out
+    images against the reference. ``styles`` limits every role to those styles (a model trained on
+    fewer styles is compared with the styles it learned)."""
+
+    def __init__(self, classifier: str | None = None, styles: list[str] | None = None):
+        self.classifier, self.info = load_classifier(classifier)
+        train, held = load_emoji(split="train"), load_emoji(split="held_out")
+        if styles:
+            unknown = sorted(set(styles) - set(train.style_names))
+            if unknown:
+                raise ValueError(f"styles {unknown} are not in the emoji data (its styles: {list(train.style_names)})")
+            train, held = (d.subset(np.isin(style_of(d), [d.style_names.index(s) for s in styles])) for d in (train, held))
+        if list(train.class_names) != self.info["classes"]:
+            raise ValueError(f"the data's classes {train.class_names} differ from the classifier's {self.info['classes']}")
+        self.class_names, self.styles = list(train.class_names), list(styles or train.style_names)
+        self.train, self.held = train, held
+        self.reference = real_roles(train)[1]
+        self.reference_features = predict(self.classifier, self.reference.images)[1]
+        self.floor = self.score(held.images, held.labels)
+
+    def score(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict:
+        """n, class_accuracy (None without labels), fd, kid, precision, recall, copies."""
+        check_images(images, minimum=max(MIN_IMAGES, NEIGHBOURS + 1))
+        labels = check_labels(labels, len(images), len(self.class_names))
+        pred, features = predict(self.classifier, images)
+        precision, recall = precision_recall(self.reference_features, features)
+        known = labels >= 0
+        return {"n": int(len(images)),
+                "class_accuracy": float((pred[known] == labels[known]).mean()) if known.any() else None,
+                "fd": frechet_distance(features, self.reference_features),
+                "kid": kernel_inception_distance(features, self.reference_features),
+                "precision": precision, "recall": recall, "copies": copy_share(images, self.train.images)}
+
+    def score_with_floor(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict:
+        """The scores, each beside its real-data value (``*_floor`` for FD and KID, ``*_real`` else)."""
+        out = self.score(images, labels)
+        out.update(fd_floor=self.floor["fd"], kid_floor=self.floor["kid"], precision_real=self.floor["precision"],
+                   recall_real=self.floor["recall"], class_accuracy_real=self.floor["class_accuracy"],
+                   copies_real=self.floor["copies"], copy_threshold_rmse=COPY_RMSE)
+        return out
 
 
-def stratified_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Indices of an n-element random subset of ``labels`` keeping the class proportions (largest
-    remainder rounding, so exactly n)."""
-    if n >= len(labels):
-        return np.arange(len(labels))
+def style_of(data: SpriteData) -> np.ndarray:
+    return data.context[:, len(data.class_names):].argmax(1)
+
+
+def check_labels(labels, n: int, num_classes: int) -> np.ndarray:
+    if labels is None:
+        return np.full(n, -1, dtype=np.int64)
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be {n} integers (one per image), got {labels.dtype} {labels.shape}")
+    if ((labels < -1) | (labels >= num_classes)).any():
+        raise ValueError(f"labels must be class indices 0..{num_classes - 1} or -1 (unconditional)")
+    return labels.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration: real images, damaged and collapsed
+# ---------------------------------------------------------------------------------------------
+def calibration_sets(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """What a person would call real, slightly or visibly broken, and without variety."""
     rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = counts * n / len(labels)
-    take = np.floor(quota).astype(int)
-    take[np.argsort(take - quota)[: n - take.sum()]] += 1
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
-    return np.sort(np.concatenate(picked))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+
+    def noisy(sigma):
+        return np.clip(images + rng.normal(0, sigma, images.shape), 0, 255).round().astype(np.uint8)
+
+    blurred = F.interpolate(F.interpolate(x, size=16, mode="area"), size=32, mode="bilinear", align_corners=False)
+    blurred = blurred.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    orders = np.array([[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])  # every channel order but RGB
+    shuffled = np.take_along_axis(images, orders[rng.integers(0, len(orders), len(images))][:, None, None, :], axis=3)
+    eight = rng.choice(len(images), size=8, replace=False)
+    repeat = np.resize(eight, len(images))
+    return {"real held-out": (images, labels), "noise σ=10/255": (noisy(10), labels),
+            "noise σ=25/255": (noisy(25), labels), "blurred (16 px and back)": (blurred, labels),
+            "shuffled colours": (shuffled, labels), "collapsed (8 images repeated)": (images[repeat], labels[repeat])}
 
 
-def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
-    return {name: float((pred[labels == c] == c).mean()) for c, name in enumerate(classes) if (labels == c).any()}
+def calibration(real: RealData) -> dict[str, dict]:
+    return {name: real.score(images, labels) for name, (images, labels) in calibration_sets(real.held.images, real.held.labels).items()}
 
 
-def evaluate(model: str, classifier: str | None = None, num: int | None = None, settings: list[Setting] | None = None,
-             dtype: str = "auto", seeds: tuple[int, ...] = (0,), log=print) -> dict:
-    """Every setting sampled once per seed (the same labels, different noise); a row holds the means
-    over seeds and, under "seeds", each seed's own numbers."""
+# ---------------------------------------------------------------------------------------------
+# Evaluating a checkpoint
+# ---------------------------------------------------------------------------------------------
+def generate_like(pipe: DiffusionPipeline, labels: np.ndarray, styles: list[str | None], setting: Setting,
+                  seed: int = 0) -> np.ndarray:
+    """One sample per (class, style) pair, in chunks of one style and at most MAX_IMAGES; chunk k of
+    seed s is sampled with seed 1000 s + k."""
+    images = np.zeros((len(labels), pipe.model.image_size, pipe.model.image_size, 3), np.uint8)
+    chunk = 0
+    for style in dict.fromkeys(styles):
+        index = np.flatnonzero([s == style for s in styles])
+        for start in range(0, len(index), MAX_IMAGES):
+            part = index[start:start + MAX_IMAGES]
+            out = pipe.generate(num_images=len(part), classes=[pipe.labels[i] for i in labels[part]], style=style,
+                                sampler=setting.sampler, steps=setting.steps, guidance=setting.guidance,
+                                seed=1000 * seed + chunk)
+            images[part] = out.images
+            chunk += 1
+    return images
+
+
+def headline_setting(pipe: DiffusionPipeline, config_path: Path) -> Setting:
+    """The checkpoint's own default_sampling (config.json), else HEADLINE."""
+    sampling = json.loads(config_path.read_text()).get("default_sampling") or {}
+    sampler, steps, guidance = HEADLINE
+    return Setting(sampling.get("sampler", sampler), sampling.get("steps", steps), sampling.get("guidance", guidance))
+
+
+def evaluate(model: str, classifier: str | None = None, settings: list[Setting] | None = None, dtype: str = "auto",
+             seeds: tuple[int, ...] = (0,), picture: Path | None = None, log=print) -> dict:
+    """Every setting sampled once per seed, one sample per held-out image (its class and style);
+    a row holds the means over seeds and, under "seeds", each seed's own scores."""
     if not seeds or any(not 0 <= seed < 2**40 for seed in seeds):
         raise ValueError(f"seeds must be one or more integers in 0..2^40-1, got {list(seeds)}")
-    if num is not None and num < 2:
-        raise ValueError(f"num must be at least 2 (the Fréchet distance needs a covariance), got {num}")
     pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
     if pipe.model.image_size != 32:
-        raise ValueError("evaluation uses the 32x32 emoji classifier; this model makes "
+        raise ValueError("evaluation uses the 32x32 emoji feature network; this model makes "
                          f"{pipe.model.image_size}x{pipe.model.image_size} images")
-    clf, info = load_classifier(classifier)
-    if list(pipe.labels) != info["classes"]:
-        raise ValueError(f"the model's labels {pipe.labels} differ from the classifier's {info['classes']}")
-    train, held = load_emoji(split="train"), load_emoji(split="held_out")
-    train_pred, train_feat = predict(clf, train.images)
-    held_pred, held_feat = predict(clf, held.images)
-    num = num or len(held)  # default: one sample per held-out image
-
-    def reference(n):
-        subset = stratified_subset(held.labels, n)
-        return {"accuracy": float((held_pred[subset] == held.labels[subset]).mean()),
-                "per_class_accuracy": per_class_accuracy(held_pred[subset], held.labels[subset], info["classes"]),
-                "fd": frechet_distance(held_feat[subset], train_feat),
-                "copies": copy_share(held.images[subset], train.images), "n": int(len(subset))}
-
-    rows, references = [], {}
+    real = RealData(classifier, styles=pipe.styles or None)
+    if list(pipe.labels) != real.class_names:
+        raise ValueError(f"the model's labels {pipe.labels} differ from the data's {real.class_names}")
+    labels = real.held.labels
+    styles = [real.held.style_names[s] for s in style_of(real.held)] if pipe.styles else [None] * len(labels)
+    log(f"real held-out vs reference (n={len(labels)}): " + format_scores(real.floor))
+    rows = []
     for setting in settings or default_settings():
-        n = setting.num or num
-        if n not in references:
-            references[n] = reference(n)
-        labels = held.labels[stratified_subset(held.labels, n)]
         runs = []
         for seed in seeds:
             start = time.perf_counter()
-            images = generate_for_labels(pipe, labels, setting, seed)
-            seconds = time.perf_counter() - start
-            pred, feat = predict(clf, images)
-            runs.append({"seed": seed, "accuracy": float((pred == labels).mean()),
-                         "per_class_accuracy": per_class_accuracy(pred, labels, info["classes"]),
-                         "fd": frechet_distance(feat, train_feat), "copies": copy_share(images, train.images),
-                         "seconds_per_image": seconds / len(labels)})
+            images = generate_like(pipe, labels, styles, setting, seed)
+            runs.append({"seed": seed, **real.score(images, labels),
+                         "seconds_per_image": (time.perf_counter() - start) / len(labels)})
         row = {"sampler": setting.sampler, "steps": setting.steps, "guidance": setting.guidance, "n": int(len(labels)),
-               **{k: float(np.mean([r[k] for r in runs])) for k in ("accuracy", "fd", "copies", "seconds_per_image")},
-               "per_class_accuracy": {c: float(np.mean([r["per_class_accuracy"][c] for r in runs]))
-                                      for c in runs[0]["per_class_accuracy"]},
-               "fd_floor": references[n]["fd"], "seeds": runs}
+               **{k: float(np.mean([r[k] for r in runs])) for k in (*MEASURES, "seconds_per_image")}, "seeds": runs}
         rows.append(row)
-        log(format_row(row))
+        log(format_row(row, real.floor))
+    headline = headline_setting(pipe, pipe.folder / "config.json")
+    if picture is not None:
+        save_comparison(pipe, real, headline, picture)
     return {"model": str(model), "weights_fingerprint": weights_fingerprint(pipe.model.state_dict()),
-            "dtype": pipe.dtype, "seeds": list(seeds),
-            "classifier_held_out_accuracy": info["held_out_accuracy"],
-            "references": {str(k): v for k, v in references.items()}, "rows": rows,
-            "copy_threshold_rmse": COPY_RMSE}
+            "dtype": pipe.dtype, "seeds": list(seeds), "styles": real.styles, "roles": roles_of(real),
+            "classifier": real.info, "floor": real.floor, "calibration": calibration(real), "rows": rows,
+            "headline": vars(headline), "copy_threshold_rmse": COPY_RMSE, "neighbours": NEIGHBOURS}
 
 
-def format_row(row: dict) -> str:
-    """One table row; with several seeds, n reads "368 x 3" and the accuracy shows its range over seeds."""
+def roles_of(real: RealData) -> dict:
+    return {"reference_images": len(real.reference), "held_out_images": len(real.held),
+            "feature_train_images": len(real.train) - len(real.reference)}
+
+
+def save_comparison(pipe: DiffusionPipeline, real: RealData, setting: Setting, path: Path, per_class: int = 12) -> None:
+    """Per class: a row of real held-out sprites above a row of samples of that class."""
+    from .viz import save_grid
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for c, name in enumerate(pipe.labels):
+        index = np.flatnonzero(real.held.labels == c)
+        real_row = real.held.images[rng.choice(index, size=min(per_class, len(index)), replace=False)]
+        out = pipe.generate(num_images=per_class, classes=[name], sampler=setting.sampler, steps=setting.steps,
+                            guidance=setting.guidance, seed=c)
+        rows += [np.concatenate([real_row, np.full((per_class - len(real_row), 32, 32, 3), 255, np.uint8)]), out.images]
+    save_grid(np.concatenate(rows), path, nrow=per_class, scale=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+def format_scores(s: dict) -> str:
+    accuracy = "-" if s.get("class_accuracy") is None else f"{100 * s['class_accuracy']:.1f}%"
+    return (f"class accuracy {accuracy}, FD {s['fd']:.2f}, KID {1000 * s['kid']:.2f}e-3, precision {s['precision']:.2f}, "
+            f"recall {s['recall']:.2f}, copies {100 * s['copies']:.1f}%")
+
+
+def cells(s: dict, floor: dict) -> str:
+    accuracy = "-" if s.get("class_accuracy") is None else f"{100 * s['class_accuracy']:.1f}%"
+    return (f"{accuracy} | {s['fd']:.2f} | {s['fd'] / floor['fd']:.1f}x | {1000 * s['kid']:.2f} | {s['precision']:.2f} "
+            f"| {s['recall']:.2f} | {100 * s['copies']:.1f}%")
+
+
+def format_row(row: dict, floor: dict) -> str:
+    """One table row; with several seeds, n reads "840 x 3" and the accuracy shows its range over seeds."""
     runs = row.get("seeds", [])
-    n, accuracy = str(row["n"]), f"{100 * row['accuracy']:.1f}%"
-    if len(runs) > 1:
-        low, high = (100 * f(r["accuracy"] for r in runs) for f in (min, max))
-        n, accuracy = f"{row['n']} x {len(runs)}", f"{accuracy} ({low:.1f}-{high:.1f})"
-    return (f"| {row['sampler']} | {row['steps']} | {row['guidance']:g} | {n} | {accuracy} "
-            f"| {row['fd']:.2f} | {row['fd_floor']:.2f} | {row['fd'] / row['fd_floor']:.1f}x "
-            f"| {100 * row['copies']:.1f}% | {row['seconds_per_image']:.3f} |")
+    n = f"{row['n']} x {len(runs)}" if len(runs) > 1 else str(row["n"])
+    return (f"| {row['sampler']} | {row['steps']} | {row['guidance']:g} | {n} | {cells(row, floor)} "
+            f"| {row['seconds_per_image']:.3f} |")
 
 
-def to_markdown(result: dict) -> str:
-    refs = result["references"]
-    n_main = max(refs, key=int)
-    ref = refs[n_main]
+HEADER = "class accuracy | FD | FD / floor | KID x10³ | precision | recall | copies"
+
+
+def to_markdown(result: dict, picture: str | None = None) -> str:
+    floor, roles = result["floor"], result["roles"]
     lines = [
-        f"Measured by `python -m diffusion_core evaluate` ({result['dtype']} sampling). Classes follow the held-out "
-        "split's class mix; class accuracy is judged by the project's classifier (`assets/classifier.safetensors`); "
-        "FD is the Fréchet distance to the training images in its 128-d feature space; the floor is the same "
-        "distance for real held-out images of the same count; copies are samples within "
-        f"{result['copy_threshold_rmse']} pixel RMSE of a training image."
-        + (f" Each setting was sampled with {len(result['seeds'])} noise seeds ({', '.join(map(str, result['seeds']))}): "
-           "the numbers are means over seeds, the accuracy's range over seeds in brackets."
-           if len(result.get("seeds", [0])) > 1 else ""),
+        f"Measured by `python -m diffusion_core evaluate` ({result['dtype']} sampling), one sample per held-out "
+        f"image (n={floor['n']}, its class and style; styles: {', '.join(result['styles'])}). Features: the 128-d "
+        f"layer of the project's classifier (`assets/classifier.safetensors`, trained on {roles['feature_train_images']} "
+        f"images of 70% of the training emoji; {100 * result['classifier']['held_out_accuracy']:.1f}% on held-out emoji). "
+        f"FD, KID and precision/recall (k={result['neighbours']}) compare with the reference: "
+        f"{roles['reference_images']} training images of the other 30% of the training emoji, which the classifier "
+        "never saw. The floor is real held-out images (emoji the model never saw) against the same reference. "
+        f"Copies: samples within {result['copy_threshold_rmse']} pixel RMSE of a training image."
+        + (f" Each setting was sampled with {len(result['seeds'])} noise seeds: the numbers are means."
+           if len(result["seeds"]) > 1 else ""),
         "",
-        f"Real-data references (n={ref['n']} held-out images): classifier accuracy {100 * ref['accuracy']:.1f}% "
-        f"(on the whole held-out split: {100 * result['classifier_held_out_accuracy']:.1f}%), FD floor {ref['fd']:.2f}, "
-        f"copies {100 * ref['copies']:.1f}%.",
-        "",
-        "| sampler | steps | guidance | n | class accuracy | FD | FD floor | FD / floor | copies | s/image |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| sampler | steps | guidance | n | {HEADER} | s/image |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| real held-out | | | {floor['n']} | {cells(floor, floor)} | |",
     ]
-    lines += [format_row(r) for r in result["rows"]]
-    bar_rows = [r for r in result["rows"] if r["sampler"] == DEFAULT_SAMPLER and 20 <= r["steps"] <= 25
-                and 3 <= r["guidance"] <= 4 and r["n"] == ref["n"]]
-    if bar_rows:
-        lines += ["", f"Class accuracy per class: real held-out images (n={ref['n']}) and samples of {DEFAULT_SAMPLER} "
-                  "at the quality bar's settings (steps / guidance).", "",
-                  "| class | real | " + " | ".join(f"{r['steps']} / {r['guidance']:g}" for r in bar_rows) + " |",
-                  "| --- | ---: | " + " | ".join("---:" for _ in bar_rows) + " |"]
-        for name, real in ref["per_class_accuracy"].items():
-            lines.append(f"| {name} | {100 * real:.0f}% | "
-                         + " | ".join(f"{100 * r['per_class_accuracy'][name]:.0f}%" for r in bar_rows) + " |")
+    lines += [format_row(r, floor) for r in result["rows"]]
+    lines += ["", "Calibration: the same measures for real held-out images, damaged copies of them and a "
+              "collapsed set, so the numbers above have a scale.", "",
+              f"| set | n | {HEADER} |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {name} | {s['n']} | {cells(s, floor)} |" for name, s in result["calibration"].items()]
+    if picture:
+        h = result["headline"]
+        lines += ["", f"Real held-out sprites (odd rows) above samples of the same class (even rows), one class per "
+                  f"pair of rows, at {h['sampler']}, {h['steps']} steps, guidance {h['guidance']:g}:", "",
+                  f"![real vs samples]({picture})"]
     return "\n".join(lines) + "\n"
 
 
@@ -203,14 +306,33 @@ def write_to_model_card(folder: Path, markdown: str, result: dict) -> None:
         os.replace(tmp, card_path)
 
 
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+def evaluate_samples(path: str | os.PathLike, classifier: str | None = None, styles: list[str] | None = None) -> dict:
+    """Scores of a sample file (``images`` uint8 (N, 32, 32, 3), ``labels`` (N,) class index or -1)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            images, labels = npz["images"], (npz["labels"] if "labels" in npz.files else None)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path}: expected an .npz with 'images' (N, 32, 32, 3) uint8 and 'labels' (N,): {err}") from err
+    real = RealData(classifier, styles)
+    return {**real.score_with_floor(images, labels), "styles": real.styles, "roles": roles_of(real)}
+
+
 def evaluate_command(args) -> None:
+    if args.samples:
+        print(json.dumps(evaluate_samples(args.samples, args.classifier, args.styles), indent=2))
+        return
     settings = [parse_setting(text) for text in args.setting] if args.setting else None
     if args.quick:
         settings = (settings or []) + quick_settings()
-    result = evaluate(args.model, args.classifier, num=args.num, settings=settings, dtype=args.dtype, seeds=tuple(args.seeds))
-    markdown = to_markdown(result)
-    print(markdown)
     folder = Path(args.model)
-    if not args.no_write and folder.is_dir():
+    write = not args.no_write and folder.is_dir()
+    result = evaluate(args.model, args.classifier, settings=settings, dtype=args.dtype, seeds=tuple(args.seeds),
+                      picture=folder / COMPARISON_FILE if write else None)
+    markdown = to_markdown(result, COMPARISON_FILE if write else None)
+    print(markdown)
+    if write:
         write_to_model_card(folder, markdown, result)
-        print(f"wrote {folder / EVALUATION_FILE} and updated {folder / 'README.md'}")
+        print(f"wrote {folder / EVALUATION_FILE}, {folder / COMPARISON_FILE} and updated {folder / 'README.md'}")

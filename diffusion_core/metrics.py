@@ -1,10 +1,21 @@
-"""Quality measures on the project's own domain, since Inception features do not fit 32x32 sprites:
+"""Quality measures in the features of a network that generalises to emoji it never saw.
 
-- a small CNN classifier trained on the emoji sprites gives class accuracy of conditional samples,
-- the Fréchet distance between Gaussians fitted to its penultimate features (Heusel et al. 2017,
-  eq. in sec. 3: FD = |μ1-μ2|² + Tr(Σ1 + Σ2 - 2(Σ1Σ2)^½)), the way MNIST papers compute "FID"
-  with a domain classifier,
-- the share of samples that nearly copy a training image (nearest neighbour in pixel space).
+Inception features do not fit 32x32 sprites, so the features come from a small CNN classifier of
+our own, trained the way a feature network must be to judge fairly (Heusel et al. 2017 use a
+network trained on other images than the ones compared):
+
+- three roles for real images, all split by emoji, never by picture: the classifier trains on 70% of
+  the training split's emoji (``feature_train``), the other 30% (``reference``) are what samples are
+  compared with, and the held-out split (emoji the diffusion model never saw) gives the floor: the
+  value real, unseen images reach against the same reference. The classifier's epoch is chosen by
+  its accuracy on held-out emoji.
+- FD: Fréchet distance of Gaussians fitted to the features (Heusel et al. 2017, sec. 3).
+- KID: unbiased squared MMD with the kernel k(x, y) = (x·y / d + 1)^3 (Binkowski et al. 2018, eq. 5);
+  unbiased, so small sample counts compare.
+- precision and recall: k-NN manifolds (Kynkaanniemi et al. 2019, eq. 1-3): precision is the share
+  of samples inside the real manifold (fidelity), recall the share of real images inside the
+  samples' manifold (variety).
+- class accuracy of the classifier, and copies: samples within a pixel RMSE of a training image.
 """
 from __future__ import annotations
 
@@ -19,16 +30,41 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .data import ASSETS, EMOJI_CLASSES, load_emoji
+from .data import ASSETS, EMOJI_CLASSES, SpriteData, load_emoji
 
 CLASSIFIER_PATH = ASSETS / "classifier.safetensors"
-COPY_RMSE = 0.05  # a sample within this pixel RMSE (0..1 scale) of a training image counts as a copy
+COPY_RMSE = 0.05        # a sample within this pixel RMSE (0..1 scale) of a training image counts as a copy
+REFERENCE_FRACTION = 0.3  # of each class's training emoji: the reference, never seen by the classifier
+NEIGHBOURS = 3          # k of the k-NN manifolds (Kynkaanniemi et al. 2019 use k = 3)
+MIN_IMAGES = 8
 
 
+# ---------------------------------------------------------------------------------------------
+# Roles of the real images
+# ---------------------------------------------------------------------------------------------
+def reference_mask(names: np.ndarray, labels: np.ndarray, fraction: float = REFERENCE_FRACTION, seed: int = 1) -> np.ndarray:
+    """True for the sprites of ``fraction`` of each class's emoji (by name, all styles together)."""
+    rng = np.random.default_rng(seed)
+    chosen = set()
+    for c in np.unique(labels):
+        emoji = sorted(set(names[labels == c].tolist()))
+        chosen.update(rng.choice(emoji, size=max(1, round(fraction * len(emoji))), replace=False).tolist())
+    return np.isin(names, list(chosen))
+
+
+def real_roles(data_train: SpriteData) -> tuple[SpriteData, SpriteData]:
+    """The training split as (feature_train, reference): disjoint in emoji."""
+    ref = reference_mask(data_train.names, data_train.labels)
+    return data_train.subset(~ref), data_train.subset(ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# The feature network
+# ---------------------------------------------------------------------------------------------
 class SpriteClassifier(nn.Module):
     """Three conv stages (32 -> 16 -> 8 -> 4 px) and a 128-d feature layer before the class logits."""
 
-    def __init__(self, num_classes: int = len(EMOJI_CLASSES), width: int = 64, feature_dim: int = 128):
+    def __init__(self, num_classes: int = len(EMOJI_CLASSES), width: int = 48, feature_dim: int = 128):
         super().__init__()
         def stage(c_in, c_out):
             return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
@@ -50,49 +86,67 @@ def to_input(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def train_classifier(out_path: str | os.PathLike | None = None, epochs: int = 60, seed: int = 0,
-                     width: int = 64, batch_size: int = 128, log=print) -> dict:
-    """Train on the emoji train split (random flips and shifts), report held-out accuracy, save
-    weights + metadata to a .safetensors file atomically."""
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips, shifts of up to 3 px (white padding) and small brightness/contrast
+    changes, so features describe shapes and colours rather than memorised pixels."""
+    n = len(x)
+    flip = torch.rand(n, generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    dx, dy = (int(v) for v in torch.randint(-3, 4, (2,), generator=g))
+    size = x.shape[-1]
+    x = F.pad(x, (3, 3, 3, 3), value=1.0)[:, :, 3 + dy:3 + dy + size, 3 + dx:3 + dx + size]
+    contrast = 1 + 0.2 * (torch.rand(n, 1, 1, 1, generator=g) - 0.5)
+    brightness = 0.1 * (torch.rand(n, 1, 1, 1, generator=g) - 0.5)
+    return (x * contrast + brightness).clamp(-1, 1)
+
+
+def train_classifier(out_path: str | os.PathLike | None = None, epochs: int = 30, patience: int = 6, seed: int = 0,
+                     width: int = 48, batch_size: int = 128, log=print) -> dict:
+    """Train on the feature-train role (never on the reference or the held-out split), keep the
+    epoch with the best accuracy on held-out emoji, stop after ``patience`` epochs without a better
+    one; save weights + metadata to a .safetensors file atomically."""
     out_path = Path(out_path or CLASSIFIER_PATH)
     torch.manual_seed(seed)
-    train_data, held = load_emoji(split="train"), load_emoji(split="held_out")
-    x, y = to_input(train_data.images), torch.from_numpy(train_data.labels)
-    model = SpriteClassifier(width=width)
+    feature_train, reference = real_roles(load_emoji(split="train"))
+    held = load_emoji(split="held_out")
+    x, y = to_input(feature_train.images), torch.from_numpy(feature_train.labels)
+    model = SpriteClassifier(num_classes=len(feature_train.class_names), width=width).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=5e-4)
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
     g = torch.Generator().manual_seed(seed)
+    best, best_state, best_epoch = -1.0, None, 0
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch_size):
-            xb, yb = augment(x[perm[i:i + batch_size]], g), y[perm[i:i + batch_size]]
+            xb = augment(x[perm[i:i + batch_size]], g).contiguous(memory_format=torch.channels_last)
+            yb = y[perm[i:i + batch_size]]
             loss = F.cross_entropy(model(xb), yb, label_smoothing=0.1)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
-        if (epoch + 1) % 5 == 0 or epoch == epochs - 1:
-            acc = accuracy(model, held.images, held.labels)
-            log(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, held-out accuracy {acc:.3f}")
-    result = {"held_out_accuracy": accuracy(model, held.images, held.labels), "epochs": epochs, "seed": seed,
-              "width": width, "classes": list(EMOJI_CLASSES)}
+        acc = accuracy(model, held.images, held.labels)
+        log(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, held-out emoji accuracy {acc:.3f}")
+        if acc > best:
+            best, best_epoch = acc, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch + 1 - best_epoch >= patience:
+            log(f"stopping: no better held-out accuracy for {patience} epochs")
+            break
+    model.load_state_dict(best_state)
+    model = model.to(memory_format=torch.contiguous_format)
+    result = {"held_out_accuracy": best, "epoch": best_epoch, "seed": seed, "width": width,
+              "classes": list(feature_train.class_names), "trained_on": "feature_train",
+              "feature_train_images": len(feature_train), "reference_images": len(reference),
+              "reference_fraction": REFERENCE_FRACTION,
+              "reference_accuracy": accuracy(model, reference.images, reference.labels)}
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={"info": json.dumps(result)})
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata={"info": json.dumps(result)})
     os.replace(tmp, out_path)
-    log(f"wrote {out_path}: held-out accuracy {result['held_out_accuracy']:.3f}")
+    log(f"wrote {out_path}: held-out accuracy {best:.3f} (epoch {best_epoch}), reference {result['reference_accuracy']:.3f}")
     return result
-
-
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and shifts of up to 2 px (with white padding)."""
-    flip = torch.rand(len(x), generator=g) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
-    x = F.pad(x, (2, 2, 2, 2), value=1.0)
-    return x[:, :, 2 + dy:2 + dy + x.shape[2] - 4, 2 + dx:2 + dx + x.shape[3] - 4]
 
 
 def load_classifier(path: str | os.PathLike | None = None) -> tuple[SpriteClassifier, dict]:
@@ -109,6 +163,7 @@ def load_classifier(path: str | os.PathLike | None = None) -> tuple[SpriteClassi
 @torch.no_grad()
 def predict(model: SpriteClassifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(class predictions, features) for uint8 (N, 32, 32, 3) images."""
+    check_images(images)
     model.eval()
     preds, feats = [], []
     for i in range(0, len(images), batch_size):
@@ -122,14 +177,74 @@ def accuracy(model, images, labels) -> float:
     return float((predict(model, images)[0] == np.asarray(labels)).mean())
 
 
+# ---------------------------------------------------------------------------------------------
+# The measures
+# ---------------------------------------------------------------------------------------------
+def check_images(images, name: str = "images", size: int = 32, minimum: int = 1) -> None:
+    """uint8 (N, size, size, 3) with N >= minimum, or a ValueError that says what is wrong."""
+    if not isinstance(images, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(images).__name__}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 in 0..255, got {images.dtype}")
+    if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        raise ValueError(f"{name} must have shape (N, {size}, {size}, 3), got {images.shape}")
+    if len(images) < minimum:
+        raise ValueError(f"{name}: at least {minimum} images are needed, got {len(images)}")
+
+
+def check_features(features, name: str, minimum: int = 2) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < minimum:
+        raise ValueError(f"{name} must be (N >= {minimum}, D) features, got shape {features.shape}")
+    if not np.isfinite(features).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return features
+
+
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """FD between Gaussians fitted to two feature sets: |μa-μb|² + Tr(Σa) + Tr(Σb) - 2 Tr((Σa^½ Σb Σa^½)^½)."""
+    features_a, features_b = check_features(features_a, "features_a"), check_features(features_b, "features_b")
     mu_a, mu_b = features_a.mean(0), features_b.mean(0)
     cov_a, cov_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
     vals, vecs = np.linalg.eigh(cov_a)
     sqrt_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
     cross = np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
+
+
+def kernel_inception_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Unbiased MMD² with the cubic polynomial kernel k(x, y) = (x·y / d + 1)^3 (Binkowski et al. 2018):
+    mean k over distinct pairs within a, plus within b, minus twice the mean k across. 0 in expectation
+    when both sets come from one distribution, so it can come out slightly negative."""
+    a, b = check_features(features_a, "features_a"), check_features(features_b, "features_b")
+    d = a.shape[1]
+    k_aa, k_bb, k_ab = ((x @ y.T / d + 1) ** 3 for x, y in ((a, a), (b, b), (a, b)))
+    m, n = len(a), len(b)
+    within_a = (k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
+    within_b = (k_bb.sum() - np.trace(k_bb)) / (n * (n - 1))
+    return float(within_a + within_b - 2 * k_ab.mean())
+
+
+def knn_radii(features: torch.Tensor, k: int = NEIGHBOURS) -> torch.Tensor:
+    """Distance from each point to its k-th nearest other point: the radius of its ball in the manifold."""
+    distances = torch.cdist(features, features)
+    return distances.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
+
+
+def in_manifold(points: torch.Tensor, manifold: torch.Tensor, radii: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """True for each point inside at least one ball (manifold point, radius)."""
+    inside = [(torch.cdist(points[i:i + batch], manifold) <= radii[None]).any(1) for i in range(0, len(points), batch)]
+    return torch.cat(inside)
+
+
+def precision_recall(real_features: np.ndarray, fake_features: np.ndarray, k: int = NEIGHBOURS) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019): precision = share of fakes inside the
+    real k-NN manifold, recall = share of reals inside the fakes' k-NN manifold."""
+    real = torch.from_numpy(check_features(real_features, "real features", k + 1))
+    fake = torch.from_numpy(check_features(fake_features, "sample features", k + 1))
+    precision = in_manifold(fake, real, knn_radii(real, k)).double().mean()
+    recall = in_manifold(real, fake, knn_radii(fake, k)).double().mean()
+    return float(precision), float(recall)
 
 
 def nearest_rmse(images: np.ndarray, reference: np.ndarray, batch_size: int = 256) -> np.ndarray:

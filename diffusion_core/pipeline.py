@@ -1,8 +1,13 @@
 """DiffusionPipeline: a trained U-Net, its noise schedule and its context labels as one object.
 
 A checkpoint is a folder in the Hugging Face Hub's layout: config.json (the U-Net's arguments plus
-the schedule, prediction type, labels and styles), model.safetensors (EMA weights) and README.md
-(the model card). ``from_pretrained`` takes such a folder or a Hub repo id.
+the schedule, prediction type, labels, styles and ``default_sampling``), model.safetensors (EMA
+weights), README.md (the model card) and, for a text model, vocab.json. ``from_pretrained`` takes
+such a folder or a Hub repo id.
+
+A text prompt travels through the samplers packed into the context: the sampler sees one float
+(N, K + L) tensor, the K class and style weights followed by the L token ids, so the all-zero row is
+"no class, no style, no text" and classifier-free guidance needs nothing new (``denoise`` unpacks it).
 """
 from __future__ import annotations
 
@@ -21,11 +26,13 @@ import torch
 
 from .samplers import DEFAULT_SAMPLER, SAMPLERS, sample
 from .schedule import NoiseSchedule
+from .text import VOCAB_NAME, Vocabulary
 from .unet import WEIGHTS_NAME, UNet, load_weights_strict
 
 MAX_IMAGES = 64
 CONFIG_NAME = "config.json"
 PIPELINE_KEYS = ("schedule", "num_timesteps", "prediction_type", "labels", "styles")
+FALLBACK_SAMPLING = {"sampler": DEFAULT_SAMPLER, "steps": 20, "guidance": 3.0}  # for checkpoints without default_sampling
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -57,6 +64,7 @@ class GenerationOutput:
     labels: np.ndarray                 # int (n,), the class index per image, -1 when unconditional
     seconds: float
     trajectory: Trajectory | None = None
+    unknown_words: list[str] = field(default_factory=list)  # words of the prompt the model does not know
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
@@ -71,7 +79,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(name, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md"]))
+        return Path(snapshot_download(name, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, VOCAB_NAME, "README.md"]))
     except Exception as err:  # offline, not cached, unknown repo, no network: all mean "not available"
         raise ValueError(f"could not get model {name!r} from the Hugging Face Hub or its cache: {err}") from err
 
@@ -81,12 +89,17 @@ class DiffusionPipeline:
 
     def __init__(self, model: UNet, schedule: NoiseSchedule, labels: list[str], styles: list[str] | None = None,
                  prediction_type: str = "epsilon", device: str | torch.device | None = None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", vocabulary: Vocabulary | None = None, default_sampling: dict | None = None):
         styles = list(styles or [])
         if model.context_dim != len(labels) + len(styles):
             raise ValueError(f"the model's context_dim ({model.context_dim}) must equal the number of labels "
                              f"({len(labels)}) plus styles ({len(styles)})")
+        if bool(model.vocab_size) != (vocabulary is not None) or (vocabulary is not None and (
+                len(vocabulary) != model.vocab_size or vocabulary.max_tokens != model.max_tokens)):
+            raise ValueError("a text model needs the vocabulary it was built with (and a model without text none)")
         self.schedule, self.labels, self.styles = schedule, list(labels), styles
+        self.vocabulary = vocabulary
+        self.default_sampling = {**FALLBACK_SAMPLING, **(default_sampling or {})}
         self.prediction_type = prediction_type
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.eval().to(self.device)
@@ -112,15 +125,17 @@ class DiffusionPipeline:
         except TypeError as err:
             raise ValueError(f"{config_path} holds invalid model arguments: {err}") from err
         load_weights_strict(model, str(folder / WEIGHTS_NAME))
+        vocabulary = Vocabulary.load(folder, model.vocab_size) if model.vocab_size else None
         pipe = cls(model, NoiseSchedule(config["schedule"], config["num_timesteps"]), config["labels"],
-                   config["styles"], config["prediction_type"], device=device, dtype=dtype)
+                   config["styles"], config["prediction_type"], device=device, dtype=dtype, vocabulary=vocabulary,
+                   default_sampling=config.get("default_sampling"))
         pipe.source, pipe.folder = str(name_or_path), folder
         return pipe
 
     def config(self) -> dict:
         return {**self.model._hub_mixin_config, "schedule": self.schedule.kind,
                 "num_timesteps": self.schedule.num_timesteps, "prediction_type": self.prediction_type,
-                "labels": self.labels, "styles": self.styles}
+                "labels": self.labels, "styles": self.styles, "default_sampling": self.default_sampling}
 
     def save_pretrained(self, folder: str | os.PathLike, model_card: str | None = None) -> Path:
         """Write config.json, model.safetensors and README.md into ``folder``, atomically: everything
@@ -133,6 +148,8 @@ class DiffusionPipeline:
             if model_card is not None:
                 (staging / "README.md").write_text(model_card)
             self.model.save_pretrained(staging, config=self.config())
+            if self.vocabulary is not None:
+                self.vocabulary.save(staging)
             for extra in folder.glob("*") if folder.is_dir() else []:  # keep logs and grids already there
                 if not (staging / extra.name).exists():
                     shutil.copy2(extra, staging / extra.name) if extra.is_file() else shutil.copytree(extra, staging / extra.name)
@@ -183,21 +200,36 @@ class DiffusionPipeline:
 
     @torch.no_grad()
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        """The model as a denoiser callable, under bf16 autocast when chosen; returns float32."""
+        """The model as a denoiser callable, under bf16 autocast when chosen; returns float32. A
+        context wider than the model's carries token ids after the class and style weights."""
+        tokens = None
+        if context is not None and context.shape[1] > self.model.context_dim:
+            context, tokens = context[:, :self.model.context_dim], context[:, self.model.context_dim:].round().long()
         if self.dtype == "bfloat16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self.model(x_t.contiguous(memory_format=torch.channels_last), t, context).float()
-        return self.model(x_t, t, context).float()
+                return self.model(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens).float()
+        return self.model(x_t, t, context, tokens).float()
 
     # ---- context -----------------------------------------------------------------------------
-    def context_for(self, num_images: int, classes=None, blend=None, style=None) -> tuple[torch.Tensor | None, np.ndarray]:
-        """The (n, K) context and per-image class indices. ``classes``: a name or a list of names,
-        image i gets classes[i % len]; ``blend``: {name: weight in 0..1}, one blended context for all;
-        ``style``: one of ``self.styles``. With none of them: no context (unconditional)."""
+    def context_for(self, num_images: int, classes=None, blend=None, style=None,
+                    prompt: str | None = None) -> tuple[torch.Tensor | None, np.ndarray, list[str]]:
+        """The (n, K) context (n, K + L with a text model), per-image class indices and the prompt's
+        unknown words. ``classes``: a name or a list of names, image i gets classes[i % len];
+        ``blend``: {name: weight in 0..1}, one blended context for all; ``style``: one of
+        ``self.styles``; ``prompt``: text. With none of them: no context (unconditional)."""
         if classes is not None and blend is not None:
             raise ValueError("give either classes or blend, not both")
+        if prompt is not None and not isinstance(prompt, str):
+            raise ValueError(f"prompt must be text, got {type(prompt).__name__}")
+        if prompt and self.vocabulary is None:
+            raise ValueError("this model has no text encoder; use classes, blend or style instead of a prompt")
         n_labels = len(self.labels)
-        ctx = np.zeros((num_images, n_labels + len(self.styles)), dtype=np.float32)
+        text_width = self.vocabulary.max_tokens if self.vocabulary is not None else 0
+        ctx = np.zeros((num_images, n_labels + len(self.styles) + text_width), dtype=np.float32)
+        unknown = []
+        if prompt:
+            ids, unknown = self.vocabulary.encode(prompt)
+            ctx[:, ctx.shape[1] - text_width:] = ids
         class_index = np.full(num_images, -1, dtype=np.int64)
         if classes is not None:
             classes = [classes] if isinstance(classes, str) else list(classes)
@@ -222,22 +254,26 @@ class DiffusionPipeline:
                 raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
             ctx[:, n_labels + self.styles.index(style)] = 1.0
         if not ctx.any():
-            return None, class_index
-        return torch.from_numpy(ctx).to(self.device), class_index
+            return None, class_index, unknown
+        return torch.from_numpy(ctx).to(self.device), class_index, unknown
 
     # ---- sampling ----------------------------------------------------------------------------
-    def generate(self, num_images: int = 16, classes=None, blend=None, style=None, sampler: str = DEFAULT_SAMPLER,
-                 steps: int = 20, guidance: float = 3.0, eta: float = 0.0, seed: int = 0,
-                 return_trajectory: bool = False, callback=None) -> GenerationOutput:
-        """Sample ``num_images`` (1..MAX_IMAGES) images as uint8 (n, H, W, 3). ``callback(step)`` sees
-        every SamplerStep (for progress bars and live previews)."""
+    def generate(self, num_images: int = 16, classes=None, blend=None, style=None, prompt: str | None = None,
+                 sampler: str | None = None, steps: int | None = None, guidance: float | None = None, eta: float = 0.0,
+                 seed: int = 0, return_trajectory: bool = False, callback=None) -> GenerationOutput:
+        """Sample ``num_images`` (1..MAX_IMAGES) images as uint8 (n, H, W, 3). Sampler, steps and
+        guidance default to the checkpoint's ``default_sampling``. ``callback(step)`` sees every
+        SamplerStep (for progress bars and live previews)."""
+        sampler = self.default_sampling["sampler"] if sampler is None else sampler
+        steps = self.default_sampling["steps"] if steps is None else steps
+        guidance = self.default_sampling["guidance"] if guidance is None else guidance
         if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or not 1 <= num_images <= MAX_IMAGES:
             raise ValueError(f"num_images must be an integer in 1..{MAX_IMAGES}, got {num_images!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
             raise ValueError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        context, class_index = self.context_for(int(num_images), classes, blend, style)
+        context, class_index, unknown = self.context_for(int(num_images), classes, blend, style, prompt)
         trajectory = Trajectory() if return_trajectory else None
 
         def on_step(step):
@@ -254,4 +290,4 @@ class DiffusionPipeline:
                     sampler=sampler, steps=steps, eta=eta, guidance=guidance, context=context,
                     prediction_type=self.prediction_type, seed=int(seed), callback=on_step,
                     clip_x0=True, device=self.device)
-        return GenerationOutput(to_uint8(x0), class_index, time.perf_counter() - start, trajectory)
+        return GenerationOutput(to_uint8(x0), class_index, time.perf_counter() - start, trajectory, unknown)

@@ -1,7 +1,10 @@
 """Training: the ε- (or v-) prediction objective of DDPM (Ho et al. 2020, Algorithm 1, eq. 14) with
 classifier-free guidance's context dropout (Ho & Salimans 2022, Algorithm 1), AdamW, warm-up and
 cosine decay, gradient clipping, EMA weights, bf16 autocast where the hardware has it natively,
-atomic checkpoints with exact resume, and DistributedDataParallel under torchrun.
+atomic checkpoints with exact resume, and DistributedDataParallel under torchrun. With ``text``
+the model also learns prompts: each training picture gets a prompt drawn from its emoji's name,
+some of its keywords or its class name, and text and context are dropped independently, so
+guidance works for a prompt, classes, or both.
 
     python -m diffusion_core train --config configs/emoji32.json [--max-steps N] [--resume]
     python -m diffusion_core train --config configs/X.json --init-from checkpoints/emoji32   # fine-tune
@@ -14,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,7 @@ from .data import load_dataset
 from .pipeline import DiffusionPipeline, cpu_has_native_bf16
 from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
+from .text import Vocabulary, words
 from .unet import UNet
 
 LOG_FIELDS = ("step", "loss", "lr", "images_per_s", "elapsed_s")
@@ -54,6 +59,13 @@ class TrainConfig:
     prediction_type: str = "epsilon"
     context_dropout: float = 0.15          # p of training on the all-zero ("no context") input
     style_dropout: float = 0.3             # p of zeroing only the style part, so "class, any style" works
+    # text (emoji data: names and keywords)
+    text: bool = False                     # learn text prompts with a text encoder of our own
+    text_dim: int = 128
+    text_layers: int = 2
+    max_tokens: int = 16
+    text_dropout: float = 0.15             # p of the empty prompt, drawn independently of context_dropout
+    default_sampling: dict = field(default_factory=lambda: {"sampler": DEFAULT_SAMPLER, "steps": 20, "guidance": 3.0})
     # optimisation
     batch_size: int = 64                   # global batch, split over DDP processes
     lr: float = 3e-4
@@ -87,11 +99,13 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
-    def unet_kwargs(self, context_dim: int) -> dict:
+    def unet_kwargs(self, context_dim: int, vocab_size: int = 0) -> dict:
+        text = dict(vocab_size=vocab_size, text_dim=self.text_dim, text_layers=self.text_layers,
+                    max_tokens=self.max_tokens) if vocab_size else {}
         return dict(image_size=self.image_size, in_channels=3, base_channels=self.base_channels,
                     channel_mults=list(self.channel_mults), num_res_blocks=self.num_res_blocks,
                     attention_resolutions=list(self.attention_resolutions), context_dim=context_dim,
-                    num_heads=self.num_heads, num_groups=self.num_groups, dropout=self.dropout)
+                    num_heads=self.num_heads, num_groups=self.num_groups, dropout=self.dropout, **text)
 
     def validate(self) -> None:
         checks = [
@@ -99,6 +113,7 @@ class TrainConfig:
             (self.max_steps >= 1, "max_steps must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.context_dropout < 1, "context_dropout must be in [0, 1)"),
+            (0 <= self.text_dropout < 1, "text_dropout must be in [0, 1)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
@@ -117,11 +132,35 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def diffusion_loss(model, schedule: NoiseSchedule, x0, context, t, noise, prediction_type: str) -> torch.Tensor:
+def diffusion_loss(model, schedule: NoiseSchedule, x0, context, t, noise, prediction_type: str,
+                   tokens: torch.Tensor | None = None) -> torch.Tensor:
     """DDPM eq. 14, L_simple = E‖ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)‖², or the same with the v target."""
     x_t = schedule.add_noise(x0, noise, t)
     target = noise if prediction_type == "epsilon" else schedule.velocity(x0, noise, t)
-    return F.mse_loss(model(x_t, t, context).float(), target)
+    prediction = model(x_t, t, context) if tokens is None else model(x_t, t, context, tokens)
+    return F.mse_loss(prediction.float(), target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts for training pictures
+# ---------------------------------------------------------------------------------------------
+def training_vocabulary(data, max_tokens: int) -> Vocabulary:
+    """Every word of the names, keywords and class names of a data set that has them."""
+    if data.names is None:
+        raise ValueError("text training needs a data set with a name per picture (the emoji data); "
+                         "this one has class labels only")
+    texts = [*data.names.tolist(), *(k.replace("|", " ") for k in data.keywords.tolist()), *data.class_names]
+    return Vocabulary.from_texts(texts, max_tokens=max_tokens)
+
+
+def training_prompt(name: str, keywords: str, class_name: str, rng: random.Random) -> str:
+    """The emoji's name (half the time), one to three of its keywords (30%), or its class (20%)."""
+    draw, keywords = rng.random(), [k for k in keywords.split("|") if k]
+    if draw < 0.5 or (draw < 0.8 and not keywords):
+        return name
+    if draw < 0.8:
+        return " ".join(rng.sample(keywords, k=min(len(keywords), rng.randint(1, 3))))
+    return " ".join(words(class_name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,17 +201,37 @@ def load_training_state(path: Path, model, ema, optimizer) -> int:
     return int(meta["step"])
 
 
-def init_weights(model: UNet, cfg: TrainConfig, context_dim: int) -> None:
-    """Start from the weights of a trained checkpoint (its EMA export): same architecture and context
-    required. The optimizer, schedule and step start fresh, so this is fine-tuning, not resuming."""
+GROWABLE = {"context_dim", "vocab_size", "text_dim", "text_layers", "max_tokens"}
+
+
+def init_weights(model: UNet, cfg: TrainConfig, data) -> list[str]:
+    """Start from the weights of a trained checkpoint (its EMA export). The U-Net's shape must match;
+    the model may grow: new classes or styles (context columns matched by name, new ones start at
+    zero) and a text encoder with its cross-attention (zero-started, so the grown model draws what
+    the old one drew). The optimizer, schedule and step start fresh: fine-tuning, not resuming.
+    Returns the names of the tensors that start fresh."""
     pipe = DiffusionPipeline.from_pretrained(cfg.init_from, device="cpu")
-    expected, config = cfg.unet_kwargs(context_dim), pipe.config()
-    found = {k: config.get(k) for k in expected}
-    if found != expected:
-        differ = sorted(k for k in expected if found[k] != expected[k])
+    expected, config = cfg.unet_kwargs(model.context_dim, model.vocab_size), pipe.config()
+    differ = sorted(k for k in expected if k not in GROWABLE and config.get(k) != expected[k])
+    if differ:
         raise ValueError(f"init_from {cfg.init_from!r} has a different architecture than this config "
-                         f"(differs in {differ}: {[found[k] for k in differ]} vs {[expected[k] for k in differ]})")
-    model.load_state_dict(pipe.model.state_dict())
+                         f"(differs in {differ}: {[config.get(k) for k in differ]} vs {[expected[k] for k in differ]})")
+    source, target = pipe.model.state_dict(), model.state_dict()
+    old_columns = [*pipe.labels, *(f"style:{s}" for s in pipe.styles)]
+    new_columns = [*data.class_names, *(f"style:{s}" for s in data.style_names)]
+    fresh = []
+    with torch.no_grad():
+        for key, value in target.items():
+            if key in source and source[key].shape == value.shape and (key != "context_mlp.0.weight" or old_columns == new_columns):
+                value.copy_(source[key])
+            elif key == "context_mlp.0.weight":
+                value.zero_()
+                for j, column in enumerate(new_columns):
+                    if column in old_columns:
+                        value[:, j] = source[key][:, old_columns.index(column)]
+            else:
+                fresh.append(key)
+    return fresh
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,10 +271,12 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
     data = load_dataset(cfg.data, cfg.image_size)
     images, contexts = (t.to(device) for t in data.to_tensors())
     num_classes = len(data.class_names)
+    vocabulary = training_vocabulary(data, cfg.max_tokens) if cfg.text else None
+    vocab_size = len(vocabulary) if vocabulary else 0
     schedule = NoiseSchedule(cfg.schedule, cfg.num_timesteps)
     torch.manual_seed(cfg.seed)
-    model = UNet(**cfg.unet_kwargs(contexts.shape[1])).to(device)
-    ema = UNet(**cfg.unet_kwargs(contexts.shape[1])).to(device)
+    model = UNet(**cfg.unet_kwargs(contexts.shape[1], vocab_size)).to(device)
+    ema = UNet(**cfg.unet_kwargs(contexts.shape[1], vocab_size)).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -225,7 +286,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         if not state_path.exists():
             raise ValueError(f"no training state at {state_path} to export")
         step = load_training_state(state_path, model, ema, optimizer)
-        folder = export(ema, cfg, data, step, out_dir, device) if is_main else None
+        folder = export(ema, cfg, data, step, out_dir, device, vocabulary) if is_main else None
         return {"step": step, "export": str(folder)}
     if resume and state_path.exists():
         step = load_training_state(state_path, model, ema, optimizer)
@@ -233,8 +294,10 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         if resume and is_main:
             print(f"no checkpoint at {state_path}; starting from step 0")
         if cfg.init_from:
-            init_weights(model, cfg, contexts.shape[1])
+            fresh = init_weights(model, cfg, data)
             ema.load_state_dict(model.state_dict())
+            if is_main and fresh:
+                print(f"init_from {cfg.init_from}: {len(fresh)} tensors start fresh (new in this model), e.g. {fresh[:3]}")
     bf16 = use_bf16(cfg, device)
     model.to(memory_format=torch.channels_last)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
@@ -255,7 +318,8 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         # The global batch comes from a generator seeded by (seed, step): the same on every process
         # and after a resume, so a DDP run sees exactly the batches of a single-process run.
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(len(images), (cfg.batch_size,), generator=g)[shard]
+        batch = torch.randint(len(images), (cfg.batch_size,), generator=g)
+        idx = batch[shard]
         t = torch.randint(cfg.num_timesteps, (cfg.batch_size,), generator=g)[shard].to(device)
         noise = torch.randn((cfg.batch_size, *images.shape[1:]), generator=g)[shard].to(device)
         keep = (torch.rand(cfg.batch_size, generator=g) >= cfg.context_dropout)[shard].to(device)
@@ -266,12 +330,19 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         context = contexts[idx.to(device)] * keep[:, None]
         context[:, num_classes:] *= keep_style[:, None]
+        tokens = None
+        if vocabulary is not None:
+            rng = random.Random(cfg.seed * 1_000_003 + step)  # the whole batch's prompts, then this process's share
+            keep_text = torch.rand(cfg.batch_size, generator=g) >= cfg.text_dropout
+            prompts = [training_prompt(data.names[i], data.keywords[i], data.class_names[data.labels[i]], rng)
+                       if kept else "" for i, kept in zip(batch.tolist(), keep_text.tolist())]
+            tokens = vocabulary.encode_batch(prompts)[shard].to(device)
 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = diffusion_loss(net, schedule, x0.contiguous(memory_format=torch.channels_last), context, t,
-                                  noise, cfg.prediction_type)
+                                  noise, cfg.prediction_type, tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -300,7 +371,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         bar.update(1)
         if is_main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
             save_training_state(state_path, model, ema, optimizer, step, cfg)
-            export(ema, cfg, data, step, out_dir, device)
+            export(ema, cfg, data, step, out_dir, device, vocabulary)
     bar.close()
     if distributed:
         dist.barrier()
@@ -317,14 +388,16 @@ def truncate_log(log_path: Path, step: int) -> None:
     os.replace(log_path.with_suffix(".tmp"), log_path)
 
 
-def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: torch.device | str = "cpu") -> Path:
+def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: torch.device | str = "cpu",
+           vocabulary: Vocabulary | None = None) -> Path:
     """Write the EMA weights as a Hub-layout checkpoint (config.json, model.safetensors, model card,
     training log) to cfg.export_dir, and a sample grid (8 per class, drawn on ``device``) to out_dir."""
     from .model_card import EVALUATION_FILE, EVALUATION_JSON, evaluation_of, training_card, weights_fingerprint
     from .viz import save_grid
 
-    pipe = DiffusionPipeline(ema_copy(ema, cfg, data), NoiseSchedule(cfg.schedule, cfg.num_timesteps),
-                             list(data.class_names), list(data.style_names), cfg.prediction_type, device=device)
+    pipe = DiffusionPipeline(ema_copy(ema, cfg), NoiseSchedule(cfg.schedule, cfg.num_timesteps),
+                             list(data.class_names), list(data.style_names), cfg.prediction_type, device=device,
+                             vocabulary=vocabulary, default_sampling=cfg.default_sampling)
     per_class = 8
     classes = [name for name in data.class_names for _ in range(per_class)]
     grid = pipe.generate(num_images=len(classes), classes=classes, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0, seed=0)
@@ -343,7 +416,7 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
     return folder
 
 
-def ema_copy(ema: UNet, cfg: TrainConfig, data) -> UNet:
-    model = UNet(**cfg.unet_kwargs(ema.context_dim))
+def ema_copy(ema: UNet, cfg: TrainConfig) -> UNet:
+    model = UNet(**cfg.unet_kwargs(ema.context_dim, ema.vocab_size))
     model.load_state_dict({k: v.detach().float().cpu() for k, v in ema.state_dict().items()})
     return model

@@ -6,6 +6,10 @@ through an MLP, the embedding injected into every residual block as a per-channe
 of the normalised features ("adaptive group norm", Improved DDPM sec. 3 / Dhariwal & Nichol 2021
 sec. 3), self-attention at the low resolutions. The context is a K-dim float vector (one-hot, a
 blend, or all zeros for "no context") embedded by an MLP and added to the time embedding.
+
+With ``vocab_size`` > 0 the U-Net also reads a text prompt (token ids, see text.py): its own text
+encoder's token features enter by cross-attention after each self-attention (Rombach et al. 2022,
+sec. 3.3), and its first token's feature is added to the time embedding (Nichol et al. 2022, GLIDE).
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from safetensors.torch import load_file
 from torch import nn
+
+from .text import TextEncoder
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -44,7 +50,7 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, text=None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
@@ -64,11 +70,35 @@ class SelfAttention(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, text=None) -> torch.Tensor:
         n, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
         q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (n, heads, hw, c/heads)
         out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+
+
+class CrossAttention(nn.Module):
+    """Queries from the image positions, keys and values from the text tokens (Rombach et al. 2022,
+    eq. 1: softmax(Q K^T / √d) V), residual, zero-started so a new block changes nothing at first."""
+
+    def __init__(self, channels: int, text_dim: int, num_heads: int, num_groups: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(num_groups, channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(text_dim, 2 * channels)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, text=None) -> torch.Tensor:
+        tokens, real = text                                          # (n, L, text_dim), (n, L) bool
+        n, c, h, w = x.shape
+        heads, d = self.num_heads, c // self.num_heads
+        q = self.q(self.norm(x)).reshape(n, heads, d, h * w).transpose(-1, -2)        # (n, heads, hw, d)
+        k, v = self.kv(tokens.to(x.dtype)).reshape(n, -1, 2, heads, d).permute(2, 0, 3, 1, 4)  # (n, heads, L, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=real[:, None, None, :])
         return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
 
 
@@ -77,7 +107,7 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
-    def forward(self, x, emb=None):
+    def forward(self, x, emb=None, text=None):
         return self.conv(x)
 
 
@@ -86,13 +116,14 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x, emb=None):
+    def forward(self, x, emb=None, text=None):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class UNet(nn.Module, PyTorchModelHubMixin):
-    """ε- (or v-) prediction network: ``model(x_t, t, context) -> prediction`` with x_t (N,C,H,W),
-    t (N,) long, context (N, context_dim) float or None (None = all zeros = no context).
+    """ε- (or v-) prediction network: ``model(x_t, t, context, tokens) -> prediction`` with x_t (N,C,H,W),
+    t (N,) long, context (N, context_dim) float or None (None = all zeros = no context), and for a
+    text model tokens (N, max_tokens) long or None (None = all padding = no text).
 
     Every argument is JSON-serialisable, so ``save_pretrained``/``from_pretrained`` (from
     huggingface_hub's PyTorchModelHubMixin) store it as config.json beside model.safetensors.
@@ -110,6 +141,10 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         num_heads: int = 4,
         num_groups: int = 16,
         dropout: float = 0.0,
+        vocab_size: int = 0,
+        text_dim: int = 128,
+        text_layers: int = 2,
+        max_tokens: int = 16,
     ):
         super().__init__()
         if image_size % (2 ** (len(channel_mults) - 1)):
@@ -119,11 +154,21 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         self.base_channels = base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.context_mlp = nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.vocab_size, self.max_tokens = vocab_size, max_tokens
+        if vocab_size:
+            self.text_encoder = TextEncoder(vocab_size, text_dim, text_layers, num_heads, max_tokens)
+            self.text_mlp = nn.Sequential(nn.Linear(text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            nn.init.zeros_(self.text_mlp[-1].weight)
+            nn.init.zeros_(self.text_mlp[-1].bias)
+
+        def attention(channels):
+            layers = [SelfAttention(channels, num_heads, num_groups)]
+            return layers + ([CrossAttention(channels, text_dim, num_heads, num_groups)] if vocab_size else [])
 
         def block(c_in, c_out, resolution):
             layers = [ResBlock(c_in, c_out, emb_dim, num_groups, dropout)]
             if resolution in attention_resolutions:
-                layers.append(SelfAttention(c_out, num_heads, num_groups))
+                layers += attention(c_out)
             return nn.ModuleList(layers)
 
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
@@ -141,7 +186,7 @@ class UNet(nn.Module, PyTorchModelHubMixin):
 
         self.mid = nn.ModuleList([
             ResBlock(channels, channels, emb_dim, num_groups, dropout),
-            SelfAttention(channels, num_heads, num_groups),
+            *attention(channels),
             ResBlock(channels, channels, emb_dim, num_groups, dropout),
         ])
 
@@ -172,7 +217,8 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         load_weights_strict(model, weights, map_location)
         return model
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
+                tokens: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2] != self.image_size or x.shape[3] != self.image_size:
             raise ValueError(f"x_t must have shape (N, {self.in_channels}, {self.image_size}, {self.image_size}), "
                              f"got {tuple(x.shape)}")
@@ -181,18 +227,29 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         elif context.dim() != 2 or context.shape != (x.shape[0], self.context_dim):
             raise ValueError(f"context must have shape (N={x.shape[0]}, {self.context_dim}), got {tuple(context.shape)}")
         emb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype)) + self.context_mlp(context.to(x.dtype))
+        text = None
+        if self.vocab_size:
+            if tokens is None:
+                tokens = torch.zeros(x.shape[0], self.max_tokens, dtype=torch.long, device=x.device)
+            elif tokens.shape != (x.shape[0], self.max_tokens) or tokens.dtype != torch.long:
+                raise ValueError(f"tokens must be long of shape (N={x.shape[0]}, {self.max_tokens}), "
+                                 f"got {tokens.dtype} {tuple(tokens.shape)}")
+            text = self.text_encoder(tokens)
+            emb = emb + self.text_mlp(text[0][:, 0])
+        elif tokens is not None:
+            raise ValueError("this model has no text encoder (vocab_size 0); give no tokens")
         h = self.conv_in(x)
         skips = [h]
         for layers in self.down:
             for layer in layers:
-                h = layer(h, emb)
+                h = layer(h, emb, text)
             skips.append(h)
         for layer in self.mid:
-            h = layer(h, emb)
+            h = layer(h, emb, text)
         for layers in self.up:
             h = torch.cat([h, skips.pop()], dim=1)
             for layer in layers:
-                h = layer(h, emb)
+                h = layer(h, emb, text)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

@@ -80,3 +80,35 @@ def save_mp4(frames: list[np.ndarray], path: str | os.PathLike, fps: int = 10) -
         container.mux(stream.encode())  # flush
     os.replace(tmp, path)
     return path
+
+
+def labelled_blocks(blocks: list[np.ndarray], titles: list[str], gap: int = 16, title_height: int = 18) -> np.ndarray:
+    """Grids side by side on white, each with its title above it (Pillow's default font)."""
+    from PIL import ImageDraw
+
+    height = max(b.shape[0] for b in blocks) + title_height
+    width = sum(b.shape[1] for b in blocks) + gap * (len(blocks) - 1)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw, x = ImageDraw.Draw(canvas), 0
+    for block, title in zip(blocks, titles):
+        canvas.paste(Image.fromarray(block), (x, title_height))
+        draw.text((x + 2, 3), title, fill=(0, 0, 0))
+        x += block.shape[1] + gap
+    return np.asarray(canvas)
+
+
+def class_style_grid(images: np.ndarray, labels: np.ndarray, styles: np.ndarray, class_names, style_names,
+                     per_cell: int = 4, seed: int = 0, scale: int = 2) -> np.ndarray:
+    """Real sprites by style (blocks, left to right) and class (rows): ``per_cell`` random ones each."""
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for s in range(len(style_names)):
+        rows = []
+        for c in range(len(class_names)):
+            index = np.flatnonzero((labels == c) & (styles == s))
+            pick = rng.choice(index, size=min(per_cell, len(index)), replace=False)
+            row = np.full((per_cell, *images.shape[1:]), 255, dtype=np.uint8)
+            row[:len(pick)] = images[pick]
+            rows.append(row)
+        blocks.append(image_grid(np.concatenate(rows), nrow=per_cell, scale=scale))
+    return labelled_blocks(blocks, list(style_names))

@@ -14,7 +14,7 @@
 #
 # Environment: PYTHON (default python3), CONFIGS (default "emoji32_gpu emoji32_wide_gpu"),
 # PROBE_STEPS (default 150), TRAIN_ARGS and EVAL_ARGS (extra flags for every train / evaluate call,
-# e.g. "--batch-size 8" and "--num 8" for a dry run on a CPU).
+# e.g. "--batch-size 8" and "--setting ddim:2:3" for a dry run on a CPU).
 set -uo pipefail
 TRAIN_SECONDS=${1:-400}
 RESULTS=${2:-artifacts/gpu}
@@ -61,7 +61,7 @@ for c in $CONFIGS; do
   (
     for d in runs/$c/exports/step_*; do
       echo "## $c $(basename "$d")"
-      $PY -m diffusion_core evaluate --model "$d" --quick --no-write $EVAL_ARGS 2>&1 | grep -E '^\| dpm|accuracy [0-9]' | awk '!seen[$0]++'
+      $PY -m diffusion_core evaluate --model "$d" --quick --no-write $EVAL_ARGS 2>&1 | grep -E '^\| (dpm|real held-out)' | awk '!seen[$0]++'
     done > "$RESULTS/curve_$c.md"
   ) &
 done

@@ -7,6 +7,7 @@ import torch
 
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.schedule import NoiseSchedule
+from diffusion_core.train import TrainConfig
 from diffusion_core.unet import UNet
 
 TINY_UNET = dict(image_size=16, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
@@ -46,3 +47,12 @@ def tiny_pipeline():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return DiffusionPipeline(model, NoiseSchedule("linear", 50), TINY_LABELS, TINY_STYLES, device="cpu")
+
+
+def tiny_train_config(tmp_path, name, **overrides) -> TrainConfig:
+    """A training run that takes seconds: an 8-channel U-Net, fp32, a few steps, files under tmp_path/name."""
+    values = dict(base_channels=8, num_heads=2, num_groups=4, batch_size=8, max_steps=6, warmup_steps=2,
+                  checkpoint_every=3, log_every=1, precision="fp32", num_timesteps=50,
+                  out_dir=str(tmp_path / name / "run"), export_dir=str(tmp_path / name / "export"))
+    values.update(overrides)
+    return TrainConfig(**values)

@@ -71,7 +71,7 @@ def test_a_missing_model_folder_is_a_clear_error():
 @pytest.mark.parametrize("args,message", [
     (["--setting", "ddim:25"], "a setting is SAMPLER:STEPS:GUIDANCE"),
     (["--setting", "euler:25:3"], "unknown sampler 'euler'"),
-    (["--num", "1"], "num must be at least 2"),
+    (["--samples", "/no/such/samples.npz"], "expected an .npz with 'images'"),
     (["--seeds", "-1"], "seeds must be one or more integers"),
 ])
 def test_bad_evaluate_arguments_print_the_message_and_exit_non_zero(args, message, capsys):

@@ -3,36 +3,94 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_core.data import (EMOJI_CLASSES, load_course_sprites, load_dataset, load_emoji, load_image_folder,
-                                 read_emoji_list, EMOJI_TEST)
+from diffusion_core.data import (EMOJI_CLASSES, EMOJI_NPZ, EMOJI_STYLES, count_table, load_course_sprites, load_dataset,
+                                 load_emoji, load_image_folder)
+from diffusion_core.emoji_build import EMOJI_TEST, Emoji, IconSet, map_icons, read_emoji_list, slug
 
 
-def test_shipped_emoji_arrays_hold_about_3700_labelled_sprites_in_both_styles():
+def test_shipped_emoji_arrays_hold_five_styles_and_a_name_and_keywords_per_sprite():
     data = load_emoji(split="all")
-    assert 3500 <= len(data) <= 3900 and data.images.shape[1:] == (32, 32, 3) and data.images.dtype == np.uint8
-    assert data.context.shape == (len(data), 10)
-    assert set(np.unique(data.labels)) == set(range(len(EMOJI_CLASSES)))
+    assert len(data) >= 8000 and data.images.shape[1:] == (32, 32, 3) and data.images.dtype == np.uint8
+    assert data.style_names == EMOJI_STYLES and data.class_names == EMOJI_CLASSES
+    assert data.context.shape == (len(data), len(EMOJI_CLASSES) + len(EMOJI_STYLES))
     assert np.allclose(data.context.sum(1), 2.0)  # one class + one style
-    assert (data.context[:, 8:].sum(0) > 1500).all()  # noto and openmoji both well represented
+    assert (data.context[:, len(EMOJI_CLASSES):].sum(0) > 1300).all()  # every style well represented
     assert len(np.unique(data.images.reshape(len(data), -1), axis=0)) == len(data)  # no exact duplicates
+    assert all(name.strip() for name in data.names)
+    assert (data.keywords != "").mean() >= 0.95
+    apple = data.names == "red apple"
+    assert apple.sum() == len(EMOJI_STYLES) and "fruit" in data.keywords[apple][0].split("|")
     assert load_emoji(image_size=16, split="all").images.shape[1:] == (16, 16, 3)
 
 
-def test_held_out_split_is_disjoint_stratified_and_fixed():
+def test_held_out_split_holds_out_whole_emoji_in_every_class():
     train, held = load_emoji(split="train"), load_emoji(split="held_out")
     assert len(train) + len(held) == len(load_emoji(split="all"))
-    assert 0.08 < len(held) / (len(train) + len(held)) < 0.12
-    assert set(np.unique(held.labels)) == set(range(8))
+    assert not set(train.names) & set(held.names)  # no held-out emoji in training, in any style
+    assert 0.08 < len(set(held.names)) / len(set(train.names) | set(held.names)) < 0.12
+    assert (np.bincount(train.labels, minlength=len(EMOJI_CLASSES)) >= 450).all()
+    assert set(np.unique(held.labels)) == set(range(len(EMOJI_CLASSES)))
     assert np.array_equal(load_emoji(split="held_out").images, held.images)
+
+
+def test_count_table_adds_up_to_the_file():
+    table = count_table()
+    total = table.splitlines()[-1]
+    assert total.startswith("| all |") and f"| {len(load_emoji(split='all')):,} |" in total
+    assert table.splitlines()[0] == "| class | " + " | ".join(EMOJI_STYLES) + " | all | of which held out |"
+
+
+def test_an_emoji_file_without_the_v2_arrays_is_a_clear_error(tmp_path):
+    with np.load(EMOJI_NPZ) as npz:
+        old = {k: npz[k] for k in ("images32", "images16", "labels", "styles")}
+    np.savez(tmp_path / "old.npz", **old)
+    with pytest.raises(ValueError, match="missing array 'split'.*build-data emoji"):
+        load_emoji(tmp_path / "old.npz")
 
 
 @pytest.mark.skipif(not EMOJI_TEST.exists(), reason="Debian's unicode-data is not installed")
 def test_emoji_list_drops_skin_tones_and_maps_groups_to_the_eight_classes():
     emoji = read_emoji_list()
     assert 1800 <= len(emoji) <= 1950
-    assert {cls for _, cls, _ in emoji} == set(EMOJI_CLASSES)
-    names = {name: cls for _, cls, name in emoji}
+    assert {e.cls for e in emoji} == set(EMOJI_CLASSES)
+    names = {e.name: e.cls for e in emoji}
     assert names["grinning face"] == "face" and names["red heart"] == "symbol" and names["pizza"] == "food_drink"
+
+
+def test_icon_names_are_slugs_of_cldr_names():
+    assert slug("woman’s hat") == "womans-hat" and slug("flag: Côte d’Ivoire") == "flag-cote-divoire"
+    assert slug("A button (blood type)") == "a-button-blood-type" and slug("Trinidad & Tobago") == "trinidad-and-tobago"
+
+
+EMOJI = [Emoji((0x1F34E,), "food_drink", "red apple"), Emoji((0x2764, 0xFE0F), "symbol", "red heart"),
+         Emoji((0x1F408,), "animal_nature", "cat")]
+
+
+def test_icons_map_to_emoji_by_codepoints_and_report_what_is_left_out():
+    icons = IconSet("t", {"apple": {"body": "<g/>"}, "heart": {"body": "<g/>"}, "new": {"body": "<g/>"}}, {},
+                    {"1f34e": "apple", "2764-fe0f": "heart", "1f34e-1f3fb": "apple", "1faea": "new"}, 36, 36)
+    mapping = map_icons(icons, EMOJI)
+    assert mapping.icons == {(0x1F34E,): "apple", (0x2764,): "heart"}
+    assert mapping.skin_tone == 1 and mapping.unknown == ["new"]
+
+
+def test_icons_without_codepoints_map_by_name_alias_or_a_known_rename():
+    icons = IconSet("e", {"red-apple": {"body": "<g/>"}, "heavy-heart": {"body": "<g/>"}, "cat-face": {"body": "<g/>"},
+                          "letter-a": {"body": "<g/>"}, "cat-medium-tone": {"body": "<g/>"}},
+                    {"red-heart": {"parent": "heavy-heart"}, "cat": {"parent": "cat-face", "hFlip": True}}, {}, 64, 64)
+    mapping = map_icons(icons, EMOJI)
+    assert mapping.icons == {(0x1F34E,): "red-apple", (0x2764,): "heavy-heart", (0x1F408,): "cat-face"}
+    assert mapping.unknown == ["letter-a"] and mapping.skin_tone == 1
+    assert icons.resolve("cat") == ("cat-face", {"hFlip": True, "vFlip": False, "rotate": 0})
+    assert 'viewBox="0 0 64 64"' in icons.svg("red-apple")
+
+
+def test_a_damaged_icon_set_is_a_clear_error(tmp_path):
+    (tmp_path / "icons.json").write_text("{not json")
+    with pytest.raises(RuntimeError, match="damaged or incomplete.*npm ci"):
+        IconSet.load(tmp_path)
+    with pytest.raises(RuntimeError, match="damaged or incomplete"):
+        IconSet.load(tmp_path / "absent")
 
 
 def test_course_format_loads_with_one_hot_context(tmp_path):
@@ -84,19 +142,24 @@ def test_image_folder_errors_name_the_problem(tmp_path):
         load_image_folder(tmp_path)
 
 
-def test_building_emoji_without_the_system_packages_names_each_missing_one(monkeypatch, tmp_path):
-    import diffusion_core.data as data
+def test_building_emoji_without_its_packages_names_each_missing_one(monkeypatch, tmp_path):
+    import diffusion_core.emoji_build as build
 
-    monkeypatch.setattr(data, "NOTO_FONT", tmp_path / "NotoColorEmoji.ttf")
-    monkeypatch.setattr(data, "EMOJI_TEST", tmp_path / "emoji-test.txt")
+    monkeypatch.setattr(build, "NOTO_FONT", tmp_path / "NotoColorEmoji.ttf")
+    monkeypatch.setattr(build, "EMOJI_TEST", tmp_path / "emoji-test.txt")
+    monkeypatch.setattr(build, "CLDR_ANNOTATIONS", (tmp_path / "en.xml",))
+    monkeypatch.setattr(build, "NPM_DIR", tmp_path / "npm")
     with pytest.raises(RuntimeError) as err:
-        data.build_emoji(tmp_path / "out.npz")
-    assert "apt-get install fonts-noto-color-emoji" in str(err.value) and "apt-get install unicode-data" in str(err.value)
+        build.build_emoji(tmp_path / "out.npz")
+    message = str(err.value)
+    for expected in ("apt-get install fonts-noto-color-emoji", "apt-get install unicode-data",
+                     "apt-get install unicode-cldr-core", "@iconify-json/twemoji", "@iconify-json/emojione", "npm ci"):
+        assert expected in message
     assert not (tmp_path / "out.npz").exists()
 
 
 def _can_build_emoji() -> bool:
-    from diffusion_core.data import check_emoji_build_requirements
+    from diffusion_core.emoji_build import check_emoji_build_requirements
 
     try:
         check_emoji_build_requirements()
@@ -106,11 +169,13 @@ def _can_build_emoji() -> bool:
 
 
 @pytest.mark.skipif(not _can_build_emoji(), reason="the emoji build needs Debian's fonts-noto-color-emoji, "
-                    "unicode-data, libfribidi0 and requirements-data.txt")
+                    "unicode-data, unicode-cldr-core, libfribidi0, requirements-data.txt and `npm ci --prefix "
+                    "scripts/emoji-data` (see README, The data)")
 def test_build_data_reproduces_the_shipped_arrays(tmp_path):
-    from diffusion_core.data import EMOJI_NPZ, build_emoji
+    from diffusion_core.emoji_build import build_emoji
 
     build_emoji(tmp_path / "rebuilt.npz")
     with np.load(tmp_path / "rebuilt.npz") as rebuilt, np.load(EMOJI_NPZ) as shipped:
-        for key in ("images32", "images16", "labels", "styles", "names"):
+        assert sorted(rebuilt.files) == sorted(shipped.files)
+        for key in shipped.files:
             assert np.array_equal(rebuilt[key], shipped[key]), key

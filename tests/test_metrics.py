@@ -1,12 +1,18 @@
-"""Quality measures: the Fréchet distance, near-copy detection, and the evaluate command end to end."""
+"""Quality measures: each against a case with a known answer, the calibration a person would agree
+with, bad input, and the evaluate command end to end."""
+import json
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffusion_core.__main__ import main
 from diffusion_core.data import EMOJI_CLASSES, EMOJI_STYLES, load_emoji
-from diffusion_core.evaluate import Setting, evaluate, parse_setting, stratified_subset, to_markdown, write_to_model_card
-from diffusion_core.metrics import copy_share, frechet_distance, load_classifier, predict
+from diffusion_core.evaluate import (COMPARISON_FILE, RealData, Setting, calibration_sets, evaluate, parse_setting,
+                                     to_markdown, write_to_model_card)
+from diffusion_core.metrics import (copy_share, frechet_distance, kernel_inception_distance, load_classifier,
+                                    precision_recall, predict, real_roles)
 from diffusion_core.model_card import weights_fingerprint
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.schedule import NoiseSchedule
@@ -26,6 +32,40 @@ def test_frechet_distance_of_gaussians_with_different_scales_matches_the_formula
     assert frechet_distance(a, b) == pytest.approx(2 * (1 + 4 - 2 * 2), rel=0.02)  # Tr(Σa+Σb-2(ΣaΣb)^½)
 
 
+def test_kid_is_unbiased_near_zero_for_one_distribution_and_large_for_disjoint_ones():
+    rng = np.random.default_rng(2)
+    same = [kernel_inception_distance(rng.normal(size=(50, 8)), rng.normal(size=(50, 8))) for _ in range(40)]
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(len(same))  # zero in expectation, even at n = 50
+    assert min(same) < 0  # unbiased: it can go below zero
+    far = kernel_inception_distance(rng.normal(size=(50, 8)), rng.normal(size=(50, 8)) + 3.0)
+    assert far > 100 * np.std(same)
+
+
+def test_precision_tells_samples_inside_the_real_manifold_from_samples_outside():
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(500, 4))
+    inside = real[:100] + 0.01 * rng.normal(size=(100, 4))
+    outside = rng.normal(size=(100, 4)) + 20.0
+    assert precision_recall(real, inside)[0] == 1.0
+    assert precision_recall(real, outside)[0] == 0.0
+
+
+def test_recall_of_a_collapsed_set_is_low_and_of_a_fresh_draw_high():
+    rng = np.random.default_rng(4)
+    real = rng.normal(size=(500, 4))
+    fresh = rng.normal(size=(500, 4))
+    collapsed = np.resize(fresh[:8], (500, 4))
+    assert precision_recall(real, fresh)[1] > 0.8
+    assert precision_recall(real, collapsed)[1] < 0.1
+
+
+@pytest.mark.parametrize("features, message", [(np.zeros((10,)), r"\(N >= 4, D\)"), (np.zeros((2, 3)), r"\(N >= 4, D\)"),
+                                               (np.full((10, 3), np.nan), "NaN")])
+def test_measures_reject_bad_features_with_a_clear_error(features, message):
+    with pytest.raises(ValueError, match=message):
+        precision_recall(np.zeros((10, 3)), features)
+
+
 def test_copies_are_detected_and_distinct_images_are_not():
     train = load_emoji(split="train").images[:200]
     noisy_copies = np.clip(train[:10].astype(int) + 3, 0, 255).astype(np.uint8)
@@ -33,39 +73,81 @@ def test_copies_are_detected_and_distinct_images_are_not():
     assert copy_share(np.full((5, 32, 32, 3), 128, np.uint8), train) == 0.0
 
 
-def test_shipped_classifier_recognises_most_held_out_images():
+def test_classifier_never_saw_the_reference_or_held_out_emoji_and_generalises_to_them():
     model, info = load_classifier()
+    feature_train, reference = real_roles(load_emoji(split="train"))
     held = load_emoji(split="held_out")
+    assert not set(feature_train.names) & (set(reference.names) | set(held.names))
+    assert info["trained_on"] == "feature_train" and info["feature_train_images"] == len(feature_train)
     pred, feats = predict(model, held.images)
     assert feats.shape == (len(held), 128) and (pred == held.labels).mean() > 0.6
     assert info["classes"] == list(EMOJI_CLASSES)
 
 
+@pytest.fixture(scope="module")
+def real():
+    return RealData()
+
+
+def test_calibration_orders_damage_as_a_person_would(real):
+    scores = {name: real.score(images, labels) for name, (images, labels)
+              in calibration_sets(real.held.images, real.held.labels).items()}
+    floor = real.floor
+    assert scores["real held-out"]["fd"] == pytest.approx(floor["fd"]) and floor["precision"] >= 0.7
+    for damaged in ("noise σ=25/255", "blurred (16 px and back)"):
+        assert scores[damaged]["fd"] >= 4 * floor["fd"] and scores[damaged]["kid"] > 10 * floor["kid"]
+    assert floor["fd"] < scores["noise σ=10/255"]["fd"] < scores["noise σ=25/255"]["fd"]
+    assert scores["noise σ=25/255"]["precision"] < floor["precision"]  # noisy sprites leave the real manifold
+    assert scores["blurred (16 px and back)"]["recall"] < floor["recall"] - 0.2  # blurred ones lose variety
+    assert scores["shuffled colours"]["fd"] > 2 * floor["fd"]
+    assert scores["collapsed (8 images repeated)"]["recall"] < 0.3 < floor["recall"]
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (np.zeros((20, 32, 32), np.uint8), None, r"shape \(N, 32, 32, 3\)"),
+    (np.zeros((20, 32, 32, 3), np.float32), None, "must be uint8"),
+    (np.zeros((3, 32, 32, 3), np.uint8), None, "at least 8 images"),
+    (np.zeros((20, 32, 32, 3), np.uint8), np.zeros(19, np.int64), "labels must be 20 integers"),
+    (np.zeros((20, 32, 32, 3), np.uint8), np.full(20, 8), r"class indices 0..7 or -1"),
+])
+def test_scoring_bad_samples_is_a_clear_error(real, images, labels, message):
+    with pytest.raises(ValueError, match=message):
+        real.score(images, labels)
+
+
+def test_evaluate_samples_prints_every_measure_beside_its_real_value(tmp_path, capsys):
+    held = load_emoji(split="held_out")
+    np.savez(tmp_path / "s.npz", images=held.images[:64], labels=held.labels[:64])
+    assert main(["evaluate", "--samples", str(tmp_path / "s.npz")]) in (0, None)
+    out = json.loads(capsys.readouterr().out)
+    for key in ("n", "class_accuracy", "fd", "fd_floor", "kid", "kid_floor", "precision", "recall", "copies"):
+        assert key in out
+    assert out["n"] == 64 and out["copies"] < 0.1 and out["class_accuracy"] > 0.5
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    assert main(["evaluate", "--samples", str(tmp_path / "bad.npz")]) == 2
+
+
 def test_evaluate_runs_end_to_end_and_writes_the_model_card(tmp_path):
     torch.manual_seed(0)
-    model = UNet(base_channels=8, num_groups=4, channel_mults=(1, 2, 2, 2), attention_resolutions=(4,), num_heads=2)
-    pipe = DiffusionPipeline(model, NoiseSchedule("cosine", 100), list(EMOJI_CLASSES), list(EMOJI_STYLES), device="cpu")
+    model = UNet(base_channels=8, num_groups=4, channel_mults=(1, 2, 2, 2), attention_resolutions=(4,), num_heads=2,
+                 context_dim=len(EMOJI_CLASSES) + 2)
+    pipe = DiffusionPipeline(model, NoiseSchedule("cosine", 100), list(EMOJI_CLASSES), ["noto", "twemoji"], device="cpu")
     folder = pipe.save_pretrained(tmp_path / "m", model_card="# card\n\n## Evaluation\nnot yet\n\n## Use\nhere\n")
-    settings = [Setting("ddim", 2, 3.0), parse_setting("dpmpp_2m_sde:20:4")]
-    result = evaluate(str(folder), num=16, settings=settings, dtype="float32", seeds=(0, 1), log=lambda s: None)
-    row, bar_row = result["rows"]
+    result = evaluate(str(folder), settings=[Setting("ddim", 2, 3.0)], dtype="float32", seeds=(0, 1),
+                      picture=folder / COMPARISON_FILE, log=lambda s: None)
+    (row,) = result["rows"]
     assert result["weights_fingerprint"] == weights_fingerprint(load_file(folder / "model.safetensors"))
-    assert row["n"] == 16 and 0 <= row["accuracy"] <= 1 and row["fd"] > row["fd_floor"] > 0
-    # two seeds: two different draws, the row holds their mean
+    assert result["styles"] == ["noto", "twemoji"]  # compared with the styles it knows only
+    held = load_emoji(split="held_out")
+    n = int(np.isin(held.context[:, len(EMOJI_CLASSES):].argmax(1), [0, 2]).sum())
+    assert row["n"] == result["floor"]["n"] == n and 0 <= row["class_accuracy"] <= 1 and row["fd"] > result["floor"]["fd"]
     assert [r["seed"] for r in row["seeds"]] == [0, 1] and row["seeds"][0]["fd"] != row["seeds"][1]["fd"]
     assert np.isclose(row["fd"], np.mean([r["fd"] for r in row["seeds"]]))
-    # per-class accuracy: the overall accuracy is its class-count-weighted mean
-    held_labels = load_emoji(split="held_out").labels
-    counts = np.bincount(held_labels[stratified_subset(held_labels, 16)],
-                         minlength=len(EMOJI_CLASSES))
-    for run in bar_row["seeds"]:
-        per_class = np.array([run["per_class_accuracy"].get(name, 0.0) for name in EMOJI_CLASSES])
-        assert np.isclose((per_class * counts).sum() / counts.sum(), run["accuracy"])
-    markdown = to_markdown(result)
-    write_to_model_card(folder, markdown, result)
+    assert set(result["calibration"]) >= {"noise σ=25/255", "collapsed (8 images repeated)"}
+    write_to_model_card(folder, to_markdown(result, COMPARISON_FILE), result)
     card = (folder / "README.md").read_text()
-    assert "| ddim | 2 | 3 | 16 x 2 |" in card and card.rstrip().endswith("here") and "not yet" not in card
-    assert "| class | real | 20 / 4 |" in card  # the per-class table shows the bar's setting only
+    assert f"| ddim | 2 | 3 | {n} x 2 |" in card and "| real held-out |" in card and "| shuffled colours |" in card
+    assert card.rstrip().endswith("here") and "not yet" not in card and (folder / COMPARISON_FILE).exists()
 
 
 @pytest.mark.parametrize("text, message", [("ddim:25", "SAMPLER:STEPS:GUIDANCE"), ("ddim:x:3", "SAMPLER:STEPS:GUIDANCE"),
@@ -73,3 +155,8 @@ def test_evaluate_runs_end_to_end_and_writes_the_model_card(tmp_path):
 def test_a_bad_evaluation_setting_is_a_clear_error(text, message):
     with pytest.raises(ValueError, match=message):
         parse_setting(text)
+
+
+def test_styles_unknown_to_the_data_are_a_clear_error():
+    with pytest.raises(ValueError, match=r"styles \['comic'\] are not in the emoji data"):
+        RealData(styles=["comic", *EMOJI_STYLES[:1]])

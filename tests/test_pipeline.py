@@ -30,7 +30,7 @@ def test_unconditional_generation_has_label_minus_one(tiny_pipeline):
 
 
 def test_blend_and_style_build_the_context_vector(tiny_pipeline):
-    ctx, labels = tiny_pipeline.context_for(2, blend={"a": 0.6, "b": 0.4}, style="s2")
+    ctx, labels, _ = tiny_pipeline.context_for(2, blend={"a": 0.6, "b": 0.4}, style="s2")
     assert ctx.tolist() == [[0.6, 0.4, 0.0, 0.0, 1.0]] * 2 or torch.allclose(ctx, torch.tensor([[0.6, 0.4, 0, 0, 1.0]] * 2))
     assert labels.tolist() == [0, 0]
 

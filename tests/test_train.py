@@ -18,6 +18,8 @@ from diffusion_core.model_card import NOT_EVALUATED, weights_fingerprint
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.train import TrainConfig, train
 
+from conftest import tiny_train_config
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,12 +35,8 @@ def course_files(tmp_path):
 
 
 def tiny_config(data, tmp_path, name, **overrides):
-    values = dict(data=data, image_size=16, base_channels=8, channel_mults=[1, 2], attention_resolutions=[8],
-                  num_heads=2, num_groups=4, batch_size=8, max_steps=6, warmup_steps=2, checkpoint_every=3,
-                  log_every=1, precision="fp32", num_timesteps=50, out_dir=str(tmp_path / name / "run"),
-                  export_dir=str(tmp_path / name / "export"))
-    values.update(overrides)
-    return TrainConfig(**values)
+    return tiny_train_config(tmp_path, name, **{"data": data, "image_size": 16, "channel_mults": [1, 2],
+                                                "attention_resolutions": [8], **overrides})
 
 
 def test_training_writes_log_checkpoint_grid_and_a_loadable_export(course_files, tmp_path):

@@ -1,0 +1,161 @@
+"""Text prompts: the vocabulary, the text-conditioned U-Net, the pipeline's prompt path and training
+a text model (from scratch and grown from a model without text)."""
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusion_core.data import EMOJI_NPZ
+from diffusion_core.pipeline import DiffusionPipeline
+from diffusion_core.schedule import NoiseSchedule
+from diffusion_core.text import PAD, START, UNK, Vocabulary
+from diffusion_core.train import train, training_prompt
+from diffusion_core.unet import UNet
+
+from conftest import tiny_train_config
+
+TEXT_UNET = dict(image_size=16, base_channels=8, channel_mults=(1, 2), attention_resolutions=(8,), context_dim=5,
+                 num_heads=2, num_groups=4, vocab_size=8, text_dim=16, max_tokens=6)
+
+
+@pytest.fixture
+def vocab():
+    return Vocabulary.from_texts(["red apple", "cat face", "flag: Japan"], max_tokens=6)
+
+
+def test_vocabulary_encodes_known_words_reports_unknown_ones_and_pads(vocab):
+    ids, unknown = vocab.encode("Red APPLE, purple")
+    assert ids[:4] == [START, vocab.index["red"], vocab.index["apple"], UNK] and ids[4:] == [PAD, PAD]
+    assert unknown == ["purple"]
+    assert vocab.encode("   ") == ([PAD] * 6, [])  # the empty prompt: no text at all
+    assert len(vocab.encode("cat " * 20)[0]) == 6  # long prompts are cut to max_tokens
+
+
+def test_vocabulary_round_trips_through_json_and_loads_strictly(vocab, tmp_path):
+    vocab.save(tmp_path)
+    assert Vocabulary.load(tmp_path, len(vocab)).tokens == vocab.tokens
+    with pytest.raises(ValueError, match="built for 99"):
+        Vocabulary.load(tmp_path, 99)
+    (tmp_path / "vocab.json").write_text("{broken")
+    with pytest.raises(ValueError, match="needs its vocabulary as JSON"):
+        Vocabulary.load(tmp_path, len(vocab))
+
+
+def test_a_new_text_model_draws_what_it_drew_without_text():
+    """Cross-attention and the pooled text path start at zero, so a grown model keeps its pictures."""
+    torch.manual_seed(0)
+    model = UNet(**TEXT_UNET)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "text" not in name and ".kv." not in name and ".q." not in name and "proj" not in name:
+                p.add_(0.05 * torch.randn_like(p))
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 40])
+    tokens = torch.tensor([[START, 3, 4, 0, 0, 0], [START, 5, 0, 0, 0, 0]])
+    assert torch.allclose(model(x, t, None), model(x, t, None, tokens))
+
+
+def test_text_model_rejects_bad_tokens_and_a_plain_model_rejects_tokens():
+    model = UNet(**TEXT_UNET)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 40])
+    with pytest.raises(ValueError, match=r"tokens must be long of shape \(N=2, 6\)"):
+        model(x, t, None, torch.zeros(2, 5, dtype=torch.long))
+    plain = UNet(**{k: v for k, v in TEXT_UNET.items() if k not in ("vocab_size", "text_dim", "max_tokens")})
+    with pytest.raises(ValueError, match="no text encoder"):
+        plain(x, t, None, torch.zeros(2, 6, dtype=torch.long))
+
+
+def text_pipeline(vocab, **kwargs):
+    torch.manual_seed(0)
+    model = UNet(**{**TEXT_UNET, "vocab_size": len(vocab)})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return DiffusionPipeline(model, NoiseSchedule("linear", 50), ["a", "b", "c"], ["s1", "s2"], device="cpu",
+                             vocabulary=vocab, **kwargs)
+
+
+def test_prompts_change_the_picture_and_unknown_words_come_back(vocab):
+    pipe = text_pipeline(vocab)
+    apple = pipe.generate(num_images=2, prompt="red apple", sampler="ddim", steps=3, guidance=2.0, seed=1)
+    cat = pipe.generate(num_images=2, prompt="cat face zebra", sampler="ddim", steps=3, guidance=2.0, seed=1)
+    assert apple.unknown_words == [] and cat.unknown_words == ["zebra"]
+    assert not np.array_equal(apple.images, cat.images)
+    both = pipe.generate(num_images=2, prompt="red apple", classes=["b"], style="s1", sampler="ddim", steps=3, seed=1)
+    assert both.labels.tolist() == [1, 1]
+    empty = pipe.generate(num_images=2, prompt="", sampler="ddim", steps=3, seed=1)
+    none = pipe.generate(num_images=2, sampler="ddim", steps=3, seed=1)
+    assert np.array_equal(empty.images, none.images)  # the empty prompt is no text
+
+
+def test_a_prompt_to_a_model_without_text_is_a_clear_error(tiny_pipeline):
+    with pytest.raises(ValueError, match="no text encoder"):
+        tiny_pipeline.generate(num_images=1, prompt="red apple", steps=2)
+
+
+def test_generate_defaults_to_the_checkpoints_default_sampling(vocab, tmp_path):
+    pipe = text_pipeline(vocab, default_sampling={"sampler": "ddim", "steps": 3, "guidance": 2.0})
+    folder = pipe.save_pretrained(tmp_path / "m")
+    assert json.loads((folder / "config.json").read_text())["default_sampling"]["steps"] == 3
+    loaded = DiffusionPipeline.from_pretrained(folder)
+    seen = []
+    loaded.generate(num_images=1, prompt="cat", callback=seen.append)
+    assert len(seen) == 3 and loaded.vocabulary.tokens == vocab.tokens
+    (folder / "vocab.json").unlink()
+    with pytest.raises(ValueError, match="needs its vocabulary"):
+        DiffusionPipeline.from_pretrained(folder)
+
+
+def test_training_prompts_come_from_the_name_keywords_or_class():
+    rng = random.Random(0)
+    prompts = [training_prompt("red apple", "apple|fruit|red", "food_drink", rng) for _ in range(400)]
+    assert 0.4 < prompts.count("red apple") / 400 < 0.6
+    assert 0.1 < prompts.count("food drink") / 400 < 0.3
+    keyword_prompts = [p for p in prompts if p not in ("red apple", "food drink")]
+    assert keyword_prompts and all(set(p.split()) <= {"apple", "fruit", "red"} for p in keyword_prompts)
+    assert training_prompt("sun", "", "travel_places", random.Random(1)) in ("sun", "travel places")
+
+
+@pytest.fixture
+def emoji_subset(tmp_path):
+    """The emoji data cut to 40 pictures (names and keywords included), as "emoji:FILE.npz"."""
+    with np.load(EMOJI_NPZ) as npz:
+        keep = np.concatenate([np.flatnonzero(npz["split"] == 0)[:36], np.flatnonzero(npz["split"] == 1)[:4]])
+        arrays = {k: (npz[k][keep] if npz[k].shape and len(npz[k]) == len(npz["labels"]) else npz[k]) for k in npz.files}
+    np.savez(tmp_path / "emoji.npz", **arrays)
+    return f"emoji:{tmp_path / 'emoji.npz'}"
+
+
+def text_config(tmp_path, name, **overrides):
+    return tiny_train_config(tmp_path, name, **{"channel_mults": [1, 2, 2, 2], "attention_resolutions": [4],
+                                                "text_dim": 16, "batch_size": 4, "max_steps": 2, "warmup_steps": 1,
+                                                "checkpoint_every": 2, **overrides})
+
+
+def test_a_model_without_text_grows_a_text_encoder_and_keeps_its_pictures(emoji_subset, tmp_path):
+    plain = text_config(tmp_path, "plain", data=emoji_subset)
+    train(plain, show_progress=False)
+    grown = text_config(tmp_path, "grown", data=emoji_subset, text=True, init_from=plain.export_dir, max_steps=1, lr=1e-12)
+    train(grown, show_progress=False)
+    old, new = (DiffusionPipeline.from_pretrained(c.export_dir) for c in (plain, grown))
+    assert new.vocabulary is not None and "grinning" in new.vocabulary.index and old.vocabulary is None
+    state = load_file(Path(grown.export_dir) / "model.safetensors")
+    assert any(k.startswith("text_encoder.") for k in state)
+    for classes in (["food_drink"], None):
+        a = old.generate(num_images=2, classes=classes, sampler="ddim", steps=3, seed=0)
+        b = new.generate(num_images=2, classes=classes, sampler="ddim", steps=3, seed=0)
+        assert np.abs(a.images.astype(int) - b.images.astype(int)).max() <= 1
+    assert new.generate(num_images=1, prompt="grinning face", steps=2).images.shape == (1, 32, 32, 3)
+
+
+def test_text_training_needs_names(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "s.npy", rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8))
+    np.save(tmp_path / "l.npy", np.eye(5)[rng.integers(0, 5, 8)])
+    cfg = text_config(tmp_path, "course", data=f"course:{tmp_path / 's.npy'},{tmp_path / 'l.npy'}", image_size=16,
+                      channel_mults=[1, 2], attention_resolutions=[8], text=True)
+    with pytest.raises(ValueError, match="needs a data set with a name per picture"):
+        train(cfg, show_progress=False)
