@@ -166,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "beside real data's values")
     e.add_argument("--samples", default=None, metavar="F.npz",
                    help="score this sample file ('images' uint8 (N,32,32,3), 'labels' (N,) class or -1) and print JSON")
-    e.add_argument("--styles", nargs="+", default=None, help="with --samples: compare with real images of these styles only")
+    e.add_argument("--styles", nargs="+", default=None,
+                   help="compare with real images of these styles only (default: all, or the model's styles)")
+    e.add_argument("--prompts", type=int, default=0, metavar="N",
+                   help="text models: also prompt with N training and N held-out emoji names and score them")
     e.add_argument("--model", default=DEFAULT_MODEL)
     e.add_argument("--classifier", default=None, help="classifier .safetensors (default: the shipped one)")
     e.add_argument("--dtype", default="auto", help="float32, bfloat16 or auto")

@@ -176,7 +176,8 @@ def headline_setting(pipe: DiffusionPipeline, config_path: Path) -> Setting:
 
 
 def evaluate(model: str, classifier: str | None = None, settings: list[Setting] | None = None, dtype: str = "auto",
-             seeds: tuple[int, ...] = (0,), picture: Path | None = None, log=print) -> dict:
+             seeds: tuple[int, ...] = (0,), picture: Path | None = None, styles: list[str] | None = None,
+             prompts: int = 0, log=print) -> dict:
     """Every setting sampled once per seed, one sample per held-out image (its class and style);
     a row holds the means over seeds and, under "seeds", each seed's own scores."""
     if not seeds or any(not 0 <= seed < 2**40 for seed in seeds):
@@ -185,7 +186,9 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
     if pipe.model.image_size != 32:
         raise ValueError("evaluation uses the 32x32 emoji feature network; this model makes "
                          f"{pipe.model.image_size}x{pipe.model.image_size} images")
-    real = RealData(classifier, styles=pipe.styles or None)
+    if styles and not set(styles) <= set(pipe.styles):
+        raise ValueError(f"styles {sorted(set(styles) - set(pipe.styles))} are not among the model's {pipe.styles}")
+    real = RealData(classifier, styles=styles or pipe.styles or None)
     if list(pipe.labels) != real.class_names:
         raise ValueError(f"the model's labels {pipe.labels} differ from the data's {real.class_names}")
     labels = real.held.labels
@@ -206,10 +209,41 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
     headline = headline_setting(pipe, pipe.folder / "config.json")
     if picture is not None:
         save_comparison(pipe, real, headline, picture)
-    return {"model": str(model), "weights_fingerprint": weights_fingerprint(pipe.model.state_dict()),
+    checked = None
+    if prompts:
+        if pipe.vocabulary is None:
+            raise ValueError("--prompts needs a text model; this one has none")
+        checked = prompt_check(pipe, real, prompts)
+        log(f"prompts: {checked}")
+    return {"prompts": checked, "model": str(model), "weights_fingerprint": weights_fingerprint(pipe.model.state_dict()),
             "dtype": pipe.dtype, "seeds": list(seeds), "styles": real.styles, "roles": roles_of(real),
             "classifier": real.info, "floor": real.floor, "calibration": calibration(real), "rows": rows,
             "headline": vars(headline), "copy_threshold_rmse": COPY_RMSE, "neighbours": NEIGHBOURS}
+
+
+def prompt_check(pipe: DiffusionPipeline, real: RealData, num: int = 200, seed: int = 0) -> dict:
+    """For ``num`` training emoji names (drawn at random), one sample with the name as prompt: the
+    share whose nearest training sprite (Euclidean, in the classifier's features) is that emoji,
+    and the class accuracy of samples prompted with held-out names (emoji the model never saw)."""
+    rng = np.random.default_rng(seed)
+    train_names = sorted(set(real.train.names.tolist()))
+    held_names = sorted(set(real.held.names.tolist()))
+    features = torch.from_numpy(predict(real.classifier, real.train.images)[1])
+
+    def draw(names):
+        chunks = [names[i:i + MAX_IMAGES] for i in range(0, len(names), MAX_IMAGES)]
+        return np.concatenate([pipe.generate(num_images=len(c), prompt=c, seed=k).images for k, c in enumerate(chunks)])
+
+    picked = rng.choice(train_names, size=min(num, len(train_names)), replace=False).tolist()
+    pred, sample_features = predict(real.classifier, draw(picked))
+    nearest = torch.cdist(torch.from_numpy(sample_features), features).argmin(1).numpy()
+    hits = [real.train.names[j] == name for j, name in zip(nearest, picked)]
+    held = rng.choice(held_names, size=min(num, len(held_names)), replace=False).tolist()
+    held_labels = np.array([real.held.labels[real.held.names == name][0] for name in held])
+    held_pred, _ = predict(real.classifier, draw(held))
+    return {"train_names": len(picked), "nearest_is_that_emoji": float(np.mean(hits)),
+            "held_out_names": len(held), "held_out_class_accuracy": float((held_pred == held_labels).mean()),
+            "examples": [{"prompt": p, "nearest": str(real.train.names[j])} for p, j in zip(picked[:12], nearest[:12])]}
 
 
 def roles_of(real: RealData) -> dict:
@@ -281,6 +315,12 @@ def to_markdown(result: dict, picture: str | None = None) -> str:
               "collapsed set, so the numbers above have a scale.", "",
               f"| set | n | {HEADER} |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {name} | {s['n']} | {cells(s, floor)} |" for name, s in result["calibration"].items()]
+    if result.get("prompts"):
+        p = result["prompts"]
+        lines += ["", f"Prompts (one sample each at the default setting): for {p['train_names']} training emoji names "
+                  f"the nearest training sprite is that emoji in {100 * p['nearest_is_that_emoji']:.0f}% of cases; "
+                  f"samples prompted with {p['held_out_names']} held-out names (never seen) are recognised as the "
+                  f"right class in {100 * p['held_out_class_accuracy']:.0f}%."]
     if picture:
         h = result["headline"]
         lines += ["", f"Real held-out sprites (odd rows) above samples of the same class (even rows), one class per "
@@ -330,7 +370,7 @@ def evaluate_command(args) -> None:
     folder = Path(args.model)
     write = not args.no_write and folder.is_dir()
     result = evaluate(args.model, args.classifier, settings=settings, dtype=args.dtype, seeds=tuple(args.seeds),
-                      picture=folder / COMPARISON_FILE if write else None)
+                      picture=folder / COMPARISON_FILE if write else None, styles=args.styles, prompts=args.prompts)
     markdown = to_markdown(result, COMPARISON_FILE if write else None)
     print(markdown)
     if write:

@@ -212,25 +212,28 @@ class DiffusionPipeline:
 
     # ---- context -----------------------------------------------------------------------------
     def context_for(self, num_images: int, classes=None, blend=None, style=None,
-                    prompt: str | None = None) -> tuple[torch.Tensor | None, np.ndarray, list[str]]:
+                    prompt: str | list[str] | None = None) -> tuple[torch.Tensor | None, np.ndarray, list[str]]:
         """The (n, K) context (n, K + L with a text model), per-image class indices and the prompt's
         unknown words. ``classes``: a name or a list of names, image i gets classes[i % len];
         ``blend``: {name: weight in 0..1}, one blended context for all; ``style``: one of
-        ``self.styles``; ``prompt``: text. With none of them: no context (unconditional)."""
+        ``self.styles``; ``prompt``: text, or a list of texts (image i gets prompt[i % len]). With
+        none of them: no context (unconditional)."""
         if classes is not None and blend is not None:
             raise ValueError("give either classes or blend, not both")
-        if prompt is not None and not isinstance(prompt, str):
-            raise ValueError(f"prompt must be text, got {type(prompt).__name__}")
-        if prompt and self.vocabulary is None:
+        prompts = [""] if prompt is None else list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompt must be text or a non-empty list of texts, got {prompt!r}")
+        if any(prompts) and self.vocabulary is None:
             raise ValueError("this model has no text encoder; use classes, blend or style instead of a prompt")
         n_labels = len(self.labels)
         text_width = self.vocabulary.max_tokens if self.vocabulary is not None else 0
         ctx = np.zeros((num_images, n_labels + len(self.styles) + text_width), dtype=np.float32)
-        unknown = []
-        if prompt:
-            ids, unknown = self.vocabulary.encode(prompt)
-            ctx[:, ctx.shape[1] - text_width:] = ids
         class_index = np.full(num_images, -1, dtype=np.int64)
+        unknown = []
+        if any(prompts):
+            encoded = [self.vocabulary.encode(p) for p in prompts]
+            unknown = list(dict.fromkeys(w for _, words in encoded for w in words))
+            ctx[:, ctx.shape[1] - text_width:] = [encoded[i % len(encoded)][0] for i in range(num_images)]
         if classes is not None:
             classes = [classes] if isinstance(classes, str) else list(classes)
             if not classes:
@@ -258,7 +261,7 @@ class DiffusionPipeline:
         return torch.from_numpy(ctx).to(self.device), class_index, unknown
 
     # ---- sampling ----------------------------------------------------------------------------
-    def generate(self, num_images: int = 16, classes=None, blend=None, style=None, prompt: str | None = None,
+    def generate(self, num_images: int = 16, classes=None, blend=None, style=None, prompt: str | list[str] | None = None,
                  sampler: str | None = None, steps: int | None = None, guidance: float | None = None, eta: float = 0.0,
                  seed: int = 0, return_trajectory: bool = False, callback=None) -> GenerationOutput:
         """Sample ``num_images`` (1..MAX_IMAGES) images as uint8 (n, H, W, 3). Sampler, steps and

@@ -59,9 +59,11 @@ class ResBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over the H·W positions (Vaswani et al. 2017), residual, zero-started."""
+    """Multi-head self-attention over the H·W positions (Vaswani et al. 2017), residual, zero-started;
+    in a text model followed by cross-attention to the prompt's tokens (as latent diffusion's
+    transformer blocks do), kept inside this module so a model without text has the same tensors."""
 
-    def __init__(self, channels: int, num_heads: int, num_groups: int):
+    def __init__(self, channels: int, num_heads: int, num_groups: int, text_dim: int = 0):
         super().__init__()
         self.num_heads = num_heads
         self.norm = nn.GroupNorm(num_groups, channels)
@@ -69,13 +71,15 @@ class SelfAttention(nn.Module):
         self.proj = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
+        self.cross = CrossAttention(channels, text_dim, num_heads, num_groups) if text_dim else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, text=None) -> torch.Tensor:
         n, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
         q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (n, heads, hw, c/heads)
         out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+        x = x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+        return x if self.cross is None else self.cross(x, text)
 
 
 class CrossAttention(nn.Module):
@@ -92,7 +96,7 @@ class CrossAttention(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, text=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, text) -> torch.Tensor:
         tokens, real = text                                          # (n, L, text_dim), (n, L) bool
         n, c, h, w = x.shape
         heads, d = self.num_heads, c // self.num_heads
@@ -162,13 +166,12 @@ class UNet(nn.Module, PyTorchModelHubMixin):
             nn.init.zeros_(self.text_mlp[-1].bias)
 
         def attention(channels):
-            layers = [SelfAttention(channels, num_heads, num_groups)]
-            return layers + ([CrossAttention(channels, text_dim, num_heads, num_groups)] if vocab_size else [])
+            return SelfAttention(channels, num_heads, num_groups, text_dim if vocab_size else 0)
 
         def block(c_in, c_out, resolution):
             layers = [ResBlock(c_in, c_out, emb_dim, num_groups, dropout)]
             if resolution in attention_resolutions:
-                layers += attention(c_out)
+                layers.append(attention(c_out))
             return nn.ModuleList(layers)
 
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
@@ -186,7 +189,7 @@ class UNet(nn.Module, PyTorchModelHubMixin):
 
         self.mid = nn.ModuleList([
             ResBlock(channels, channels, emb_dim, num_groups, dropout),
-            *attention(channels),
+            attention(channels),
             ResBlock(channels, channels, emb_dim, num_groups, dropout),
         ])
 
