@@ -56,6 +56,16 @@ def hardware() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def text_note(cfg) -> str:
+    if not cfg.text:
+        return ""
+    return (f" It also reads text prompts: its own vocabulary (`vocab.json`, the words of the emoji names, "
+            f"keywords and class names) and a {cfg.text_layers}-layer transformer text encoder ({cfg.text_dim}-d), "
+            f"trained with the U-Net; token features enter by cross-attention at {list(cfg.attention_resolutions)} px "
+            f"and the middle. Prompts during training: the emoji's name, some of its keywords or its class; "
+            f"text dropout {cfg.text_dropout}, independent of the context's.")
+
+
 def training_card(cfg, step: int, log_path: Path, evaluation: str | None = None) -> str:
     """The card of an export at ``step``, with the evaluation tables of these weights if there are any."""
     import pandas as pd
@@ -76,14 +86,16 @@ tags: [diffusion, ddpm, emoji, pixel-art, unconditional-image-generation]
 A U-Net ({cfg.base_channels} base channels, multipliers {list(cfg.channel_mults)}, attention at
 {list(cfg.attention_resolutions)} px) trained with `diffusion_core` to predict the noise
 ({cfg.prediction_type}) on a {cfg.schedule} schedule of {cfg.num_timesteps} steps, with context dropout
-{cfg.context_dropout} so one model serves guided and unguided sampling. Weights are the EMA
-(decay {cfg.ema_decay}).
+{cfg.context_dropout} so one model serves guided and unguided sampling.{text_note(cfg)} Weights are the EMA
+(decay {cfg.ema_decay}). `generate` defaults to `default_sampling` in config.json:
+{cfg.default_sampling}.
 
 ## Data
-`{cfg.data}`: for "emoji", the project's emoji sprites (Noto Color Emoji, OFL-1.1 / Apache-2.0;
-OpenMoji, CC BY-SA 4.0; labels from Unicode's emoji-test.txt, Unicode licence), 90% train split.
-Licences and attributions: `assets/LICENSES.md` in the project. Because OpenMoji is CC BY-SA 4.0,
-these weights are shared under CC BY-SA 4.0 too.
+`{cfg.data}`: for "emoji", the project's emoji sprites in five styles (Noto Color Emoji, OFL-1.1 /
+Apache-2.0; OpenMoji, CC BY-SA 4.0; Twemoji and EmojiOne, CC BY 4.0; Fluent Emoji, MIT; classes and
+names from Unicode's emoji-test.txt, keywords from CLDR, Unicode licence), the train split (90% of
+each class's emoji, all their styles). Licences and attributions: `assets/LICENSES.md` in the
+project. Because OpenMoji is CC BY-SA 4.0, these weights are shared under CC BY-SA 4.0 too.
 
 ## Training
 ```
@@ -111,6 +123,7 @@ The log is `training_log.csv` beside this card; `samples.png` shows 8 samples pe
 ```python
 from diffusion_core.pipeline import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained("checkpoints/{Path(cfg.export_dir).name}")
-out = pipe.generate(num_images=16, classes=["food_drink"], sampler="dpmpp_2m_sde", steps=20, guidance=3.0, seed=0)
+out = pipe.generate(num_images=16, classes=["food_drink"], seed=0)   # sampler, steps, guidance: default_sampling
+{'out = pipe.generate(num_images=4, prompt="red apple", style="twemoji")' if cfg.text else ''}
 ```
 """
