@@ -346,7 +346,9 @@ def context_tab(app: App):
                     "classifier-free guidance: 0 ignores the context, 1 is plain conditional, more pushes harder.")
         with gr.Row():
             with gr.Column(scale=1):
-                weights = [gr.Slider(0, 1, value=0.0, step=0.05, label=name) for name in app.pipe.labels]
+                # the first class starts at 1, so Generate draws pictures from the tab's default state
+                weights = [gr.Slider(0, 1, value=float(i == 0), step=0.05, label=name)
+                           for i, name in enumerate(app.pipe.labels)]
                 style = gr.Radio([ANY_STYLE, *app.pipe.styles], value=ANY_STYLE, label="style")
                 guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.25, label="guidance")
                 sampler, steps, num, seed, button = run_controls(app, 20, MAX_IMAGES, 16, "Generate")

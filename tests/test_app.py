@@ -106,6 +106,15 @@ def test_generate_returns_crisp_upscaled_sprites_and_same_seed_same_images(clien
     assert "3 images, ddim, 4 steps" in info
 
 
+def test_context_tab_starts_with_one_class_chosen_so_its_default_state_draws(server):
+    import httpx
+
+    components = httpx.get(server + "config", timeout=10).json()["components"]
+    sliders = {c["props"].get("label"): c["props"].get("value") for c in components
+               if c.get("type") == "slider" and c["props"].get("label") in ("face", "people", "flag")}
+    assert sliders == {"face": 1.0, "people": 0.0, "flag": 0.0}
+
+
 def test_context_blend_generates_with_guidance(client):
     weights = [0.0] * 8
     weights[3], weights[2] = 0.6, 0.4
