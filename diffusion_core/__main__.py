@@ -84,15 +84,13 @@ def cmd_build_data(args) -> None:
 
 
 def cmd_describe_data(args) -> None:
-    import numpy as np
-
     from .data import EMOJI_NPZ, count_table, load_emoji
     from .viz import class_style_grid, save_atomic
     from PIL import Image
 
     data = load_emoji(args.data or EMOJI_NPZ, split="all")
-    styles = data.context[:, len(data.class_names):].argmax(1)
-    grid = class_style_grid(data.images, data.labels, styles, data.class_names, data.style_names, per_cell=args.per_cell)
+    grid = class_style_grid(data.images, data.labels, data.style_index(), data.class_names, data.style_names,
+                            per_cell=args.per_cell)
     save_atomic(Image.fromarray(grid), args.grid)
     print(f"wrote {args.grid} (rows: {', '.join(data.class_names)})\n")
     print(count_table(args.data or EMOJI_NPZ))

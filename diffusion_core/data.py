@@ -39,6 +39,10 @@ class SpriteData:
         return SpriteData(self.images[index], self.context[index], self.labels[index], self.class_names,
                           self.style_names, *text)
 
+    def style_index(self) -> np.ndarray:
+        """The style of each picture (its one-hot style part of the context)."""
+        return self.context[:, len(self.class_names):].argmax(1)
+
     def to_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(images NCHW float in [-1, 1], context (N, K) float)."""
         x = torch.from_numpy(self.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0

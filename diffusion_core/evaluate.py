@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import SpriteData, load_emoji
+from .data import load_emoji
 from .metrics import (COPY_RMSE, MIN_IMAGES, NEIGHBOURS, check_images, copy_share, frechet_distance,
                       kernel_inception_distance, load_classifier, precision_recall, predict, real_roles)
 from .model_card import EVALUATION_FILE, EVALUATION_JSON, weights_fingerprint
@@ -75,7 +75,7 @@ class RealData:
             unknown = sorted(set(styles) - set(train.style_names))
             if unknown:
                 raise ValueError(f"styles {unknown} are not in the emoji data (its styles: {list(train.style_names)})")
-            train, held = (d.subset(np.isin(style_of(d), [d.style_names.index(s) for s in styles])) for d in (train, held))
+            train, held = (d.subset(np.isin(d.style_index(), [d.style_names.index(s) for s in styles])) for d in (train, held))
         if list(train.class_names) != self.info["classes"]:
             raise ValueError(f"the data's classes {train.class_names} differ from the classifier's {self.info['classes']}")
         self.class_names, self.styles = list(train.class_names), list(styles or train.style_names)
@@ -104,10 +104,6 @@ class RealData:
                    recall_real=self.floor["recall"], class_accuracy_real=self.floor["class_accuracy"],
                    copies_real=self.floor["copies"], copy_threshold_rmse=COPY_RMSE)
         return out
-
-
-def style_of(data: SpriteData) -> np.ndarray:
-    return data.context[:, len(data.class_names):].argmax(1)
 
 
 def check_labels(labels, n: int, num_classes: int) -> np.ndarray:
@@ -192,7 +188,7 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
     if list(pipe.labels) != real.class_names:
         raise ValueError(f"the model's labels {pipe.labels} differ from the data's {real.class_names}")
     labels = real.held.labels
-    styles = [real.held.style_names[s] for s in style_of(real.held)] if pipe.styles else [None] * len(labels)
+    styles = [real.held.style_names[s] for s in real.held.style_index()] if pipe.styles else [None] * len(labels)
     log(f"real held-out vs reference (n={len(labels)}): " + format_scores(real.floor))
     rows = []
     for setting in settings or default_settings():

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .data import load_dataset
-from .pipeline import DiffusionPipeline, cpu_has_native_bf16
+from .pipeline import FALLBACK_SAMPLING, DiffusionPipeline, cpu_has_native_bf16
 from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
 from .text import Vocabulary, words
@@ -65,7 +65,7 @@ class TrainConfig:
     text_layers: int = 2
     max_tokens: int = 16
     text_dropout: float = 0.15             # p of the empty prompt, drawn independently of context_dropout
-    default_sampling: dict = field(default_factory=lambda: {"sampler": DEFAULT_SAMPLER, "steps": 20, "guidance": 3.0})
+    default_sampling: dict = field(default_factory=lambda: dict(FALLBACK_SAMPLING))  # written to config.json
     # optimisation
     batch_size: int = 64                   # global batch, split over DDP processes
     lr: float = 3e-4
