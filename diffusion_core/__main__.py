@@ -1,4 +1,5 @@
-"""Command line: python -m diffusion_core {sample,train,evaluate,build-data,train-classifier}.
+"""Command line: python -m diffusion_core {sample,animate,train,evaluate,export-dataset,build-data,describe-data,
+train-classifier}.
 
 Errors in what the user asked for (a ValueError) print one line and exit with status 2."""
 from __future__ import annotations
@@ -102,6 +103,27 @@ def cmd_evaluate(args) -> None:
     evaluate_command(args)
 
 
+def cmd_export_dataset(args) -> None:
+    from tqdm import tqdm
+
+    from .export import export_dataset
+    from .pipeline import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(args.model, dtype=args.dtype)
+    with tqdm(unit="img", dynamic_ncols=True, disable=args.quiet) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = export_dataset(pipe, args.out, classes=args.classes, prompts=args.prompts, per_label=args.per_class,
+                                style=args.style, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                                seed=args.seed, progress=progress)
+    if result.unknown_words:
+        print(f"note: the model does not know the words {', '.join(result.unknown_words)} (they were ignored)")
+    print(f"wrote {result.num_images} images in {len(result.folders)} folders ({', '.join(result.folders)}) "
+          f"to {result.path} in {result.seconds:.1f} s; train on it with --data folder:{result.path}")
+
+
 def cmd_train_classifier(args) -> None:
     from .metrics import train_classifier
 
@@ -178,6 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise seeds: each setting is sampled once per seed, rows show the mean")
     e.add_argument("--no-write", action="store_true", help="print the tables only; leave the model card alone")
     e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("export-dataset", help="draw a labelled data set: a zip of class folders, labels.csv, model card")
+    x.add_argument("--model", default=DEFAULT_MODEL)
+    x.add_argument("--class", dest="classes", action="append", help="a class to draw; repeat (default: every class)")
+    x.add_argument("--prompt", dest="prompts", action="append", help="a text to draw (text models); repeat")
+    x.add_argument("--per-class", type=int, default=100, help="images per class or prompt")
+    x.add_argument("--style", default=None)
+    x.add_argument("--sampler", default=None, help="default: the checkpoint's default_sampling")
+    x.add_argument("--steps", type=int, default=None)
+    x.add_argument("--guidance", type=float, default=None)
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--dtype", default="auto", help="float32, bfloat16 or auto")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.add_argument("--out", default="emoji_dataset.zip")
+    x.set_defaults(func=cmd_export_dataset)
 
     b = sub.add_parser("build-data", help="render a data set from pinned packages")
     b.add_argument("name", choices=["emoji"])

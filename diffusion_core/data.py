@@ -156,6 +156,19 @@ def load_image_folder(root: str | os.PathLike, image_size: int = 32) -> SpriteDa
     return SpriteData(np.stack(images).astype(np.uint8), one_hot(labels, len(folder.classes)), labels, tuple(folder.classes))
 
 
+def load_image_zip(path: str | os.PathLike, image_size: int = 32) -> SpriteData:
+    """A zip holding the folder layout of ``load_image_folder`` (what ``export-dataset`` writes)."""
+    import tempfile
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as root:
+            archive.extractall(root)  # zipfile keeps every member inside root (it strips '..' and '/')
+            return load_image_folder(root, image_size)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a readable zip of class folders ({err})") from err
+
+
 def _load_rgb_on_white(path: str):
     from PIL import Image
 
@@ -167,7 +180,7 @@ def _load_rgb_on_white(path: str):
 
 def load_dataset(spec: str, image_size: int = 32) -> SpriteData:
     """A data set named in a training config: "emoji" (the shipped file, or "emoji:FILE.npz" for one
-    built like it), "course:IMAGES.npy,LABELS.npy" or "folder:PATH"."""
+    built like it), "course:IMAGES.npy,LABELS.npy" or "folder:PATH" (a folder of class sub-folders, or a .zip of one)."""
     if spec == "emoji" or spec.startswith("emoji:"):
         return load_emoji(spec[len("emoji:"):] or EMOJI_NPZ, image_size=image_size)
     if spec.startswith("course:"):
@@ -176,6 +189,9 @@ def load_dataset(spec: str, image_size: int = 32) -> SpriteData:
             raise ValueError(f"course data set must be 'course:IMAGES.npy,LABELS.npy', got {spec!r}")
         return load_course_sprites(*paths)
     if spec.startswith("folder:"):
-        return load_image_folder(spec[len("folder:"):], image_size)
+        path = Path(spec[len("folder:"):])
+        if path.suffix.lower() == ".zip":
+            return load_image_zip(path, image_size)
+        return load_image_folder(path, image_size)
     raise ValueError(f"data set must be 'emoji', 'emoji:FILE.npz', 'course:IMAGES.npy,LABELS.npy' or 'folder:PATH', "
                      f"got {spec!r}")

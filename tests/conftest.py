@@ -7,6 +7,7 @@ import torch
 
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.schedule import NoiseSchedule
+from diffusion_core.text import Vocabulary
 from diffusion_core.train import TrainConfig
 from diffusion_core.unet import UNet
 
@@ -14,6 +15,8 @@ TINY_UNET = dict(image_size=16, base_channels=8, channel_mults=(1, 2), num_res_b
                  attention_resolutions=(8,), context_dim=5, num_heads=2, num_groups=4)
 TINY_LABELS = ["a", "b", "c"]
 TINY_STYLES = ["s1", "s2"]
+TEXT_UNET = dict(image_size=16, base_channels=8, channel_mults=(1, 2), attention_resolutions=(8,), context_dim=5,
+                 num_heads=2, num_groups=4, vocab_size=8, text_dim=16, max_tokens=6)
 
 
 class GaussianDenoiser:
@@ -56,3 +59,18 @@ def tiny_train_config(tmp_path, name, **overrides) -> TrainConfig:
                   out_dir=str(tmp_path / name / "run"), export_dir=str(tmp_path / name / "export"))
     values.update(overrides)
     return TrainConfig(**values)
+
+
+@pytest.fixture
+def vocab():
+    return Vocabulary.from_texts(["red apple", "cat face", "flag: Japan"], max_tokens=6)
+
+
+def text_pipeline(vocab, **kwargs):
+    torch.manual_seed(0)
+    model = UNet(**{**TEXT_UNET, "vocab_size": len(vocab)})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return DiffusionPipeline(model, NoiseSchedule("linear", 50), ["a", "b", "c"], ["s1", "s2"], device="cpu",
+                             vocabulary=vocab, **kwargs)

@@ -16,15 +16,8 @@ from diffusion_core.text import PAD, START, UNK, Vocabulary
 from diffusion_core.train import train, training_prompt
 from diffusion_core.unet import UNet
 
-from conftest import tiny_train_config
+from conftest import TEXT_UNET, text_pipeline, tiny_train_config
 
-TEXT_UNET = dict(image_size=16, base_channels=8, channel_mults=(1, 2), attention_resolutions=(8,), context_dim=5,
-                 num_heads=2, num_groups=4, vocab_size=8, text_dim=16, max_tokens=6)
-
-
-@pytest.fixture
-def vocab():
-    return Vocabulary.from_texts(["red apple", "cat face", "flag: Japan"], max_tokens=6)
 
 
 def test_vocabulary_encodes_known_words_reports_unknown_ones_and_pads(vocab):
@@ -66,16 +59,6 @@ def test_text_model_rejects_bad_tokens_and_a_plain_model_rejects_tokens():
     plain = UNet(**{k: v for k, v in TEXT_UNET.items() if k not in ("vocab_size", "text_dim", "max_tokens")})
     with pytest.raises(ValueError, match="no text encoder"):
         plain(x, t, None, torch.zeros(2, 6, dtype=torch.long))
-
-
-def text_pipeline(vocab, **kwargs):
-    torch.manual_seed(0)
-    model = UNet(**{**TEXT_UNET, "vocab_size": len(vocab)})
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return DiffusionPipeline(model, NoiseSchedule("linear", 50), ["a", "b", "c"], ["s1", "s2"], device="cpu",
-                             vocabulary=vocab, **kwargs)
 
 
 def test_prompts_change_the_picture_and_unknown_words_come_back(vocab):
