@@ -1,5 +1,5 @@
-"""Time the app's default request: 16 guided 32x32 images (Context tab defaults: the default sampler,
-20 steps, the app's default guidance), with the precision the app picks ("auto").
+"""Time the app's default request: 16 guided 32x32 images at the checkpoint's default_sampling (the
+Context tab's defaults), with the precision the app picks ("auto").
 
     python benchmarks/app_default.py [--model checkpoints/emoji32] [--repeats 5]
 """
@@ -14,9 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import DEFAULT_GUIDANCE  # noqa: E402
 from diffusion_core.pipeline import DiffusionPipeline  # noqa: E402
-from diffusion_core.samplers import DEFAULT_SAMPLER  # noqa: E402
 
 
 def main() -> None:
@@ -26,11 +24,12 @@ def main() -> None:
     args = parser.parse_args()
     for dtype in ("float32", "auto"):
         pipe = DiffusionPipeline.from_pretrained(args.model, dtype=dtype)
-        request = dict(num_images=16, classes=["food_drink"], sampler=DEFAULT_SAMPLER, steps=20, guidance=DEFAULT_GUIDANCE)
+        sampling = pipe.default_sampling
+        request = dict(num_images=16, classes=["food_drink"], **sampling)
         pipe.generate(**request)  # warm-up
         times = [pipe.generate(**request, seed=i).seconds for i in range(args.repeats)]
         print(f"{pipe.device} ({torch.get_num_threads()} threads), dtype {dtype} -> {pipe.dtype}: 16 guided images, "
-              f"{DEFAULT_SAMPLER} 20 steps, guidance {DEFAULT_GUIDANCE:g}: median {statistics.median(times):.2f} s, best {min(times):.2f} s")
+              f"{sampling['sampler']} {sampling['steps']} steps, guidance {sampling['guidance']:g}: median {statistics.median(times):.2f} s, best {min(times):.2f} s")
 
 
 if __name__ == "__main__":

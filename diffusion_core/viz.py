@@ -112,3 +112,36 @@ def class_style_grid(images: np.ndarray, labels: np.ndarray, styles: np.ndarray,
             rows.append(row)
         blocks.append(image_grid(np.concatenate(rows), nrow=per_cell, scale=scale))
     return labelled_blocks(blocks, list(style_names))
+
+
+def paths_grid(paths: dict[str, list[np.ndarray]], column_titles: list[str], scale: int = 3, pad: int = 2) -> np.ndarray:
+    """Two (or more) denoising paths over time, aligned so one sees where they part: for each image,
+    one row per path (rows interleaved, titled with the path's name), one column per recorded step
+    (titled, e.g. with its t). ``paths[name][k]`` is uint8 (n, H, W, 3), the path's images at column k."""
+    from PIL import ImageDraw
+
+    names = list(paths)
+    n, h, w = paths[names[0]][0].shape[:3]
+    cell_h, cell_w, left, top = h * scale + pad, w * scale + pad, 26, 16
+    canvas = Image.new("RGB", (left + cell_w * len(column_titles), top + cell_h * n * len(names) + pad * n),
+                       (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for k, title in enumerate(column_titles):
+        draw.text((left + k * cell_w + 2, 2), title, fill=(0, 0, 0))
+    for i in range(n):
+        for j, name in enumerate(names):
+            y = top + (i * len(names) + j) * cell_h + i * pad
+            draw.text((4, y + cell_h // 2 - 6), name, fill=(0, 0, 0))
+            for k, images in enumerate(paths[name]):
+                canvas.paste(Image.fromarray(upscale(images[i:i + 1], scale)[0]), (left + k * cell_w, y))
+    return np.asarray(canvas)
+
+
+def path_difference(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    """Per step, the mean absolute difference (0..1) between two paths' pictures (uint8 (n, H, W, 3) each)."""
+    return np.array([np.abs(x.astype(np.float32) - y.astype(np.float32)).mean() / 255 for x, y in zip(a, b)])
+
+
+def parting_step(difference: np.ndarray, share: float = 0.5) -> int:
+    """The first step at which two paths' difference reaches ``share`` of its final value."""
+    return int(np.argmax(difference >= share * difference[-1])) if difference[-1] > 0 else len(difference) - 1

@@ -4,6 +4,7 @@ The app is started with a Hub repo id that is not available offline, so it must 
 shipped checkpoint and say so."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,9 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import DEFAULT_GUIDANCE
-
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SAMPLING = json.loads((ROOT / "checkpoints" / "emoji32" / "config.json").read_text())["default_sampling"]
 SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "artifacts" / "screenshots"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -125,15 +125,18 @@ def test_context_blend_generates_with_guidance(client):
 def test_animation_streams_then_gives_gif_mp4_and_a_frame_per_step(client):
     job = client.submit("food_drink", "ddim", 6, 3.0, 2, 0, api_name="/animate")
     final = job.result(timeout=300)
-    live, gif, mp4, slider, info = final
+    live, gif, mp4, slider, info, numbers = final
     with Image.open(gif) as animation:
         assert animation.n_frames == 7  # one per step, then the result
     assert Path(mp4).stat().st_size > 1000 and open(mp4, "rb").read(12)[4:8] == b"ftyp"
     assert slider["maximum"] == 6 and "2 images, 6 steps" in info
     assert len(job.outputs()) >= 2  # intermediate frames were streamed before the final output
-    first = read(client.predict(0, api_name="/scrub"))  # the scrubber, within the same session
-    last = read(client.predict(6, api_name="/scrub"))
-    assert first.shape == last.shape == read(live).shape and not np.array_equal(first, last)
+    first, first_numbers = client.predict(0, api_name="/scrub")  # the scrubber, within the same session
+    last, last_numbers = client.predict(6, api_name="/scrub")
+    assert read(first).shape == read(last).shape == read(live).shape and not np.array_equal(read(first), read(last))
+    # each step's numbers: its t, ᾱ_t and the sampler's update (DDIM on 6 steps starts at t = 999)
+    assert "Step 1 of 6" in first_numbers and "t = 999" in first_numbers and "\\hat x_0" in first_numbers
+    assert "Step 6 of 6" in numbers and "The result" in last_numbers
 
 
 def test_forward_process_shows_noisier_images_at_larger_t(client):
@@ -141,11 +144,11 @@ def test_forward_process_shows_noisier_images_at_larger_t(client):
     _, noisy_late, _, info_late = client.predict(10, None, 900, "cosine", api_name="/forward_process")
     x0, early, late = read(clean).astype(float), read(noisy_early).astype(float), read(noisy_late).astype(float)
     assert np.abs(early - x0).mean() < np.abs(late - x0).mean()
-    assert "t = 900" in info_late and "ᾱ_t" in info_late
+    assert "t = 900" in info_late and "\\bar\\alpha_t" in info_late
 
 
 def test_compare_runs_four_samplers_with_their_times(client):
-    out = client.predict("flag", 3.0, 1, 0, api_name="/compare")
+    out = client.predict("any", 3.0, 1, 0, api_name="/compare")  # unguided: half the work of DDPM's 1000 steps
     assert [len(out[i]) for i in (0, 2, 4, 6)] == [1, 1, 1, 1]
     assert "DDPM, 1000 steps" in out[1] and "DDIM, 25 steps" in out[3]
     assert "DPM-Solver++ 2M, 20 steps" in out[5] and "DPM-Solver++ 2M SDE, 20 steps" in out[7]
@@ -158,6 +161,13 @@ def test_compare_runs_four_samplers_with_their_times(client):
     ("/generate", ("ddim", 4, 2, -5), "seed must be a whole number"),
     ("/generate", ("nope", 4, 2, 0), "sampler"),
     ("/generate_context", (*[0.0] * 8, "any", 3.0, "ddim", 4, 2, 0), "set at least one class weight"),
+    ("/prompt", ("red apple", "any", "any", 3.0, "ddim", 4, 2, 0), "trained without text"),
+    ("/side_by_side", ("", "face", "", "face", "any", 3.0, "ddim", 4, 1, 4, 0), "A and B are the same"),
+    ("/side_by_side", ("", "any", "", "flag", "any", 3.0, "ddim", 4, 1, 4, 0), "side A needs a prompt or a class"),
+    ("/side_by_side", ("", "face", "", "flag", "any", 3.0, "ddim", 4, 5, 4, 0), "number of images must be"),
+    ("/export_dataset", ([], "", 2, "any", 3.0, "ddim", 4, 0), "choose at least one class"),
+    ("/export_dataset", (["face"], "", 2001, "any", 3.0, "ddim", 4, 0), "images per class must be a whole number in 1..2000"),
+    ("/export_dataset", (["zebra"], "", 2, "any", 3.0, "ddim", 4, 0), "classes must be a list of names"),
     ("/generate_context", (*[2.0] + [0.0] * 7, "any", 3.0, "ddim", 4, 2, 0), "weight of face must be a number in 0..1"),
     ("/generate_context", (*[1.0] + [0.0] * 7, "any", "nan", "ddim", 4, 2, 0), "guidance must be a number in 0..10"),
     ("/animate", ("zebra", "ddim", 4, 3.0, 2, 0), "class must be one of"),
@@ -190,16 +200,20 @@ def test_every_tab_works_in_a_real_browser(default_server):
         assert "Could not load" not in page.content()  # the shipped default loads as it is
         tab_runs = [  # (tab, its main button, the text that appears once the result is in)
             ("Generate", "Generate", r"16 images, dpmpp_2m_sde, 20 steps: [\d.]+ s"),
-            ("Context", "Generate", rf"guidance {DEFAULT_GUIDANCE:g}: [\d.]+ s"),
+            ("Context", "Generate", rf"guidance {DEFAULT_SAMPLING['guidance']:g}: [\d.]+ s"),
+            ("Prompt", "Generate", r"trained without text|: [\d.]+ s"),
             ("Denoising animation", "Animate", r"Left: x_t, right"),
-            ("Forward process", "Show", r"ᾱ_t = [\d.]+"),
+            ("Forward process", "Show", r"t = \d+:"),
             ("Compare samplers", "Compare", r"DPM-Solver\+\+ 2M SDE, 20 steps: [\d.]+ s"),
+            ("Side by side", "Compare paths", r"the paths part at step \d+"),
+            ("Export a data set", "Export", r"images in \d+ folders"),
         ]
         for tab, button, expected in tab_runs:
             page.get_by_role("tab", name=tab).click()
             panel = page.locator("[role=tabpanel]:visible")
             if tab == "Context":
                 panel.get_by_role("button", name="0.6 food_drink + 0.4 animal_nature").click()  # a preset
+            assert panel.get_by_text("How it works").or_(panel.get_by_text("Why DPM-Solver")).count() >= 1
             panel.get_by_role("button", name=button, exact=True).click()
             panel.get_by_text(re.compile(expected)).first.wait_for(timeout=240_000)
             page.screenshot(path=str(SCREENSHOTS / f"{tab.lower().replace(' ', '_')}.png"), full_page=True)
@@ -222,3 +236,40 @@ def test_an_uploaded_picture_goes_through_the_forward_process(client, tmp_path):
 
     with pytest.raises(AppError, match="upload must be an image file"):
         client.predict(0, handle_file(str(bad)), 0, "linear", api_name="/forward_process")
+
+
+def test_side_by_side_starts_both_paths_from_the_same_noise_and_says_where_they_part(client):
+    grid, plot, info = client.predict("", "face", "", "flag", "any", 3.0, "ddim", 6, 2, 4, 3, api_name="/side_by_side")
+    image = read(grid)
+    assert image.shape[0] > image.shape[1] / 2  # 2 images x 2 paths = 4 rows of 4 columns
+    assert re.search(r"the paths part at step [1-6] of 6 \(t = \d+\)", info) and "A = face, B = flag" in info
+    again, _, _ = client.predict("", "face", "", "flag", "any", 3.0, "ddim", 6, 2, 4, 3, api_name="/side_by_side")
+    assert np.array_equal(read(again), image)
+
+
+def test_export_dataset_gives_a_zip_of_class_folders_with_labels_and_the_card(client):
+    path, info = client.predict(["flag", "face"], "", 3, "any", 2.0, "ddim", 3, 5, api_name="/export_dataset")
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    assert sorted(n.split("/")[0] for n in names if n.endswith(".png")) == ["face"] * 3 + ["flag"] * 3
+    assert "labels.csv" in names and "MODEL_CARD.md" in names
+    assert "6 images in 2 folders (flag, face)" in info
+
+
+def test_fifty_people_at_once_are_all_served_each_with_their_own_pictures(client, server):
+    """50 requests submitted together (small ones: the benchmark times the default size) all come back,
+    each identical to the same request asked alone."""
+    from gradio_client import Client
+
+    clients = [Client(server, verbose=False) for _ in range(5)]  # several sessions, as several browsers
+    seeds = list(range(50))
+    jobs = [clients[i % 5].submit("ddim", 2, 1, seed, api_name="/generate") for i, seed in enumerate(seeds)]
+    results = [job.result(timeout=300) for job in jobs]
+    assert len(results) == 50
+    alone = {seed: gallery_images(client.predict("ddim", 2, 1, seed, api_name="/generate")[0])[0] for seed in (0, 17, 49)}
+    for seed, picture in alone.items():
+        assert np.array_equal(gallery_images(results[seed][0])[0], picture)
+    firsts = [gallery_images(r[0])[0] for r in results]
+    assert len({f.tobytes() for f in firsts}) == 50  # no one got another's pictures

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from diffusion_core.samplers import SAMPLERS, ddpm_step, dpmpp_2m_sde_step, sample
+from diffusion_core.explain import step_update
+from diffusion_core.samplers import SAMPLERS, ddim_step, ddpm_step, dpmpp_2m_sde_step, dpmpp_2m_step, sample
 
 from conftest import GaussianDenoiser
 
@@ -177,3 +178,34 @@ def test_callback_sees_x_t_and_predicted_x0(schedule):
 def test_bad_sampling_arguments_raise_value_errors_naming_the_argument(schedule, kwargs, message):
     with pytest.raises(ValueError, match=message):
         sample(GaussianDenoiser(schedule), schedule, (2, 1, 4, 4), **kwargs)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde"])
+def test_the_explained_update_has_the_coefficients_the_sampler_uses(schedule, sampler):
+    """step_update's numbers are the step functions' own: run one step on x_t = 1, x̂_0 = 0 (then
+    x_t = 0, x̂_0 = 1) with no noise and find the results in the formula."""
+    steps, index = 10, 3
+    update = step_update(sampler, schedule, steps, index)
+    a, a_prev = update.alpha_bar, update.alpha_bar_prev
+    assert update.t == schedule.respace(steps).tolist()[index] and a_prev > a
+    zero = lambda: torch.zeros(1)  # noqa: E731
+
+    def step(x_t, x0):
+        x_t, x0 = torch.tensor([x_t]), torch.tensor([x0])
+        eps = (x_t - math.sqrt(a) * x0) / math.sqrt(1 - a)
+        if sampler == "ddim":
+            return ddim_step(x_t, x0, eps, a, a_prev, 0.0, zero).item()
+        if sampler == "ddpm":
+            return ddpm_step(x_t, x0, a, a_prev, zero).item()
+        if sampler == "dpmpp_2m":
+            return dpmpp_2m_step(x_t, x0, None, a, a_prev, None)[0].item()
+        return dpmpp_2m_sde_step(x_t, x0, None, a, a_prev, None, zero)[0].item()
+
+    if sampler == "ddim":  # written in x̂_0 and ε̂: check the x̂_0 coefficient (ε̂ = 0 when x_t = √ᾱ x̂_0)
+        assert f"{math.sqrt(a_prev):.3f}" in update.formula and f"{math.sqrt(1 - a_prev):.3f}" in update.formula
+    else:
+        assert f"{step(1.0, 0.0):.3f}\\,x_{{{update.t}}}" in update.formula
+        assert f"{step(0.0, 1.0):.3f}\\," in update.formula
+    assert step_update(sampler, schedule, steps, steps - 1).formula == r"x_0 = \hat x_0"
+    with pytest.raises(ValueError, match="step must be in 0..9"):
+        step_update(sampler, schedule, steps, 10)

@@ -1,0 +1,155 @@
+"""What every tab shares: input checks (the API can be called with anything), the pipeline the handlers
+call, and the controls most tabs have (sampler, steps, seed, a gallery, an explanation panel)."""
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from diffusion_core.data import load_emoji
+from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
+from diffusion_core.viz import upscale
+
+SAMPLER_CHOICES = [("DPM-Solver++ 2M SDE (stochastic)", "dpmpp_2m_sde"), ("DPM-Solver++ 2M (deterministic)", "dpmpp_2m"),
+                   ("DDIM", "ddim"), ("DDPM", "ddpm")]
+MAX_IMAGE_STEPS = 16_000       # cap on images x steps per request (16 images at 1000 DDPM steps)
+MAX_GUIDANCE = 10.0
+MAX_SEED = 2**31 - 1
+ANY = "any"
+SCALE = 4                      # sprites are shown 4x larger, nearest-neighbour, so pixels stay crisp
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: each raises gr.Error (a visible message) naming the field.
+# ---------------------------------------------------------------------------------------------
+def as_int(value, name: str, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a whole number in {low}..{high}, got {value!r}")
+    if not math.isfinite(number) or number != int(number) or not low <= number <= high:
+        raise gr.Error(f"{name} must be a whole number in {low}..{high}, got {value!r}")
+    return int(number)
+
+
+def as_float(value, name: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number in {low:g}..{high:g}, got {value!r}")
+    if not math.isfinite(number) or not low <= number <= high:
+        raise gr.Error(f"{name} must be a number in {low:g}..{high:g}, got {value!r}")
+    return number
+
+
+def as_choice(value, name: str, choices: list[str]) -> str:
+    if value not in choices:
+        raise gr.Error(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def as_text(value, name: str, max_chars: int = 200) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > max_chars:
+        raise gr.Error(f"{name} must be text of at most {max_chars} characters")
+    return value.strip()
+
+
+class App:
+    """The pipeline and what the handlers share: checks of the common controls and a sampling call
+    whose errors become visible messages."""
+
+    def __init__(self, pipe: DiffusionPipeline, source_note: str):
+        self.pipe, self.source_note = pipe, source_note
+        self.T = pipe.schedule.num_timesteps
+        self.samplers = [key for _, key in SAMPLER_CHOICES]
+        self.sampling = dict(pipe.default_sampling)  # the checkpoint's measured default (config.json)
+        self.has_text = pipe.vocabulary is not None
+        self.real = load_emoji(split="all") if pipe.model.image_size == 32 else None
+
+    def check_common(self, sampler, steps, num_images, seed, max_images=MAX_IMAGES):
+        sampler = as_choice(sampler, "sampler", self.samplers)
+        steps = as_int(steps, "steps", 1, self.T)
+        num_images = as_int(num_images, "number of images", 1, max_images)
+        seed = as_int(seed, "seed", 0, MAX_SEED)
+        if num_images * steps > MAX_IMAGE_STEPS:
+            raise gr.Error(f"images x steps must be at most {MAX_IMAGE_STEPS} per request "
+                           f"(asked {num_images} x {steps}); lower one of them")
+        return sampler, steps, num_images, seed
+
+    def run(self, progress, desc, **kwargs):
+        steps = kwargs["steps"]
+
+        def tick(step):
+            progress((step.index + 1, steps), desc=desc)
+
+        try:
+            return self.pipe.generate(callback=tick, **kwargs)
+        except ValueError as err:  # anything the pipeline rejects is the user's to fix
+            raise gr.Error(str(err))
+
+
+def gallery_of(images: np.ndarray) -> list[np.ndarray]:
+    return list(upscale(images, SCALE))
+
+
+def unknown_note(words: list[str]) -> str:
+    return f"\n\n⚠️ The model does not know the words **{', '.join(words)}**; they were left out." if words else ""
+
+
+def fresh_output_dir(keep_seconds: float = 3600.0) -> Path:
+    """A new folder for one request's files, under one app folder whose hour-old entries are removed."""
+    root = Path(tempfile.gettempdir()) / "diffusion_app"
+    root.mkdir(exist_ok=True)
+    for old in root.iterdir():
+        if time.time() - old.stat().st_mtime > keep_seconds:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=root))
+
+
+# ---------------------------------------------------------------------------------------------
+# Controls
+# ---------------------------------------------------------------------------------------------
+def explanation(text: str = "", label: str = "How it works"):
+    """An open-by-default panel with Markdown and LaTeX; returns the Markdown so handlers can update it."""
+    with gr.Accordion(label, open=True):
+        return gr.Markdown(text, latex_delimiters=LATEX)
+
+
+def sampler_controls(app: App, default_steps: int | None = None):
+    sampler = gr.Dropdown(SAMPLER_CHOICES, value=app.sampling["sampler"], label="sampler")
+    steps = gr.Slider(1, app.T, value=default_steps or app.sampling["steps"], step=1, label="steps")
+    return sampler, steps
+
+
+def guidance_slider(app: App, value: float | None = None):
+    return gr.Slider(0, MAX_GUIDANCE, value=app.sampling["guidance"] if value is None else value, step=0.25,
+                     label="guidance w")
+
+
+def seed_controls():
+    with gr.Row():
+        seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
+        dice = gr.Button("🎲 random seed", size="sm")
+    dice.click(lambda: random.randint(0, MAX_SEED), None, seed, api_visibility="undocumented")
+    return seed
+
+
+def run_controls(app: App, max_images: int, default_images: int, button_label: str, default_steps: int | None = None):
+    """Sampler, steps, number of images, seed and the run button: the controls every sampling tab has."""
+    sampler, steps = sampler_controls(app, default_steps)
+    num = gr.Slider(1, max_images, value=default_images, step=1, label="number of images")
+    seed = seed_controls()
+    return sampler, steps, num, seed, gr.Button(button_label, variant="primary")
+
+
+def sprite_gallery(label: str):
+    return gr.Gallery(label=label, columns=6, height="auto", format="png", object_fit="contain", preview=False)

@@ -1,0 +1,78 @@
+"""Tab "Context": class blends and styles, steered by classifier-free guidance."""
+from __future__ import annotations
+
+import gradio as gr
+
+from diffusion_core.pipeline import MAX_IMAGES
+
+from .common import ANY, LATEX, MAX_GUIDANCE, App, as_choice, as_float, explanation, gallery_of, guidance_slider, run_controls, sprite_gallery
+
+EXPLANATION = r"""
+The context $c$ is a vector: one weight per class (a blend such as 0.6 food + 0.4 animal is allowed) and
+one per style. The network was trained with $c$ and, now and then, with $c = 0$ ("no context"), so it
+can predict the noise both ways. **Classifier-free guidance** (Ho & Salimans 2022) mixes the two:
+$$\hat\epsilon = \epsilon_\theta(x_t, \varnothing) + w\,\big(\epsilon_\theta(x_t, c) - \epsilon_\theta(x_t, \varnothing)\big)$$
+$w = 0$ ignores the context, $w = 1$ is plain conditional sampling, $w > 1$ pushes further in the
+direction the context points: more typical pictures of the class, less variety. Both branches run in
+one batch, so guidance doubles the work per step.
+"""
+
+
+def guidance_numbers(w) -> str:
+    """The guidance formula with the chosen w, written out."""
+    try:
+        w = float(w)
+    except (TypeError, ValueError):
+        return ""
+    return (rf"With $w = {w:g}$: $\hat\epsilon = {1 - w:g}\,\epsilon_\theta(x_t, \varnothing) + {w:g}\,"
+            rf"\epsilon_\theta(x_t, c)$" + (" (the unconditional branch is subtracted)." if w > 1 else "."))
+
+
+def build(app: App) -> None:
+    labels, styles = app.pipe.labels, app.pipe.styles
+
+    def generate_context(*args, progress=gr.Progress()):
+        *weights, style, guidance, sampler, steps, num_images, seed = args
+        if len(weights) != len(labels):
+            raise gr.Error(f"expected {len(labels)} class weights, got {len(weights)}")
+        blend = {name: as_float(w, f"weight of {name}", 0.0, 1.0) for name, w in zip(labels, weights)}
+        style = as_choice(style, "style", [ANY, *styles])
+        guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
+        sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed)
+        if not any(blend.values()) and style == ANY:
+            raise gr.Error("set at least one class weight above 0 (or pick a style)")
+        out = app.run(progress, "sampling", num_images=num_images, blend=blend, style=None if style == ANY else style,
+                      sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+        mix = " + ".join(f"{w:g}·{n}" for n, w in blend.items() if w > 0) or "no class"
+        return gallery_of(out.images), f"{mix}, style {style}, guidance {guidance:g}: {out.seconds:.2f} s"
+
+    with gr.Tab("Context"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                # the first class starts at 1, so Generate draws pictures from the tab's default state
+                weights = [gr.Slider(0, 1, value=float(i == 0), step=0.05, label=name) for i, name in enumerate(labels)]
+                style = gr.Radio([ANY, *styles], value=ANY, label="style")
+                guidance = guidance_slider(app)
+                sampler, steps, num, seed, button = run_controls(app, MAX_IMAGES, 16, "Generate")
+            with gr.Column(scale=2):
+                gallery = sprite_gallery("samples")
+                info = gr.Markdown()
+                explanation(EXPLANATION)
+                numbers = gr.Markdown(guidance_numbers(guidance.value), latex_delimiters=LATEX)
+        inputs = [*weights, style, guidance, sampler, steps, num, seed]
+        button.click(generate_context, inputs, [gallery, info], api_name="generate_context", preprocess=False)
+        guidance.change(guidance_numbers, guidance, numbers, api_visibility="undocumented", show_progress="hidden", queue=False)
+
+        def preset(mix: dict, style_value=ANY):
+            return [mix.get(name, 0.0) for name in labels] + [style_value, app.sampling["guidance"],
+                                                               app.sampling["sampler"], app.sampling["steps"], 16, 0]
+
+        examples, names = [preset({name: 1.0}) for name in labels], list(labels)
+        for a, b in (("food_drink", "animal_nature"), ("face", "animal_nature"), ("travel_places", "flag")):
+            if a in labels and b in labels:
+                examples.append(preset({a: 0.6, b: 0.4}))
+                names.append(f"0.6 {a} + 0.4 {b}")
+        for style_name in styles:
+            examples.append(preset({labels[0]: 1.0}, style_name))
+            names.append(f"{labels[0]}, {style_name} style")
+        gr.Examples(examples, inputs, label="presets (click one, then Generate)", example_labels=names, cache_examples=False)

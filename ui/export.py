@@ -1,0 +1,78 @@
+"""Tab "Export a data set": labelled pictures as a zip of class folders, for training other models."""
+from __future__ import annotations
+
+import gradio as gr
+
+from diffusion_core.export import MAX_LABELS, export_dataset
+
+from .common import ANY, MAX_GUIDANCE, App, as_choice, as_float, as_int, explanation, fresh_output_dir, guidance_slider, \
+    sampler_controls, seed_controls
+
+MAX_PER_CLASS = 2_000
+
+EXPLANATION = r"""
+A trained diffusion model is a picture source with labels for free: ask for a class (or a prompt) and
+every picture comes out labelled. The course calls this **data augmentation**: more, and more varied,
+training examples for a small classifier. The zip has one folder per class or prompt (torchvision's
+`ImageFolder` layout), a `labels.csv` with each file's class, prompt, seed and sampler settings (enough
+to draw the same picture again: image `index` of a request with that `seed`), and the model card of the
+weights that drew them. Train on it with `python -m diffusion_core train --data folder:FILE.zip`, or
+export from the command line with `python -m diffusion_core export-dataset --class face --per-class 2000`.
+Guidance trades variety for typical pictures: for a training set, a middle value (2-3) keeps more variety.
+"""
+
+
+def build(app: App) -> None:
+    labels, styles = app.pipe.labels, app.pipe.styles
+
+    def export(classes, prompts, per_class, style, guidance, sampler, steps, seed, progress=gr.Progress()):
+        if not isinstance(classes, list) or not all(c in labels for c in classes):
+            raise gr.Error(f"classes must be a list of names from {labels}")
+        prompt_list = [line.strip() for line in (prompts or "").splitlines() if line.strip()] if isinstance(
+            prompts, (str, type(None))) else None
+        if prompt_list is None:
+            raise gr.Error("prompts must be text, one prompt per line")
+        if not classes and not prompt_list:
+            raise gr.Error("choose at least one class (or type a prompt)")
+        if prompt_list and not app.has_text:
+            raise gr.Error("this model has no text encoder; export classes instead of prompts")
+        if len(classes) + len(prompt_list) > MAX_LABELS:
+            raise gr.Error(f"at most {MAX_LABELS} classes and prompts per export")
+        per_class = as_int(per_class, "images per class", 1, MAX_PER_CLASS)
+        style = as_choice(style, "style", [ANY, *styles])
+        guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
+        sampler, steps, _, seed = app.check_common(sampler, steps, 1, seed)
+        total = per_class * (len(classes) + len(prompt_list))
+
+        def tick(done, _total):
+            progress((done, total), desc="drawing", unit="images")
+
+        path = fresh_output_dir() / "emoji_dataset.zip"
+        try:
+            result = export_dataset(app.pipe, path, classes=classes, prompts=prompt_list, per_label=per_class,
+                                    style=None if style == ANY else style, sampler=sampler, steps=steps,
+                                    guidance=guidance, seed=seed, progress=tick)
+        except ValueError as err:
+            raise gr.Error(str(err))
+        note = f"\n\n⚠️ Unknown words left out: **{', '.join(result.unknown_words)}**" if result.unknown_words else ""
+        return str(result.path), (f"{result.num_images} images in {len(result.folders)} folders "
+                                  f"({', '.join(result.folders)}), {result.seconds:.1f} s." + note)
+
+    with gr.Tab("Export a data set"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                classes = gr.CheckboxGroup(labels, value=list(labels), label="classes")
+                prompts = gr.Textbox("", lines=3, label="prompts, one per line (each gets its own folder)",
+                                     visible=app.has_text, max_length=2000)
+                per_class = gr.Slider(1, MAX_PER_CLASS, value=4, step=1, label="images per class or prompt")
+                style = gr.Radio([ANY, *styles], value=ANY, label="style")
+                guidance = guidance_slider(app)
+                sampler, steps = sampler_controls(app)
+                seed = seed_controls()
+                button = gr.Button("Export", variant="primary")
+            with gr.Column(scale=2):
+                file = gr.File(label="the data set (zip)")
+                info = gr.Markdown()
+                explanation(EXPLANATION)
+        button.click(export, [classes, prompts, per_class, style, guidance, sampler, steps, seed], [file, info],
+                     api_name="export_dataset", preprocess=False, concurrency_id="export", concurrency_limit=1)

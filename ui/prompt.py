@@ -1,0 +1,69 @@
+"""Tab "Prompt": type what to draw (a text model); unknown words are listed, never an error."""
+from __future__ import annotations
+
+import gradio as gr
+
+from diffusion_core.pipeline import MAX_IMAGES
+
+from .common import (ANY, MAX_GUIDANCE, App, as_choice, as_float, as_text, explanation, gallery_of, guidance_slider,
+                     run_controls, sprite_gallery, unknown_note)
+
+EXPLANATION = r"""
+The prompt is split into words; each known word becomes a token id (unknown words are dropped and listed
+under the pictures). A small transformer, trained together with the U-Net, turns the tokens into
+vectors $e_1 \dots e_L$. Inside the U-Net's attention blocks at 8x8 and 4x4, every pixel position asks
+the words what to draw (cross-attention, as in latent diffusion and Imagen):
+$$\mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\Big(\frac{Q K^\top}{\sqrt d}\Big) V,\quad Q = W_Q h,\; K = W_K e,\; V = W_V e$$
+Training sometimes drops the text, so the empty prompt $\varnothing$ is "no text", and guidance works as in
+the Context tab: $\hat\epsilon = \epsilon_\theta(x_t, \varnothing) + w\,(\epsilon_\theta(x_t, \text{prompt}) - \epsilon_\theta(x_t, \varnothing))$.
+The model learned from emoji names ("red apple", "grinning face") and their keywords ("fruit", "smile").
+"""
+EXAMPLE_PROMPTS = ["red apple", "grinning face", "cat face", "pizza", "rocket", "flag: Japan", "red heart",
+                   "sun", "dog", "house", "fruit", "happy", "car", "tree"]
+NO_TEXT = ("⚠️ This model was trained without text, so it cannot read prompts. Load a text model "
+           "(`python app.py --model FOLDER`) or use the Context tab.")
+
+
+def build(app: App) -> None:
+    labels, styles = app.pipe.labels, app.pipe.styles
+
+    def generate_prompt(prompt, class_name, style, guidance, sampler, steps, num_images, seed, progress=gr.Progress()):
+        prompt = as_text(prompt, "prompt")
+        class_name = as_choice(class_name, "class", [ANY, *labels])
+        style = as_choice(style, "style", [ANY, *styles])
+        guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
+        sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed)
+        if not app.has_text:
+            raise gr.Error(NO_TEXT.removeprefix("⚠️ "))
+        if not prompt:
+            raise gr.Error("type a prompt, e.g. 'red apple'")
+        out = app.run(progress, "sampling", num_images=num_images, prompt=prompt,
+                      classes=None if class_name == ANY else [class_name], style=None if style == ANY else style,
+                      sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+        return (gallery_of(out.images),
+                f"“{prompt}”, guidance {guidance:g}: {out.seconds:.2f} s" + unknown_note(out.unknown_words))
+
+    with gr.Tab("Prompt"):
+        if not app.has_text:
+            gr.Markdown(NO_TEXT)
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox("red apple", label="prompt", max_lines=1, max_length=200)
+                class_name = gr.Dropdown([ANY, *labels], value=ANY, label="class (optional, combines with the prompt)")
+                style = gr.Radio([ANY, *styles], value=ANY, label="style")
+                guidance = guidance_slider(app)
+                sampler, steps, num, seed, button = run_controls(app, MAX_IMAGES, 16, "Generate")
+            with gr.Column(scale=2):
+                gallery = sprite_gallery("samples")
+                info = gr.Markdown()
+                explanation(EXPLANATION)
+        inputs = [prompt, class_name, style, guidance, sampler, steps, num, seed]
+        button.click(generate_prompt, inputs, [gallery, info], api_name="prompt", preprocess=False)
+        prompt.submit(generate_prompt, inputs, [gallery, info], api_visibility="undocumented", preprocess=False)
+        if app.has_text:
+            known = [p for p in EXAMPLE_PROMPTS if not app.pipe.vocabulary.encode(p)[1]]
+            combos = [("apple", "food_drink", "twemoji"), ("smile", "face", "openmoji")]
+            rows = [[p, ANY, ANY] for p in known] + [[p, c, s] for p, c, s in combos
+                                                     if not app.pipe.vocabulary.encode(p)[1] and c in labels and s in styles]
+            gr.Examples(rows, [prompt, class_name, style], label="examples: names, keywords, and words with a class "
+                        "and style (click one, then Generate)", cache_examples=False)
