@@ -142,6 +142,10 @@ def path_difference(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
     return np.array([np.abs(x.astype(np.float32) - y.astype(np.float32)).mean() / 255 for x, y in zip(a, b)])
 
 
-def parting_step(difference: np.ndarray, share: float = 0.5) -> int:
-    """The first step at which two paths' difference reaches ``share`` of its final value."""
-    return int(np.argmax(difference >= share * difference[-1])) if difference[-1] > 0 else len(difference) - 1
+def parting_step(a: list[np.ndarray], b: list[np.ndarray]) -> int:
+    """The first step from which on each path's picture (e.g. its predicted x_0) is nearer its own
+    final picture than the other path's final picture: where the two pictures have parted."""
+    own = path_difference(a, [a[-1]] * len(a)) + path_difference(b, [b[-1]] * len(b))
+    other = path_difference(a, [b[-1]] * len(a)) + path_difference(b, [a[-1]] * len(b))
+    undecided = np.flatnonzero(own >= other)
+    return int(undecided[-1]) + 1 if len(undecided) else 0

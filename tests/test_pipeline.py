@@ -154,3 +154,21 @@ def test_config_json_holds_model_schedule_and_labels(tiny_pipeline, tmp_path):
     config = json.loads((tiny_pipeline.save_pretrained(tmp_path / "c") / "config.json").read_text())
     assert config["schedule"] == "linear" and config["num_timesteps"] == 50
     assert config["labels"] == ["a", "b", "c"] and config["image_size"] == 16 and config["prediction_type"] == "epsilon"
+
+
+def test_two_paths_part_where_each_guess_stays_nearer_its_own_final_picture():
+    from diffusion_core.viz import parting_step, path_difference
+
+    black, white, grey = (np.full((1, 4, 4, 3), v, dtype=np.uint8) for v in (0, 255, 128))
+    a = [grey, grey, black, white, black, black]   # wanders towards B's end at step 3, then settles
+    b = [grey, grey, white, white, white, white]
+    assert parting_step(a, b) == 4 and parting_step(b, a) == 4
+    assert parting_step([black, black], [white, white]) == 0  # apart from the first step
+    assert path_difference([black, grey], [white, grey]).tolist() == [1.0, 0.0]
+
+
+def test_same_seed_different_conditions_start_from_the_same_noise(tiny_pipeline):
+    a = tiny_pipeline.generate(num_images=2, classes=["a"], sampler="dpmpp_2m_sde", steps=4, seed=3, return_trajectory=True)
+    b = tiny_pipeline.generate(num_images=2, classes=["b"], sampler="dpmpp_2m_sde", steps=4, seed=3, return_trajectory=True)
+    assert np.array_equal(a.trajectory.x_t[0], b.trajectory.x_t[0])
+    assert not np.array_equal(a.images, b.images)

@@ -17,6 +17,7 @@ from .common import (ANY, LATEX, MAX_GUIDANCE, SCALE, App, as_choice, as_float, 
 
 MAX_ANIMATION_IMAGES = 16
 MAX_FRAMES = 120               # the GIF, MP4 and scrubber keep at most this many steps, evenly spaced
+RESULT_TEXT = "**The result**: the last step's $\\hat x_0$, clipped to the picture range. Move the scrubber back to see a step."
 
 EXPLANATION = r"""
 Left: the noisy $x_t$ the sampler holds at each step. Right: the network's current guess of the clean
@@ -78,8 +79,7 @@ def build(app: App) -> None:
         mp4 = save_mp4(all_frames, folder / "denoising.mp4", fps=max(4, min(30, len(all_frames) // 4)))
         slider = gr.Slider(minimum=0, maximum=len(all_frames) - 1, value=len(all_frames) - 1, step=1, interactive=True)
         yield (all_frames[-1], str(gif), str(mp4), slider, recorded,
-               f"{num_images} images, {steps} steps in {out.seconds:.2f} s. Left: x_t, right: predicted x_0.",
-               step_text(sampler, steps, steps - 1, app))
+               f"{num_images} images, {steps} steps in {out.seconds:.2f} s. Left: x_t, right: predicted x_0.", RESULT_TEXT)
 
     def scrub(index, recorded):
         """The frame at ``index`` of the last animation (rebuilt from the small recorded arrays) and its numbers."""
@@ -88,8 +88,7 @@ def build(app: App) -> None:
         count = len(recorded["x_t"]) + 1
         index = as_int(index, "frame", 0, count - 1)
         if index == count - 1:
-            return (trajectory_frames([], [], final=recorded["final"], scale=SCALE)[0],
-                    "**The result**: the last step's $\\hat x_0$, clipped to the picture range.")
+            return trajectory_frames([], [], final=recorded["final"], scale=SCALE)[0], RESULT_TEXT
         frame = trajectory_frames([recorded["x_t"][index]], [recorded["x0_pred"][index]], scale=SCALE)[0]
         return frame, step_text(recorded["sampler"], recorded["steps"], recorded["step"][index], app)
 

@@ -44,7 +44,7 @@ def build(app: App) -> None:
         with gr.Row():
             class_name = gr.Dropdown([ANY, *labels], value=labels[0], label="class")
             guidance = guidance_slider(app)
-            num = gr.Slider(1, MAX_IMAGE_STEPS // app.T, value=2, step=1, label="number of images")
+            num = gr.Slider(1, MAX_IMAGE_STEPS // app.T, value=1, step=1, label="number of images")
             seed = seed_controls()
         button = gr.Button("Compare", variant="primary")
         outputs = []

@@ -25,6 +25,8 @@ early; the **cosine** schedule (Improved DDPM) keeps it recognisable longer, so 
 something. The network learns to undo one such picture at a time.
 """
 CURVE_COLOURS = {"ᾱ_t (share of the picture left)": "#1f77b4", "log10(SNR) / 10": "#ff7f0e", "current t": "#d62728"}
+# gradio 6.31's plot draws its legend's title without the entries, so the label names the colours
+LEGEND = "blue: ᾱ_t (share of the picture left) · orange: log10(SNR) / 10 · red: the chosen t"
 
 
 def read_upload(upload, size: int) -> np.ndarray:
@@ -94,7 +96,7 @@ def build(app: App) -> None:
                     noisy = gr.Image(label="x_t", format="png")
                 info = gr.Markdown(latex_delimiters=[{"left": "$", "right": "$", "display": False}])
                 plot = gr.LinePlot(x="t", y="value", color="curve", color_map=CURVE_COLOURS, color_title="curve",
-                                   x_title="t", y_title="value", label="the schedule: ᾱ_t and SNR over t", height=260)
+                                   x_title="t", y_title="value", label=LEGEND, height=300)
                 explanation(EXPLANATION)
         inputs, outputs = [index, upload, t, schedule], [clean, noisy, plot, info]
         button.click(forward_process, inputs, outputs, api_name="forward_process", preprocess=False)

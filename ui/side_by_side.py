@@ -7,7 +7,7 @@ import pandas as pd
 
 from diffusion_core.viz import parting_step, path_difference, paths_grid
 
-from .common import (ANY, MAX_GUIDANCE, App, as_choice, as_float, as_int, as_text, explanation, guidance_slider,
+from .common import (ANY, LATEX, MAX_GUIDANCE, App, as_choice, as_float, as_int, as_text, explanation, guidance_slider,
                      sampler_controls, seed_controls)
 
 MAX_SIDE_IMAGES = 4
@@ -16,10 +16,11 @@ MAX_COLUMNS = 12
 EXPLANATION = r"""
 Both paths start from the **same noise** $x_T$ (same seed) and, for the stochastic samplers, receive the
 same fresh noise at every step: only the condition differs. Each column is one step's guess of the clean
-picture $\hat x_0$ for A and for B. At high noise the guesses are blurry and nearly the same, because
-$x_t$ is mostly the shared noise; the condition decides the picture's layout in the first steps and the
-two paths part there. The plot shows how different the two guesses are at each step
-(mean absolute pixel difference); the marked step is where the difference first reaches half of its final value.
+picture $\hat x_0$ for A and for B. At the start the two noisy states $x_t$ are identical, and the
+first guesses are mostly amplified noise. The condition decides the picture's layout in the first few
+steps: the paths "part" at the step from which each guess stays nearer its own final picture than the
+other path's. Later steps only refine details. The plot shows how different the two guesses are at each
+step (mean absolute pixel difference).
 """
 
 
@@ -49,14 +50,15 @@ def build(app: App) -> None:
         ts = outs["A"].trajectory.timesteps
         grid = paths_grid({name: [out.trajectory.x0_pred[k] for k in shown] for name, out in outs.items()},
                           [f"t={ts[k]}" for k in shown])
-        difference = path_difference(outs["A"].trajectory.x0_pred, outs["B"].trajectory.x0_pred)
-        part = parting_step(difference)
-        plot = pd.DataFrame({"step": np.arange(1, steps + 1), "difference": difference})
+        x0_a, x0_b = outs["A"].trajectory.x0_pred, outs["B"].trajectory.x0_pred
+        part = min(parting_step(x0_a, x0_b), steps - 1)  # 0-based step index
+        plot = pd.DataFrame({"step": np.arange(1, steps + 1), "difference": path_difference(x0_a, x0_b)})
         describe = {name: " + ".join(filter(None, [f"“{p}”" if p else "", c if c != ANY else ""]))
                     for name, (p, c) in sides.items()}
         unknown = sorted(set(outs["A"].unknown_words) | set(outs["B"].unknown_words))
         info = (f"A = {describe['A']}, B = {describe['B']}: the paths part at step {part + 1} of {steps} "
-                f"(t = {ts[part]}). {sum(o.seconds for o in outs.values()):.2f} s."
+                f"(t = {ts[part]}): from there on each guess is nearer its own final picture than the other's. "
+                f"{sum(o.seconds for o in outs.values()):.2f} s."
                 + (f"\n\n⚠️ Unknown words left out: **{', '.join(unknown)}**" if unknown else ""))
         return grid, plot, info
 
@@ -77,7 +79,9 @@ def build(app: App) -> None:
                 seed = seed_controls()
                 button = gr.Button("Compare paths", variant="primary")
             with gr.Column(scale=2):
-                grid = gr.Image(label="predicted x_0 over time: A above B, for each image", format="png")
+                gr.Markdown("Predicted $\\hat x_0$ over time (columns: timestep t), A above B for each image:",
+                            latex_delimiters=LATEX)
+                grid = gr.Image(show_label=False, format="png")
                 info = gr.Markdown()
                 plot = gr.LinePlot(x="step", y="difference", label="how far apart A and B are, per step", height=200,
                                    x_title="step", y_title="mean |A - B|")
