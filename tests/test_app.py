@@ -162,7 +162,8 @@ def test_compare_runs_four_samplers_with_their_times(client):
     ("/generate", ("ddim", 4, 2, -5), "seed must be a whole number"),
     ("/generate", ("nope", 4, 2, 0), "sampler"),
     ("/generate_context", (*[0.0] * 8, "any", 3.0, "ddim", 4, 2, 0), "set at least one class weight"),
-    ("/prompt", ("red apple", "any", "any", 3.0, "ddim", 4, 2, 0), "trained without text"),
+    ("/prompt", ("", "any", "any", 3.0, "ddim", 4, 2, 0), "type a prompt"),
+    ("/prompt", ("red apple", "any", "any", 3.0, "ddim", 4, 65, 0), "number of images must be a whole number in 1..64"),
     ("/side_by_side", ("", "face", "", "face", "any", 3.0, "ddim", 4, 1, 4, 0), "A and B are the same"),
     ("/side_by_side", ("", "any", "", "flag", "any", 3.0, "ddim", 4, 1, 4, 0), "side A needs a prompt or a class"),
     ("/side_by_side", ("", "face", "", "flag", "any", 3.0, "ddim", 4, 5, 4, 0), "number of images must be"),
@@ -202,7 +203,7 @@ def test_every_tab_works_in_a_real_browser(default_server):
         tab_runs = [  # (tab, its main button, the text that appears once the result is in)
             ("Generate", "Generate", r"16 images, dpmpp_2m_sde, 20 steps: [\d.]+ s"),
             ("Context", "Generate", rf"guidance {DEFAULT_SAMPLING['guidance']:g}: [\d.]+ s"),
-            ("Prompt", "Generate", r"trained without text|: [\d.]+ s"),
+            ("Prompt", "Generate", r"“red apple”.*: [\d.]+ s"),
             ("Denoising animation", "Animate", r"Left: x_t, right"),
             ("Forward process", "Show", r"t = \d+:"),
             ("Compare samplers", "Compare", r"DPM-Solver\+\+ 2M SDE, 20 steps: [\d.]+ s"),
@@ -278,3 +279,21 @@ def test_fifty_people_at_once_are_all_served_each_with_their_own_pictures(client
         assert np.array_equal(gallery_images(results[seed][0])[0], picture)
     firsts = [gallery_images(r[0])[0] for r in results]
     assert len({f.tobytes() for f in firsts}) == 50  # no one got another's pictures
+
+
+@pytest.mark.parametrize("endpoint", ["/side_by_side", "/generate"])
+def test_endpoints_answer_their_defaults(client, endpoint):
+    """Called with no arguments, an endpoint uses its controls' defaults and draws (the browser test runs
+    every tab from its default state, the slow ones included)."""
+    result = client.predict(api_name=endpoint)
+    assert result and all(part is not None for part in result)
+
+
+def test_a_prompt_to_a_model_without_text_draws_the_classes_its_words_match(client):
+    gallery, info = client.predict("red apple xyzzy", "any", "noto", 3.0, "ddim", 4, 2, 0, api_name="/prompt")
+    assert len(gallery) == 2 and "“red apple xyzzy” → 1·food_drink" in info and "red apple" in info
+    assert "does not know the words **xyzzy**" in info
+    same, _ = client.predict(*[0.0] * 3, 1.0, *[0.0] * 4, "noto", 3.0, "ddim", 4, 2, 0, api_name="/generate_context")
+    assert all(np.array_equal(a, b) for a, b in zip(gallery_images(gallery), gallery_images(same)))
+    _, nothing = client.predict("xyzzy", "any", "any", 3.0, "ddim", 4, 1, 0, api_name="/prompt")
+    assert "no class (no word matched)" in nothing

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from diffusion_core.pipeline import MAX_IMAGES
+from diffusion_core.word_classes import match_words
 
 from .common import (ANY, MAX_GUIDANCE, App, as_choice, as_float, as_text, explanation, gallery_of, guidance_slider,
                      run_controls, sprite_gallery, unknown_note)
@@ -20,8 +21,9 @@ The model learned from emoji names ("red apple", "grinning face") and their keyw
 """
 EXAMPLE_PROMPTS = ["red apple", "grinning face", "cat face", "pizza", "rocket", "flag: Japan", "red heart",
                    "sun", "dog", "house", "fruit", "happy", "car", "tree"]
-NO_TEXT = ("⚠️ This model was trained without text, so it cannot read prompts. Load a text model "
-           "(`python app.py --model FOLDER`) or use the Context tab.")
+NO_TEXT = ("This model was trained without text, so it cannot read prompts itself: your words are looked up in the "
+           "emoji names and keywords, and the model draws the classes of the emoji that match (a class blend, as "
+           "in the Context tab). A text model (`python app.py --model FOLDER`) reads the prompt itself.")
 
 
 def build(app: App) -> None:
@@ -33,19 +35,29 @@ def build(app: App) -> None:
         style = as_choice(style, "style", [ANY, *styles])
         guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
         sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed)
-        if not app.has_text:
-            raise gr.Error(NO_TEXT.removeprefix("⚠️ "))
         if not prompt:
             raise gr.Error("type a prompt, e.g. 'red apple'")
-        out = app.run(progress, "sampling", num_images=num_images, prompt=prompt,
-                      classes=None if class_name == ANY else [class_name], style=None if style == ANY else style,
-                      sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-        return (gallery_of(out.images),
-                f"“{prompt}”, guidance {guidance:g}: {out.seconds:.2f} s" + unknown_note(out.unknown_words))
+        style = None if style == ANY else style
+        if app.has_text:
+            out = app.run(progress, "sampling", num_images=num_images, prompt=prompt,
+                          classes=None if class_name == ANY else [class_name], style=style, sampler=sampler,
+                          steps=steps, guidance=guidance, seed=seed)
+            return (gallery_of(out.images),
+                    f"“{prompt}”, guidance {guidance:g}: {out.seconds:.2f} s" + unknown_note(out.unknown_words))
+        if app.real is None or app.real.names is None:
+            raise gr.Error("this model reads no text and has no emoji names to look the words up in; use Context")
+        match = match_words(prompt, app.real)
+        blend = {**match.blend, **({class_name: 1.0} if class_name != ANY else {})}
+        out = app.run(progress, "sampling", num_images=num_images, blend=blend or None, style=style, sampler=sampler,
+                      steps=steps, guidance=guidance if blend or style else 1.0, seed=seed)
+        drawn = " + ".join(f"{w:g}·{n}" for n, w in blend.items()) or "no class (no word matched)"
+        found = f" (matching emoji: {', '.join(match.examples)})" if match.examples else ""
+        return (gallery_of(out.images), f"“{prompt}” → {drawn}{found}, guidance {guidance:g}: {out.seconds:.2f} s"
+                + unknown_note(match.unknown_words))
 
     with gr.Tab("Prompt"):
         if not app.has_text:
-            gr.Markdown(NO_TEXT)
+            gr.Markdown(f"ℹ️ {NO_TEXT}")
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox("red apple", label="prompt", max_lines=1, max_length=200)
@@ -60,10 +72,11 @@ def build(app: App) -> None:
         inputs = [prompt, class_name, style, guidance, sampler, steps, num, seed]
         button.click(generate_prompt, inputs, [gallery, info], api_name="prompt", preprocess=False)
         prompt.submit(generate_prompt, inputs, [gallery, info], api_visibility="undocumented", preprocess=False)
-        if app.has_text:
-            known = [p for p in EXAMPLE_PROMPTS if not app.pipe.vocabulary.encode(p)[1]]
-            combos = [("apple", "food_drink", "twemoji"), ("smile", "face", "openmoji")]
-            rows = [[p, ANY, ANY] for p in known] + [[p, c, s] for p, c, s in combos
-                                                     if not app.pipe.vocabulary.encode(p)[1] and c in labels and s in styles]
-            gr.Examples(rows, [prompt, class_name, style], label="examples: names, keywords, and words with a class "
-                        "and style (click one, then Generate)", cache_examples=False)
+        def readable(text: str) -> bool:  # every word known to the model's vocabulary (any, without text)
+            return not app.has_text or not app.pipe.vocabulary.encode(text)[1]
+
+        combos = [[p, c, s] for p, c, s in (("apple", "food_drink", "twemoji"), ("smile", "face", "openmoji"))
+                  if readable(p) and c in labels and s in styles]
+        gr.Examples([[p, ANY, ANY] for p in EXAMPLE_PROMPTS if readable(p)] + combos, [prompt, class_name, style],
+                    label="examples: names, keywords, and words with a class and style (click one, then Generate)",
+                    cache_examples=False)
