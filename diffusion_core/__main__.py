@@ -23,8 +23,11 @@ def cmd_sample(args) -> None:
         raise ValueError(f"--out must end in .png or .npz, got {str(out)!r}")
     pipe = DiffusionPipeline.from_pretrained(args.model, dtype=args.dtype)
     classes = args.classes if args.classes else None
+    interval = "default" if args.guidance_interval is None else None if args.guidance_interval == ["all"] else \
+        tuple(map(float, args.guidance_interval))
     result = pipe.generate(num_images=args.num, classes=classes, style=args.style, prompt=args.prompt,
-                           sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed)
+                           sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed,
+                           guidance_interval=interval)
     if result.unknown_words:
         print(f"note: the model does not know the words {', '.join(result.unknown_words)} (they were ignored)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", default=None, help="ddpm, ddim, dpmpp_2m or dpmpp_2m_sde (default: the checkpoint's)")
     s.add_argument("--steps", type=int, default=None, help="default: the checkpoint's default_sampling")
     s.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's default_sampling")
+    s.add_argument("--guidance-interval", nargs="+", default=None, metavar="SIGMA",
+                   help="guide only at noise levels σ in (LO, HI] (two numbers), or 'all' (default: the checkpoint's)")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0..1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default="float32", help="float32, bfloat16 or auto")

@@ -35,6 +35,12 @@ class Setting:
     sampler: str
     steps: int
     guidance: float
+    guidance_interval: tuple[float, float] | None = None  # (σ_lo, σ_hi): guide only there (samplers.sample)
+
+    def describe(self) -> str:
+        """The guidance cell of a table: "5", or "5 in σ ∈ (0.3, 3]"."""
+        interval = self.guidance_interval
+        return f"{self.guidance:g}" + (f" in σ ∈ ({interval[0]:g}, {interval[1]:g}]" if interval else "")
 
 
 def default_settings() -> list[Setting]:
@@ -49,12 +55,16 @@ def quick_settings() -> list[Setting]:
 
 
 def parse_setting(text: str) -> Setting:
-    """'SAMPLER:STEPS:GUIDANCE', e.g. 'dpmpp_2m_sde:25:4'; the sampler checks the ranges."""
+    """'SAMPLER:STEPS:GUIDANCE[:SIGMA_LO:SIGMA_HI]', e.g. 'dpmpp_2m_sde:25:4' or 'dpmpp_2m_sde:20:5:0.3:3'
+    (guidance only for noise levels σ in (0.3, 3]); the sampler checks the ranges."""
     try:
-        sampler, steps, guidance = text.split(":")
-        setting = Setting(sampler, int(steps), float(guidance))
+        sampler, steps, guidance, *interval = text.split(":")
+        if len(interval) not in (0, 2):
+            raise ValueError
+        setting = Setting(sampler, int(steps), float(guidance), tuple(map(float, interval)) if interval else None)
     except ValueError:
-        raise ValueError(f"a setting is SAMPLER:STEPS:GUIDANCE, e.g. dpmpp_2m_sde:25:4; got {text!r}") from None
+        raise ValueError(f"a setting is SAMPLER:STEPS:GUIDANCE[:SIGMA_LO:SIGMA_HI], e.g. dpmpp_2m_sde:25:4; "
+                         f"got {text!r}") from None
     if setting.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {setting.sampler!r} in setting {text!r}; samplers are {SAMPLERS}")
     return setting
@@ -158,7 +168,7 @@ def generate_like(pipe: DiffusionPipeline, labels: np.ndarray, styles: list[str 
             part = index[start:start + MAX_IMAGES]
             out = pipe.generate(num_images=len(part), classes=[pipe.labels[i] for i in labels[part]], style=style,
                                 sampler=setting.sampler, steps=setting.steps, guidance=setting.guidance,
-                                seed=1000 * seed + chunk)
+                                guidance_interval=setting.guidance_interval, seed=1000 * seed + chunk)
             images[part] = out.images
             chunk += 1
     return images
@@ -168,7 +178,9 @@ def headline_setting(pipe: DiffusionPipeline, config_path: Path) -> Setting:
     """The checkpoint's own default_sampling (config.json), else HEADLINE."""
     sampling = json.loads(config_path.read_text()).get("default_sampling") or {}
     sampler, steps, guidance = HEADLINE
-    return Setting(sampling.get("sampler", sampler), sampling.get("steps", steps), sampling.get("guidance", guidance))
+    interval = sampling.get("guidance_interval")
+    return Setting(sampling.get("sampler", sampler), sampling.get("steps", steps), sampling.get("guidance", guidance),
+                   tuple(interval) if interval else None)
 
 
 def evaluate(model: str, classifier: str | None = None, settings: list[Setting] | None = None, dtype: str = "auto",
@@ -198,7 +210,9 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
             images = generate_like(pipe, labels, styles, setting, seed)
             runs.append({"seed": seed, **real.score(images, labels),
                          "seconds_per_image": (time.perf_counter() - start) / len(labels)})
-        row = {"sampler": setting.sampler, "steps": setting.steps, "guidance": setting.guidance, "n": int(len(labels)),
+        row = {"sampler": setting.sampler, "steps": setting.steps, "guidance": setting.guidance,
+               "guidance_interval": list(setting.guidance_interval) if setting.guidance_interval else None,
+               "n": int(len(labels)),
                **{k: float(np.mean([r[k] for r in runs])) for k in (*MEASURES, "seconds_per_image")}, "seeds": runs}
         rows.append(row)
         log(format_row(row, real.floor))
@@ -257,7 +271,7 @@ def save_comparison(pipe: DiffusionPipeline, real: RealData, setting: Setting, p
         index = np.flatnonzero(real.held.labels == c)
         real_row = real.held.images[rng.choice(index, size=min(per_class, len(index)), replace=False)]
         out = pipe.generate(num_images=per_class, classes=[name], sampler=setting.sampler, steps=setting.steps,
-                            guidance=setting.guidance, seed=c)
+                            guidance=setting.guidance, guidance_interval=setting.guidance_interval, seed=c)
         rows += [np.concatenate([real_row, np.full((per_class - len(real_row), 32, 32, 3), 255, np.uint8)]), out.images]
     save_grid(np.concatenate(rows), path, nrow=per_class, scale=2)
 
@@ -281,7 +295,8 @@ def format_row(row: dict, floor: dict) -> str:
     """One table row; with several seeds, n reads "840 x 3" and the accuracy shows its range over seeds."""
     runs = row.get("seeds", [])
     n = f"{row['n']} x {len(runs)}" if len(runs) > 1 else str(row["n"])
-    return (f"| {row['sampler']} | {row['steps']} | {row['guidance']:g} | {n} | {cells(row, floor)} "
+    setting = Setting(row["sampler"], row["steps"], row["guidance"], row.get("guidance_interval"))
+    return (f"| {row['sampler']} | {row['steps']} | {setting.describe()} | {n} | {cells(row, floor)} "
             f"| {row['seconds_per_image']:.3f} |")
 
 
@@ -320,7 +335,8 @@ def to_markdown(result: dict, picture: str | None = None) -> str:
     if picture:
         h = result["headline"]
         lines += ["", f"Real held-out sprites (odd rows) above samples of the same class (even rows), one class per "
-                  f"pair of rows, at {h['sampler']}, {h['steps']} steps, guidance {h['guidance']:g}:", "",
+                  f"pair of rows, at {h['sampler']}, {h['steps']} steps, guidance "
+                  f"{Setting(**h).describe()}:", "",
                   f"![real vs samples]({picture})"]
     return "\n".join(lines) + "\n"
 

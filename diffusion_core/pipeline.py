@@ -263,10 +263,14 @@ class DiffusionPipeline:
     # ---- sampling ----------------------------------------------------------------------------
     def generate(self, num_images: int = 16, classes=None, blend=None, style=None, prompt: str | list[str] | None = None,
                  sampler: str | None = None, steps: int | None = None, guidance: float | None = None, eta: float = 0.0,
-                 seed: int = 0, return_trajectory: bool = False, callback=None) -> GenerationOutput:
-        """Sample ``num_images`` (1..MAX_IMAGES) images as uint8 (n, H, W, 3). Sampler, steps and
-        guidance default to the checkpoint's ``default_sampling``. ``callback(step)`` sees every
-        SamplerStep (for progress bars and live previews)."""
+                 seed: int = 0, return_trajectory: bool = False, callback=None,
+                 guidance_interval: tuple[float, float] | None | str = "default") -> GenerationOutput:
+        """Sample ``num_images`` (1..MAX_IMAGES) images as uint8 (n, H, W, 3). Sampler, steps,
+        guidance and the guidance interval (``samplers.sample``; None: guide every step) default to
+        the checkpoint's ``default_sampling``. ``callback(step)`` sees every SamplerStep (for
+        progress bars and live previews)."""
+        if isinstance(guidance_interval, str) and guidance_interval == "default":
+            guidance_interval = self.default_sampling.get("guidance_interval")
         sampler = self.default_sampling["sampler"] if sampler is None else sampler
         steps = self.default_sampling["steps"] if steps is None else steps
         guidance = self.default_sampling["guidance"] if guidance is None else guidance
@@ -292,5 +296,5 @@ class DiffusionPipeline:
         x0 = sample(self.denoise, self.schedule, (int(num_images), self.model.in_channels, size, size),
                     sampler=sampler, steps=steps, eta=eta, guidance=guidance, context=context,
                     prediction_type=self.prediction_type, seed=int(seed), callback=on_step,
-                    clip_x0=True, device=self.device)
+                    clip_x0=True, device=self.device, guidance_interval=guidance_interval)
         return GenerationOutput(to_uint8(x0), class_index, time.perf_counter() - start, trajectory, unknown)

@@ -167,6 +167,25 @@ def guided_denoiser(denoiser: Callable, context: torch.Tensor | None, guidance: 
     return guided
 
 
+def in_guidance_interval(alpha_bar: float, interval: tuple[float, float] | None) -> bool:
+    """Whether σ = √((1-ᾱ)/ᾱ), the noise level in EDM's units, lies in the interval (lo, hi]."""
+    if interval is None:
+        return True
+    sigma = math.sqrt((1 - alpha_bar) / alpha_bar) if alpha_bar > 0 else math.inf
+    return interval[0] < sigma <= interval[1]
+
+
+def check_guidance_interval(interval) -> None:
+    if interval is None:
+        return
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance_interval must be two noise levels (σ_lo, σ_hi), got {interval!r}") from None
+    if not (0 <= lo < hi) or math.isnan(hi):
+        raise ValueError(f"guidance_interval must satisfy 0 <= σ_lo < σ_hi, got {interval!r}")
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------------------------
@@ -207,17 +226,25 @@ def sample(
     callback: Callable[[SamplerStep], None] | None = None,
     clip_x0: bool = False,
     device: torch.device | str | None = None,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Draw ``shape[0]`` samples in ``steps`` denoiser calls (per guidance branch).
 
     The chain starts from x ~ N(0, I) at t = T-1, visits ``schedule.respace(steps)`` and its last
     step lands on clean data. DDPM on fewer than T steps runs on the respaced chain (Improved DDPM,
-    sec. 4). Returns x_0 as a float32 tensor (clamped to [-1, 1] only when ``clip_x0``)."""
+    sec. 4). Returns x_0 as a float32 tensor (clamped to [-1, 1] only when ``clip_x0``).
+
+    ``guidance_interval=(σ_lo, σ_hi)`` applies guidance only at steps whose noise level
+    σ_t = √((1-ᾱ_t)/ᾱ_t) lies in (σ_lo, σ_hi], plain conditional sampling (one branch) elsewhere
+    (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval improves sample and
+    distribution quality in diffusion models", sec. 3)."""
     check_sampling_args(schedule, shape, sampler, steps, eta, guidance, context, prediction_type)
+    check_guidance_interval(guidance_interval)
     device = torch.device(device) if device is not None else (context.device if context is not None else torch.device("cpu"))
     num_images = shape[0]
     noise = ImageNoise(seed, num_images, shape[1:], device)
-    model = guided_denoiser(denoiser, None if context is None else context.to(device), float(guidance))
+    context = None if context is None else context.to(device)
+    guided, conditional = guided_denoiser(denoiser, context, float(guidance)), guided_denoiser(denoiser, context, 1.0)
 
     timesteps = schedule.respace(int(steps)).tolist()
     alphas_cumprod = schedule.alphas_cumprod.tolist()
@@ -227,6 +254,7 @@ def sample(
         alpha_bar = alphas_cumprod[t]
         alpha_bar_prev = alphas_cumprod[timesteps[index + 1]] if index + 1 < len(timesteps) else 1.0
         t_batch = torch.full((num_images,), t, dtype=torch.long, device=device)
+        model = guided if in_guidance_interval(alpha_bar, guidance_interval) else conditional
         out = model(x, t_batch).float()
         x0, eps = predict_x0_and_eps(out, x, alpha_bar, prediction_type, clip_x0)
         if callback is not None:

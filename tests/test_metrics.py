@@ -150,7 +150,14 @@ def test_evaluate_runs_end_to_end_and_writes_the_model_card(tmp_path):
     assert card.rstrip().endswith("here") and "not yet" not in card and (folder / COMPARISON_FILE).exists()
 
 
+def test_an_evaluation_setting_may_name_a_guidance_interval():
+    assert parse_setting("dpmpp_2m_sde:20:5") == Setting("dpmpp_2m_sde", 20, 5.0)
+    setting = parse_setting("dpmpp_2m_sde:20:5:0.5:30")
+    assert setting.guidance_interval == (0.5, 30.0) and setting.describe() == "5 in σ ∈ (0.5, 30]"
+
+
 @pytest.mark.parametrize("text, message", [("ddim:25", "SAMPLER:STEPS:GUIDANCE"), ("ddim:x:3", "SAMPLER:STEPS:GUIDANCE"),
+                                           ("ddim:25:3:1", "SAMPLER:STEPS:GUIDANCE"),
                                            ("euler:25:3", "unknown sampler 'euler'")])
 def test_a_bad_evaluation_setting_is_a_clear_error(text, message):
     with pytest.raises(ValueError, match=message):

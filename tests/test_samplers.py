@@ -209,3 +209,27 @@ def test_the_explained_update_has_the_coefficients_the_sampler_uses(schedule, sa
     assert step_update(sampler, schedule, steps, steps - 1).formula == r"x_0 = \hat x_0"
     with pytest.raises(ValueError, match="step must be in 0..9"):
         step_update(sampler, schedule, steps, 10)
+
+
+def test_guidance_interval_guides_only_inside_it_and_saves_the_other_branch(schedule):
+    """Kynkäänniemi et al. 2024: guidance only for σ in (lo, hi]; elsewhere one conditional call."""
+    from diffusion_core.samplers import in_guidance_interval
+
+    ctx = torch.ones(2, 1)
+    full = GaussianDenoiser(schedule, shift=torch.tensor([0.4]))
+    x_full = sample(full, schedule, (2, 1, 4, 4), sampler="ddim", steps=10, guidance=3.0, context=ctx)
+    part = GaussianDenoiser(schedule, shift=torch.tensor([0.4]))
+    x_part = sample(part, schedule, (2, 1, 4, 4), sampler="ddim", steps=10, guidance=3.0, context=ctx,
+                    guidance_interval=(0.5, 5.0))
+    abar = schedule.alphas_cumprod
+    inside = [in_guidance_interval(abar[t].item(), (0.5, 5.0)) for t in schedule.respace(10).tolist()]
+    assert 0 < sum(inside) < 10
+    assert [batch == 4 for _, batch, _ in part.calls] == inside  # both branches inside, one outside
+    assert all(batch == 4 for _, batch, _ in full.calls)
+    assert not torch.equal(x_full, x_part)
+    wide = GaussianDenoiser(schedule, shift=torch.tensor([0.4]))
+    x_wide = sample(wide, schedule, (2, 1, 4, 4), sampler="ddim", steps=10, guidance=3.0, context=ctx,
+                    guidance_interval=(0.0, math.inf))
+    assert torch.equal(x_wide, x_full)  # an interval holding every step is guidance everywhere
+    with pytest.raises(ValueError, match="guidance_interval must satisfy"):
+        sample(wide, schedule, (2, 1, 4, 4), steps=2, guidance_interval=(3.0, 1.0))
