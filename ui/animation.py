@@ -17,7 +17,8 @@ from .common import (ANY, LATEX, MAX_GUIDANCE, SCALE, App, as_choice, as_float, 
 
 MAX_ANIMATION_IMAGES = 16
 MAX_FRAMES = 120               # the GIF, MP4 and scrubber keep at most this many steps, evenly spaced
-RESULT_TEXT = "**The result**: the last step's $\\hat x_0$, clipped to the picture range. Move the scrubber back to see a step."
+RESULT_TEXT = ("**The result**: the last step's $\\hat x_0$, clipped to the picture range. "
+               "Move the scrubber back to see a step.")
 
 EXPLANATION = r"""
 Left: the noisy $x_t$ the sampler holds at each step. Right: the network's current guess of the clean
@@ -48,7 +49,8 @@ def build(app: App) -> None:
 
         def on_step(step):
             if step.index % live_every == 0 or step.index == steps - 1:
-                frames.put((step.index, trajectory_frames([to_uint8(step.x_t)], [to_uint8(step.x0_pred)], scale=SCALE)[0]))
+                frame = trajectory_frames([to_uint8(step.x_t)], [to_uint8(step.x0_pred)], scale=SCALE)[0]
+                frames.put((step.index, frame))
 
         def work():
             try:
@@ -79,7 +81,8 @@ def build(app: App) -> None:
         mp4 = save_mp4(all_frames, folder / "denoising.mp4", fps=max(4, min(30, len(all_frames) // 4)))
         slider = gr.Slider(minimum=0, maximum=len(all_frames) - 1, value=len(all_frames) - 1, step=1, interactive=True)
         yield (all_frames[-1], str(gif), str(mp4), slider, recorded,
-               f"{num_images} images, {steps} steps in {out.seconds:.2f} s. Left: x_t, right: predicted x_0.", RESULT_TEXT)
+               f"{num_images} images, {steps} steps in {out.seconds:.2f} s. Left: x_t, right: predicted x_0.",
+               RESULT_TEXT)
 
     def scrub(index, recorded):
         """The frame at ``index`` of the last animation (rebuilt from the small recorded arrays) and its numbers."""
@@ -97,7 +100,8 @@ def build(app: App) -> None:
             with gr.Column(scale=1):
                 class_name = gr.Dropdown([ANY, *labels], value=labels[0], label="class")
                 guidance = guidance_slider(app)
-                sampler, steps, num, seed, button = run_controls(app, MAX_ANIMATION_IMAGES, 4, "Animate", default_steps=30)
+                sampler, steps, num, seed, button = run_controls(app, MAX_ANIMATION_IMAGES, 4, "Animate",
+                                                                 default_steps=30)
             with gr.Column(scale=2):
                 live = gr.Image(label="x_t (left) and predicted x_0 (right)", type="numpy", format="png")
                 info = gr.Markdown()

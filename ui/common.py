@@ -16,8 +16,8 @@ from diffusion_core.data import load_emoji
 from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
 from diffusion_core.viz import upscale
 
-SAMPLER_CHOICES = [("DPM-Solver++ 2M SDE (stochastic)", "dpmpp_2m_sde"), ("DPM-Solver++ 2M (deterministic)", "dpmpp_2m"),
-                   ("DDIM", "ddim"), ("DDPM", "ddpm")]
+SAMPLER_CHOICES = [("DPM-Solver++ 2M SDE (stochastic)", "dpmpp_2m_sde"),
+                   ("DPM-Solver++ 2M (deterministic)", "dpmpp_2m"), ("DDIM", "ddim"), ("DDPM", "ddpm")]
 MAX_IMAGE_STEPS = 16_000       # cap on images x steps per request (16 images at 1000 DDPM steps)
 MAX_GUIDANCE = 10.0
 MAX_SEED = 2**31 - 1

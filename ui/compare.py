@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .common import (ANY, MAX_GUIDANCE, MAX_IMAGE_STEPS, MAX_SEED, App, as_choice, as_float, as_int, explanation, gallery_of,
-                     guidance_slider, seed_controls, sprite_gallery)
+from .common import (ANY, MAX_GUIDANCE, MAX_IMAGE_STEPS, MAX_SEED, App, as_choice, as_float, as_int, explanation,
+                     gallery_of, guidance_slider, seed_controls, sprite_gallery)
 
 EXPLANATION = r"""
 All four walk from noise to picture along the same learned direction; they differ in how they take a step.

@@ -5,7 +5,8 @@ import gradio as gr
 
 from diffusion_core.pipeline import MAX_IMAGES
 
-from .common import ANY, LATEX, MAX_GUIDANCE, App, as_choice, as_float, explanation, gallery_of, guidance_slider, run_controls, sprite_gallery
+from .common import (ANY, LATEX, MAX_GUIDANCE, App, as_choice, as_float, explanation, gallery_of, guidance_slider,
+                     run_controls, sprite_gallery)
 
 EXPLANATION = r"""
 The context $c$ is a vector: one weight per class (a blend such as 0.6 food + 0.4 animal is allowed) and
@@ -61,7 +62,8 @@ def build(app: App) -> None:
                 numbers = gr.Markdown(guidance_numbers(guidance.value), latex_delimiters=LATEX)
         inputs = [*weights, style, guidance, sampler, steps, num, seed]
         button.click(generate_context, inputs, [gallery, info], api_name="generate_context", preprocess=False)
-        guidance.change(guidance_numbers, guidance, numbers, api_visibility="undocumented", show_progress="hidden", queue=False)
+        guidance.change(guidance_numbers, guidance, numbers, api_visibility="undocumented", show_progress="hidden",
+                        queue=False)
 
         def preset(mix: dict, style_value=ANY):
             return [mix.get(name, 0.0) for name in labels] + [style_value, app.sampling["guidance"],
@@ -75,4 +77,5 @@ def build(app: App) -> None:
         for style_name in styles:
             examples.append(preset({labels[0]: 1.0}, style_name))
             names.append(f"{labels[0]}, {style_name} style")
-        gr.Examples(examples, inputs, label="presets (click one, then Generate)", example_labels=names, cache_examples=False)
+        gr.Examples(examples, inputs, label="presets (click one, then Generate)", example_labels=names,
+                    cache_examples=False)

@@ -5,8 +5,8 @@ import gradio as gr
 
 from diffusion_core.export import MAX_LABELS, export_dataset
 
-from .common import ANY, MAX_GUIDANCE, App, as_choice, as_float, as_int, explanation, fresh_output_dir, guidance_slider, \
-    sampler_controls, seed_controls
+from .common import (ANY, MAX_GUIDANCE, App, as_choice, as_float, as_int, explanation, fresh_output_dir, guidance_slider,
+                     sampler_controls, seed_controls, unknown_note)
 
 MAX_PER_CLASS = 2_000
 
@@ -54,9 +54,8 @@ def build(app: App) -> None:
                                     guidance=guidance, seed=seed, progress=tick)
         except ValueError as err:
             raise gr.Error(str(err))
-        note = f"\n\n⚠️ Unknown words left out: **{', '.join(result.unknown_words)}**" if result.unknown_words else ""
         return str(result.path), (f"{result.num_images} images in {len(result.folders)} folders "
-                                  f"({', '.join(result.folders)}), {result.seconds:.1f} s." + note)
+                                  f"({', '.join(result.folders)}), {result.seconds:.1f} s." + unknown_note(result.unknown_words))
 
     with gr.Tab("Export a data set"):
         with gr.Row():

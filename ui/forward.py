@@ -101,6 +101,7 @@ def build(app: App) -> None:
         inputs, outputs = [index, upload, t, schedule], [clean, noisy, plot, info]
         button.click(forward_process, inputs, outputs, api_name="forward_process", preprocess=False)
         for control in (index, t):  # redraw while the slider moves; a newer position replaces a pending one
-            control.input(forward_process, inputs, outputs, api_visibility="undocumented", preprocess=False, show_progress="hidden",
-                          trigger_mode="always_last", concurrency_id="forward", concurrency_limit=4)
+            control.input(forward_process, inputs, outputs, api_visibility="undocumented", preprocess=False,
+                          show_progress="hidden", trigger_mode="always_last", concurrency_id="forward",
+                          concurrency_limit=4)
         schedule.change(forward_process, inputs, outputs, api_visibility="undocumented", preprocess=False)

@@ -22,7 +22,8 @@ here, so it draws whatever is likely under the training data. The same **seed** 
 def build(app: App) -> None:
     def generate(sampler, steps, num_images, seed, progress=gr.Progress()):
         sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed)
-        out = app.run(progress, "sampling", num_images=num_images, sampler=sampler, steps=steps, guidance=1.0, seed=seed)
+        out = app.run(progress, "sampling", num_images=num_images, sampler=sampler, steps=steps, guidance=1.0,
+                      seed=seed)
         return gallery_of(out.images), f"{num_images} images, {sampler}, {steps} steps: {out.seconds:.2f} s"
 
     with gr.Tab("Generate"):

@@ -8,7 +8,7 @@ import pandas as pd
 from diffusion_core.viz import parting_step, path_difference, paths_grid
 
 from .common import (ANY, LATEX, MAX_GUIDANCE, App, as_choice, as_float, as_int, as_text, explanation, guidance_slider,
-                     sampler_controls, seed_controls)
+                     sampler_controls, seed_controls, unknown_note)
 
 MAX_SIDE_IMAGES = 4
 MAX_COLUMNS = 12
@@ -43,7 +43,8 @@ def build(app: App) -> None:
         if sides["A"] == sides["B"]:
             raise gr.Error("A and B are the same; change one of them")
         outs = {name: app.run(progress, f"path {name}", num_images=num_images, prompt=prompt or None,
-                              classes=None if class_name == ANY else [class_name], style=None if style == ANY else style,
+                              classes=None if class_name == ANY else [class_name],
+                              style=None if style == ANY else style,
                               sampler=sampler, steps=steps, guidance=guidance, seed=seed, return_trajectory=True)
                 for name, (prompt, class_name) in sides.items()}
         shown = np.unique(np.linspace(0, steps - 1, min(columns, steps)).round().astype(int)).tolist()
@@ -59,7 +60,7 @@ def build(app: App) -> None:
         info = (f"A = {describe['A']}, B = {describe['B']}: the paths part at step {part + 1} of {steps} "
                 f"(t = {ts[part]}): from there on each guess is nearer its own final picture than the other's. "
                 f"{sum(o.seconds for o in outs.values()):.2f} s."
-                + (f"\n\n⚠️ Unknown words left out: **{', '.join(unknown)}**" if unknown else ""))
+                + unknown_note(unknown))
         return grid, plot, info
 
     with gr.Tab("Side by side"):
@@ -70,7 +71,8 @@ def build(app: App) -> None:
                     class_a = gr.Dropdown([ANY, *labels], value=ANY if app.has_text else labels[0], label="class A")
                 with gr.Row():
                     prompt_b = gr.Textbox(default_b, label="prompt B", visible=app.has_text, max_length=200)
-                    class_b = gr.Dropdown([ANY, *labels], value=ANY if app.has_text else class_b_default, label="class B")
+                    class_b = gr.Dropdown([ANY, *labels], value=ANY if app.has_text else class_b_default,
+                                          label="class B")
                 style = gr.Radio([ANY, *styles], value=ANY, label="style (both)")
                 guidance = guidance_slider(app)
                 sampler, steps = sampler_controls(app)
