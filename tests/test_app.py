@@ -168,6 +168,8 @@ def test_forward_process_shows_noisier_images_at_larger_t(client):
     ("/animate", ("zebra", "ddim", 4, 3.0, 2, 0), "class must be one of"),
     ("/animate", ("face", "ddim", 4, 3.0, 17, 0), "number of images must be a whole number in 1..16"),
     ("/forward_process", (10, None, 1000, "cosine"), "t must be a whole number in 0..999"),
+    ("/compare", ("zebra", 3.0, 1, 0), "class must be one of"),
+    ("/compare", ("face", 3.0, 17, 0), "number of images must be a whole number in 1..16"),
     ("/forward_process", (10, None, 5, "quadratic"), "schedule must be one of"),
 ])
 def test_bad_inputs_give_a_visible_error_naming_the_field_and_the_server_keeps_serving(client, endpoint, args, message):
