@@ -19,6 +19,16 @@ Training sometimes drops the text, so the empty prompt $\varnothing$ is "no text
 the Context tab: $\hat\epsilon = \epsilon_\theta(x_t, \varnothing) + w\,(\epsilon_\theta(x_t, \text{prompt}) - \epsilon_\theta(x_t, \varnothing))$.
 The model learned from emoji names ("red apple", "grinning face") and their keywords ("fruit", "smile").
 """
+EXPLANATION_WITHOUT_TEXT = r"""
+This model has no text encoder: it was trained on a context vector $c$ of class and style weights only.
+So the tab does what it can with your words: it finds the emoji whose names and keywords hold them
+(preferring those whose name does), counts which classes those emoji belong to, and draws that blend,
+$$c = \big(\tfrac{n_1}{n_{max}}, \dots, \tfrac{n_8}{n_{max}}\big),\qquad n_k = \text{matching emoji of class } k,$$
+with classifier-free guidance as in the Context tab. "red apple" becomes the class food_drink; the model
+cannot tell an apple from a pizza. A text model learns the words themselves: each known word becomes a
+token, a small transformer turns the tokens into vectors, and the U-Net reads them by cross-attention,
+$\mathrm{softmax}(QK^\top/\sqrt d)\,V$ with the queries from the pixels and the keys and values from the words.
+"""
 EXAMPLE_PROMPTS = ["red apple", "grinning face", "cat face", "pizza", "rocket", "flag: Japan", "red heart",
                    "sun", "dog", "house", "fruit", "happy", "car", "tree"]
 NO_TEXT = ("This model was trained without text, so it cannot read prompts itself: your words are looked up in the "
@@ -68,7 +78,7 @@ def build(app: App) -> None:
             with gr.Column(scale=2):
                 gallery = sprite_gallery("samples")
                 info = gr.Markdown()
-                explanation(EXPLANATION)
+                explanation(EXPLANATION if app.has_text else EXPLANATION_WITHOUT_TEXT)
         inputs = [prompt, class_name, style, guidance, sampler, steps, num, seed]
         button.click(generate_prompt, inputs, [gallery, info], api_name="prompt", preprocess=False)
         prompt.submit(generate_prompt, inputs, [gallery, info], api_visibility="undocumented", preprocess=False)
