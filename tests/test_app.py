@@ -295,3 +295,17 @@ def test_a_prompt_to_a_model_without_text_draws_the_classes_its_words_match(clie
     assert all(np.array_equal(a, b) for a, b in zip(gallery_images(gallery), gallery_images(same)))
     _, nothing = client.predict("xyzzy", "any", "any", 3.0, "ddim", 4, 1, 0, api_name="/prompt")
     assert "no class (no word matched)" in nothing
+
+
+def test_the_prompt_tab_of_a_text_model_reads_the_prompt_and_lists_unknown_words(vocab):
+    """In-process (no server): the Prompt handler of an app built on a tiny text model."""
+    from app import build_app
+    from conftest import text_pipeline
+
+    demo = build_app(text_pipeline(vocab), "Weights: tiny.")
+    (handler,) = [f.fn for f in demo.fns.values() if f.api_name == "prompt"]
+    quiet = lambda *args, **kwargs: None  # noqa: E731  (stands in for gr.Progress)
+    gallery, info = handler("red apple zebra", "any", "s1", 2.0, "ddim", 2, 2, 0, progress=quiet)
+    assert len(gallery) == 2 and "“red apple zebra”, guidance 2" in info and "**zebra**" in info
+    other, _ = handler("cat face", "any", "s1", 2.0, "ddim", 2, 2, 0, progress=quiet)
+    assert not np.array_equal(gallery[0], other[0])

@@ -85,7 +85,8 @@ def build(app: App) -> None:
         count = len(app.real) - 1 if app.real is not None else 0
         with gr.Row():
             with gr.Column(scale=1):
-                index = gr.Slider(0, count, value=min(100, count), step=1, label="training image")
+                index = gr.Slider(0, max(count, 1), value=min(100, count), step=1, label="training image",
+                                  visible=app.real is not None)  # a model without shipped images: uploads only
                 upload = gr.Image(label="or upload an image", type="filepath", sources=["upload"])
                 t = gr.Slider(0, app.T - 1, value=250, step=1, label="t (noise step)")
                 schedule = gr.Radio(["cosine", "linear"], value=app.pipe.schedule.kind, label="schedule")
