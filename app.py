@@ -21,9 +21,9 @@ from ui import about, animation, common, compare, context, export, forward, gene
 ROOT = Path(__file__).resolve().parent
 SHIPPED_MODEL = ROOT / "checkpoints" / "emoji32"
 # One sampling request runs at a time (the network already uses every core; requests batched together
-# are no faster on a CPU: benchmarks/app_load.py). The queue holds a class of students: at the default
-# request's measured 3.6 s on 2 vCPU (benchmarks/app_default.py) the 100th in line waits about 6 minutes,
-# and each waiting request holds only its arguments, so memory stays bounded.
+# are no faster on a CPU: benchmarks/app_load.py). The queue holds a class of students and then some:
+# at the default request's measured 3.6 s (2 cores with bf16) to 15 s (2 cores, AVX2, fp32) the 100th in
+# line waits 6 to 25 minutes, and each waiting request holds only its arguments, so memory stays bounded.
 QUEUE_SIZE = 100
 TABS = (generate, context, prompt, animation, forward, compare, side_by_side, export, about)
 CSS = ".gallery img, img { image-rendering: pixelated; }"
