@@ -63,7 +63,7 @@ def build(app: App) -> None:
                 classes = gr.CheckboxGroup(labels, value=list(labels), label="classes")
                 prompts = gr.Textbox("", lines=3, label="prompts, one per line (each gets its own folder)",
                                      visible=app.has_text, max_length=2000)
-                per_class = gr.Slider(1, MAX_PER_CLASS, value=4, step=1, label="images per class or prompt")
+                per_class = gr.Slider(1, MAX_PER_CLASS, value=2, step=1, label="images per class or prompt")
                 style = gr.Radio([ANY, *styles], value=ANY, label="style")
                 guidance = guidance_slider(app)
                 sampler, steps = sampler_controls(app)
