@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .samplers import log_snr_step
 from .schedule import NoiseSchedule
 
 
@@ -49,7 +50,7 @@ def step_update(sampler: str, schedule: NoiseSchedule, steps: int, index: int) -
         formula = (rf"{target} = \tilde\mu(x_t, \hat x_0) + \tilde\beta^{{1/2}} z"
                    rf" = {c0:.3f}\,\hat x_0 + {ct:.3f}\,x_{{{t}}} + {sigma:.3f}\,z")
     else:  # DPM-Solver++(2M), Lu et al. 2022, Algorithm 2 (and its SDE variant)
-        h = 0.5 * math.log(a_prev / (1 - a_prev)) - 0.5 * math.log(a / (1 - a))
+        h = log_snr_step(a, a_prev)
         ratio = math.sqrt((1 - a_prev) / (1 - a))
         if sampler == "dpmpp_2m":
             formula = (rf"{target} = \tfrac{{\sigma_{{prev}}}}{{\sigma_t}} x_t - \alpha_{{prev}}(e^{{-h}}-1)\,D"

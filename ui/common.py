@@ -101,6 +101,11 @@ def gallery_of(images: np.ndarray) -> list[np.ndarray]:
     return list(upscale(images, SCALE))
 
 
+def describe_blend(blend: dict[str, float]) -> str:
+    """A class blend as text: "0.6·food_drink + 0.4·animal_nature" (classes at 0 left out)."""
+    return " + ".join(f"{w:g}·{n}" for n, w in blend.items() if w > 0)
+
+
 def unknown_note(words: list[str]) -> str:
     return f"\n\n⚠️ The model does not know the words **{', '.join(words)}**; they were left out." if words else ""
 

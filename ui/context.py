@@ -5,8 +5,8 @@ import gradio as gr
 
 from diffusion_core.pipeline import MAX_IMAGES
 
-from .common import (ANY, LATEX, MAX_GUIDANCE, App, as_choice, as_float, explanation, gallery_of, guidance_slider,
-                     run_controls, sprite_gallery)
+from .common import (ANY, LATEX, MAX_GUIDANCE, App, as_choice, as_float, describe_blend, explanation, gallery_of,
+                     guidance_slider, run_controls, sprite_gallery)
 
 EXPLANATION = r"""
 The context $c$ is a vector: one weight per class (a blend such as 0.6 food + 0.4 animal is allowed) and
@@ -44,7 +44,7 @@ def build(app: App) -> None:
             raise gr.Error("set at least one class weight above 0 (or pick a style)")
         out = app.run(progress, "sampling", num_images=num_images, blend=blend, style=None if style == ANY else style,
                       sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-        mix = " + ".join(f"{w:g}·{n}" for n, w in blend.items() if w > 0) or "no class"
+        mix = describe_blend(blend) or "no class"
         return gallery_of(out.images), f"{mix}, style {style}, guidance {guidance:g}: {out.seconds:.2f} s"
 
     with gr.Tab("Context"):

@@ -6,8 +6,8 @@ import gradio as gr
 from diffusion_core.pipeline import MAX_IMAGES
 from diffusion_core.word_classes import match_words
 
-from .common import (ANY, MAX_GUIDANCE, App, as_choice, as_float, as_text, explanation, gallery_of, guidance_slider,
-                     run_controls, sprite_gallery, unknown_note)
+from .common import (ANY, MAX_GUIDANCE, App, as_choice, as_float, as_text, describe_blend, explanation, gallery_of,
+                     guidance_slider, run_controls, sprite_gallery, unknown_note)
 
 EXPLANATION = r"""
 The prompt is split into words; each known word becomes a token id (unknown words are dropped and listed
@@ -60,7 +60,7 @@ def build(app: App) -> None:
         blend = {**match.blend, **({class_name: 1.0} if class_name != ANY else {})}
         out = app.run(progress, "sampling", num_images=num_images, blend=blend or None, style=style, sampler=sampler,
                       steps=steps, guidance=guidance if blend or style else 1.0, seed=seed)
-        drawn = " + ".join(f"{w:g}·{n}" for n, w in blend.items()) or "no class (no word matched)"
+        drawn = describe_blend(blend) or "no class (no word matched)"
         found = f" (matching emoji: {', '.join(match.examples)})" if match.examples else ""
         return (gallery_of(out.images), f"“{prompt}” → {drawn}{found}, guidance {guidance:g}: {out.seconds:.2f} s"
                 + unknown_note(match.unknown_words))
