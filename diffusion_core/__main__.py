@@ -1,5 +1,5 @@
-"""Command line: python -m diffusion_core {sample,animate,train,evaluate,export-dataset,build-data,describe-data,
-train-classifier}.
+"""Command line: python -m diffusion_core {sample,animate,train,distill,evaluate,export-dataset,build-data,
+describe-data,train-classifier}.
 
 Errors in what the user asked for (a ValueError) print one line and exit with status 2."""
 from __future__ import annotations
@@ -59,14 +59,27 @@ def cmd_animate(args) -> None:
     print(f"wrote {len(frames)} frames to {out} (left: x_t, right: predicted x_0)")
 
 
+def config_from(args, config_class):
+    """The JSON config file (or the defaults), with the command line's flags on top."""
+    cfg = config_class.from_json(args.config) if args.config else config_class()
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return dataclasses.replace(cfg, **{k: v for k, v in vars(args).items() if k in names and v is not None})
+
+
 def cmd_train(args) -> None:
     from .train import TrainConfig, train
 
-    cfg = TrainConfig.from_json(args.config) if args.config else TrainConfig()
-    overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)} and v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = config_from(args, TrainConfig)
     summary = train(cfg, resume=args.resume, show_progress=not args.quiet, export_only=args.export_only)
     print(f"trained to step {summary['step']}; checkpoint exported to {cfg.export_dir}")
+
+
+def cmd_distill(args) -> None:
+    from .distill import DistillConfig, distill
+
+    cfg = config_from(args, DistillConfig)
+    summary = distill(cfg, resume=args.resume, show_progress=not args.quiet)
+    print(f"distilled to step {summary['step']}; student exported to {cfg.export_dir}")
 
 
 def cmd_build_data(args) -> None:
@@ -147,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class", dest="classes", action="append", help="class name; repeat to cycle several")
     s.add_argument("--style", default=None, help="style name (emoji: noto, openmoji, twemoji, fluent, emojione)")
     s.add_argument("--prompt", default=None, help="text, e.g. 'red apple' (models trained with text)")
-    s.add_argument("--sampler", default=None, help="ddpm, ddim, dpmpp_2m or dpmpp_2m_sde (default: the checkpoint's)")
+    s.add_argument("--sampler", default=None, help="ddpm, ddim, dpmpp_2m, dpmpp_2m_sde or consistency (default: the checkpoint's)")
     s.add_argument("--steps", type=int, default=None, help="default: the checkpoint's default_sampling")
     s.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's default_sampling")
     s.add_argument("--guidance-interval", nargs="+", default=None, metavar="SIGMA",
@@ -186,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
                        ("min_lr_ratio", float)):
         t.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
     t.set_defaults(func=cmd_train)
+
+    di = sub.add_parser("distill", help="distil a teacher into a few-step student with guidance as an input "
+                        "(flags override the config file)")
+    di.add_argument("--config", help="JSON distillation config, e.g. configs/emoji32_fast.json")
+    di.add_argument("--resume", action="store_true", help="continue from out_dir/state.safetensors")
+    di.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name, kind in (("teacher", str), ("data", str), ("max_steps", int), ("batch_size", int), ("lr", float),
+                       ("out_dir", str), ("export_dir", str), ("checkpoint_every", int), ("log_every", int),
+                       ("precision", str), ("num_threads", int), ("seed", int), ("skeleton_steps", int),
+                       ("warmup_steps", int)):
+        di.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
+    di.set_defaults(func=cmd_distill)
 
     e = sub.add_parser("evaluate", help="measure sample quality (FD, KID, precision, recall, class accuracy, copies) "
                        "beside real data's values")

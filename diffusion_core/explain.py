@@ -42,6 +42,9 @@ def step_update(sampler: str, schedule: NoiseSchedule, steps: int, index: int) -
     elif sampler == "ddim":  # DDIM eq. 12, η = 0
         formula = (rf"{target} = \sqrt{{\bar\alpha_{{prev}}}}\,\hat x_0 + \sqrt{{1-\bar\alpha_{{prev}}}}\,\hat\epsilon"
                    rf" = {math.sqrt(a_prev):.3f}\,\hat x_0 + {math.sqrt(1 - a_prev):.3f}\,\hat\epsilon")
+    elif sampler == "consistency":  # Song et al. 2023, Algorithm 1: re-noise the clean guess
+        formula = (rf"{target} = \sqrt{{\bar\alpha_{{prev}}}}\,\hat x_0 + \sqrt{{1-\bar\alpha_{{prev}}}}\,z"
+                   rf" = {math.sqrt(a_prev):.3f}\,\hat x_0 + {math.sqrt(1 - a_prev):.3f}\,z")
     elif sampler == "ddpm":  # DDPM eq. 6-7 on the respaced chain
         beta = 1 - a / a_prev
         c0 = math.sqrt(a_prev) * beta / (1 - a)

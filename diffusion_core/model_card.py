@@ -50,6 +50,30 @@ def initial_weights_training(init_from: str | None) -> str:
     return f"\n### Before this run: how `{init_from}` was trained (from its card)\n{body}\n"
 
 
+def save_with_card(pipe, folder, card_for) -> Path:
+    """``pipe.save_pretrained(folder)`` with the card ``card_for(evaluation)``: the folder's evaluation
+    tables when they measured these very weights, else None, and then the stale tables are removed."""
+    evaluation = evaluation_of(Path(folder), weights_fingerprint(pipe.model.state_dict()))
+    folder = pipe.save_pretrained(folder, model_card=card_for(evaluation))
+    if evaluation is None:  # an evaluation of the weights this export replaced no longer applies
+        for name in (EVALUATION_FILE, EVALUATION_JSON):
+            (folder / name).unlink(missing_ok=True)
+    return folder
+
+
+def log_facts(log_path: Path, batch_size: int) -> tuple[float, float, float]:
+    """(wall seconds, images/s, final loss) of a training log. Wall time is summed over the logged
+    intervals, so it spans resumed runs (elapsed_s restarts at 0)."""
+    import pandas as pd
+
+    log = pd.read_csv(log_path) if Path(log_path).exists() else pd.DataFrame()
+    if not len(log):
+        return 0.0, 0.0, float("nan")
+    images_per_row = log["step"].diff().fillna(log["step"]) * batch_size
+    wall = float((images_per_row / log["images_per_s"]).sum())
+    return wall, float(log["images_per_s"].tail(20).median()), float(log["loss"].tail(10).mean())
+
+
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
@@ -68,14 +92,7 @@ def text_note(cfg) -> str:
 
 def training_card(cfg, step: int, log_path: Path, evaluation: str | None = None) -> str:
     """The card of an export at ``step``, with the evaluation tables of these weights if there are any."""
-    import pandas as pd
-
-    log = pd.read_csv(log_path) if Path(log_path).exists() else pd.DataFrame()
-    # Wall time summed over the logged intervals, so it spans resumed runs (elapsed_s restarts at 0).
-    images_per_row = log["step"].diff().fillna(log["step"]) * cfg.batch_size if len(log) else []
-    wall = float((images_per_row / log["images_per_s"]).sum()) if len(log) else 0.0
-    ips = float(log["images_per_s"].tail(20).median()) if len(log) else 0.0
-    loss = float(log["loss"].tail(10).mean()) if len(log) else float("nan")
+    wall, ips, loss = log_facts(log_path, cfg.batch_size)
     return f"""---
 license: cc-by-sa-4.0
 library_name: diffusion_core
@@ -125,5 +142,59 @@ from diffusion_core.pipeline import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained("checkpoints/{Path(cfg.export_dir).name}")
 out = pipe.generate(num_images=16, classes=["food_drink"], seed=0)   # sampler, steps, guidance: default_sampling
 {'out = pipe.generate(num_images=4, prompt="red apple", style="twemoji")' if cfg.text else ''}
+```
+"""
+
+
+def distillation_card(cfg, step: int, log_path: Path, evaluation: str | None = None) -> str:
+    """The card of a distilled student (distill.py): its teacher, objective, cost and measured quality."""
+    wall, ips, loss = log_facts(log_path, cfg.batch_size)
+    name, sampling = Path(cfg.export_dir).name, cfg.default_sampling
+    return f"""---
+license: cc-by-sa-4.0
+library_name: diffusion_core
+tags: [diffusion, consistency-distillation, guidance-distillation, emoji, pixel-art]
+---
+# {name}: `{cfg.teacher}` distilled to {sampling["steps"]} steps, guidance as an input
+
+A student of `{cfg.teacher}` (same U-Net, plus an embedding of the guidance strength w; it predicts v)
+trained by guided consistency distillation (Song et al. 2023, Algorithm 2; Luo et al. 2023; Meng et
+al. 2023): each step of the teacher's guided ODE, walked in {cfg.skeleton_steps} DDIM steps, must lead
+the student to the same clean picture. One network call per step serves any w in
+{list(cfg.guidance_range)} (the teacher needs two), and `generate` samples it by `default_sampling`
+in config.json: {sampling}, so callers need not know it is distilled.
+
+## Data
+`{cfg.data}`: the pictures the teacher was trained on (the project's emoji sprites, train split;
+licences in `assets/LICENSES.md`), noised to points on the teacher's paths. CC BY-SA 4.0, as its
+teacher.
+
+## Distillation
+```
+python -m diffusion_core distill --config configs/{Path(cfg.out_dir).name}.json --resume
+```
+| fact | value |
+| --- | --- |
+| teacher | `{cfg.teacher}` |
+| steps | {step} |
+| batch size | {cfg.batch_size} |
+| images seen | {step * cfg.batch_size:,} |
+| wall time (all logged runs) | {wall / 3600:.2f} h |
+| images/s (median, last rows) | {ips:.1f} |
+| final loss (pseudo-Huber, c = {cfg.huber_c}) | {loss:.4f} |
+| hardware (export) | {hardware()} |
+| precision | {cfg.precision} (bf16 autocast where native) |
+
+The log is `training_log.csv` beside this card; `samples.png` shows 8 samples per class at the
+default sampling, seed 0.
+
+## Evaluation
+{evaluation or NOT_EVALUATED}
+
+## Use
+```python
+from diffusion_core.pipeline import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained("checkpoints/{name}")
+out = pipe.generate(num_images=16, classes=["food_drink"], guidance=4.0, seed=0)   # {sampling["steps"]} calls
 ```
 """

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .samplers import DEFAULT_SAMPLER, SAMPLERS, sample
+from .samplers import DEFAULT_SAMPLER, SAMPLERS, check_sampling_args, sample
 from .schedule import NoiseSchedule
 from .text import VOCAB_NAME, Vocabulary
 from .unet import WEIGHTS_NAME, UNet, load_weights_strict
@@ -48,6 +48,18 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def call_model(model: UNet, x_t, t, context, guidance=None, bf16: bool = False) -> torch.Tensor:
+    """model(x_t, t, context[, tokens][, guidance]) from the sampler's packed context (class and style
+    weights, then token ids for a text model), under bf16 autocast (channels_last) when asked."""
+    tokens = None
+    if context is not None and context.shape[1] > model.context_dim:
+        context, tokens = context[:, :model.context_dim], context[:, model.context_dim:].round().long()
+    if bf16:
+        with torch.autocast(x_t.device.type, dtype=torch.bfloat16):
+            return model(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, guidance)
+    return model(x_t, t, context, tokens, guidance)
 
 
 @dataclass
@@ -188,27 +200,29 @@ class DiffusionPipeline:
         size = self.model.image_size
         x = torch.randn(batch, self.model.in_channels, size, size, device=self.device)
         t = torch.zeros(batch, dtype=torch.long, device=self.device)
+        w = torch.ones(batch, device=self.device) if self.guidance_distilled else None
         times = {}
         for dtype in ("float32", "bfloat16"):
             self.dtype = dtype
             self.model.to(memory_format=torch.channels_last if dtype == "bfloat16" else torch.contiguous_format)
-            self.denoise(x, t, None)  # warm-up
+            self.denoise(x, t, None, w)  # warm-up
             start = time.perf_counter()
-            self.denoise(x, t, None)
+            self.denoise(x, t, None, w)
             times[dtype] = time.perf_counter() - start
         return times["bfloat16"] < 0.9 * times["float32"]
 
+    @property
+    def guidance_distilled(self) -> bool:
+        """Whether the model takes the guidance strength as an input (a distilled student, distill.py):
+        then one call per step serves any w, and ``generate`` does not run two branches."""
+        return self.model.guidance_embedding
+
     @torch.no_grad()
-    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
         """The model as a denoiser callable, under bf16 autocast when chosen; returns float32. A
         context wider than the model's carries token ids after the class and style weights."""
-        tokens = None
-        if context is not None and context.shape[1] > self.model.context_dim:
-            context, tokens = context[:, :self.model.context_dim], context[:, self.model.context_dim:].round().long()
-        if self.dtype == "bfloat16":
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self.model(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens).float()
-        return self.model(x_t, t, context, tokens).float()
+        return call_model(self.model, x_t, t, context, guidance, bf16=self.dtype == "bfloat16").float()
 
     # ---- context -----------------------------------------------------------------------------
     def context_for(self, num_images: int, classes=None, blend=None, style=None,
@@ -291,9 +305,18 @@ class DiffusionPipeline:
             if callback is not None:
                 callback(step)
 
+        denoiser = self.denoise
+        if self.guidance_distilled:  # w goes into the network; the sampler sees a plain conditional model
+            if guidance_interval is not None:
+                raise ValueError("this model has guidance distilled into it (w is an input at every step); "
+                                 "guidance_interval does not apply to it")
+            check_sampling_args(self.schedule, (1, 1, 1, 1), sampler, steps, eta, guidance, None, self.prediction_type)
+            w = float(guidance)
+            denoiser = lambda x_t, t, c: self.denoise(x_t, t, c, torch.full((len(x_t),), w, device=x_t.device))  # noqa: E731
+            guidance = 1.0
         size = self.model.image_size
         start = time.perf_counter()
-        x0 = sample(self.denoise, self.schedule, (int(num_images), self.model.in_channels, size, size),
+        x0 = sample(denoiser, self.schedule, (int(num_images), self.model.in_channels, size, size),
                     sampler=sampler, steps=steps, eta=eta, guidance=guidance, context=context,
                     prediction_type=self.prediction_type, seed=int(seed), callback=on_step,
                     clip_x0=True, device=self.device, guidance_interval=guidance_interval)

@@ -39,8 +39,26 @@ from .unet import UNet
 LOG_FIELDS = ("step", "loss", "lr", "images_per_s", "elapsed_s")
 
 
+class JsonConfig:
+    """A dataclass config that round-trips through JSON and rejects settings it does not know."""
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike):
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read config {path}: {err}") from err
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     # data
     data: str = "emoji"                    # "emoji", "course:IMAGES.npy,LABELS.npy" or "folder:PATH"
     image_size: int = 32
@@ -84,20 +102,6 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 50
     num_threads: int = 0                   # torch CPU threads; 0 = torch's default
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
-        try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read training config {path}: {err}") from err
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
-        return cls(**values)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
 
     def unet_kwargs(self, context_dim: int, vocab_size: int = 0) -> dict:
         text = dict(vocab_size=vocab_size, text_dim=self.text_dim, text_layers=self.text_layers,
@@ -243,28 +247,114 @@ def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
     return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
 
 
+@dataclass
+class Processes:
+    """Where this process trains: its device, its rank among ``world`` DDP processes."""
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batch_size: int) -> slice:
+        """This process's share of a global batch."""
+        return slice(self.rank * batch_size // self.world, (self.rank + 1) * batch_size // self.world)
+
+
+def start_processes(cfg) -> Processes:
+    """The device, and under torchrun the process group (NCCL on GPUs, gloo on CPUs)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    procs = Processes(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        procs.rank, procs.world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            procs.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(procs.device)
+    if cfg.batch_size % procs.world:
+        raise ValueError(f"batch_size {cfg.batch_size} must divide evenly over {procs.world} processes")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if procs.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolutions
+    return procs
+
+
+def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, batch_loss, save, show_progress: bool = True) -> dict:
+    """The loop ``train`` and ``distill`` share: from ``step`` to cfg.max_steps, ``batch_loss(step, net)``
+    gives this process's loss on its share of the global batch (``net`` is the model, wrapped in
+    DistributedDataParallel under torchrun); AdamW with warm-up and cosine decay, gradient clipping,
+    the EMA update, a CSV log (``LOG_FIELDS``) and ``save(step)`` (state and export) every
+    cfg.checkpoint_every steps and at the end. Returns the last step and the last logged mean loss."""
+    out_dir = Path(cfg.out_dir)
+    bf16 = use_bf16(cfg, procs.device)
+    model.to(memory_format=torch.channels_last)
+    net = torch.nn.parallel.DistributedDataParallel(model) if procs.distributed else model
+    if procs.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(cfg.to_json())
+    log_path = out_dir / "log.csv"
+    if procs.is_main and (step == 0 or not log_path.exists()):
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(LOG_FIELDS)
+    if procs.is_main and step > 0:
+        truncate_log(log_path, step)
+
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (procs.is_main and show_progress), unit="step", dynamic_ncols=True)
+    losses, t_last, images_since, start_time = [], time.perf_counter(), 0, time.perf_counter()
+    while step < cfg.max_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = batch_loss(step, net)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        step += 1
+
+        loss_value = loss.detach()
+        if procs.distributed:
+            dist.all_reduce(loss_value)
+            loss_value /= procs.world
+        losses.append(loss_value.item())
+        images_since += cfg.batch_size
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            now = time.perf_counter()
+            ips = images_since / (now - t_last)
+            if procs.is_main:
+                with open(log_path, "a", newline="") as f:
+                    csv.writer(f).writerow([step, f"{np.mean(losses):.6f}", f"{learning_rate(step - 1, cfg):.3e}",
+                                            f"{ips:.1f}", f"{now - start_time:.1f}"])
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}", img_s=f"{ips:.0f}")
+            losses, t_last, images_since = [], now, 0
+        bar.update(1)
+        if procs.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
+            save(step)
+    bar.close()
+    if procs.distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"step": step, "final_loss": float(np.mean(losses)) if losses else None}
+
+
 def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, export_only: bool = False) -> dict:
     """Train (or resume) per ``cfg``; returns a summary. Under torchrun each process takes its share
     of every global batch, and gradients are averaged (DistributedDataParallel). ``export_only``
     writes the saved state's EMA weights to cfg.export_dir (card, sample grid) without training."""
     cfg.validate()
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if distributed:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-    else:
-        rank, world = 0, 1
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} must divide evenly over {world} processes")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolutions
-    is_main = rank == 0
+    procs = start_processes(cfg)
+    device = procs.device
     out_dir = Path(cfg.out_dir)
     state_path = out_dir / "state.safetensors"
 
@@ -286,35 +376,21 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         if not state_path.exists():
             raise ValueError(f"no training state at {state_path} to export")
         step = load_training_state(state_path, model, ema, optimizer)
-        folder = export(ema, cfg, data, step, out_dir, device, vocabulary) if is_main else None
+        folder = export(ema, cfg, data, step, out_dir, device, vocabulary) if procs.is_main else None
         return {"step": step, "export": str(folder)}
     if resume and state_path.exists():
         step = load_training_state(state_path, model, ema, optimizer)
     else:
-        if resume and is_main:
+        if resume and procs.is_main:
             print(f"no checkpoint at {state_path}; starting from step 0")
         if cfg.init_from:
             fresh = init_weights(model, cfg, data)
             ema.load_state_dict(model.state_dict())
-            if is_main and fresh:
+            if procs.is_main and fresh:
                 print(f"init_from {cfg.init_from}: {len(fresh)} tensors start fresh (new in this model), e.g. {fresh[:3]}")
-    bf16 = use_bf16(cfg, device)
-    model.to(memory_format=torch.channels_last)
-    net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(cfg.to_json())
-    log_path = out_dir / "log.csv"
-    if is_main and (step == 0 or not log_path.exists()):
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerow(LOG_FIELDS)
-    if is_main and step > 0:
-        truncate_log(log_path, step)
+    shard = procs.shard(cfg.batch_size)
 
-    shard = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (is_main and show_progress), unit="step", dynamic_ncols=True)
-    losses, t_last, images_since, start_time = [], time.perf_counter(), 0, time.perf_counter()
-    while step < cfg.max_steps:
+    def batch_loss(step: int, net) -> torch.Tensor:
         # The global batch comes from a generator seeded by (seed, step): the same on every process
         # and after a resume, so a DDP run sees exactly the batches of a single-process run.
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -337,46 +413,14 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
             prompts = [training_prompt(data.names[i], data.keywords[i], data.class_names[data.labels[i]], rng)
                        if kept else "" for i, kept in zip(batch.tolist(), keep_text.tolist())]
             tokens = vocabulary.encode_batch(prompts)[shard].to(device)
+        return diffusion_loss(net, schedule, x0.contiguous(memory_format=torch.channels_last), context, t,
+                              noise, cfg.prediction_type, tokens)
 
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion_loss(net, schedule, x0.contiguous(memory_format=torch.channels_last), context, t,
-                                  noise, cfg.prediction_type, tokens)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-        step += 1
+    def save(step: int) -> None:
+        save_training_state(state_path, model, ema, optimizer, step, cfg)
+        export(ema, cfg, data, step, out_dir, device, vocabulary)
 
-        loss_value = loss.detach()
-        if distributed:
-            dist.all_reduce(loss_value)
-            loss_value /= world
-        losses.append(loss_value.item())
-        images_since += cfg.batch_size
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            now = time.perf_counter()
-            ips = images_since / (now - t_last)
-            if is_main:
-                with open(log_path, "a", newline="") as f:
-                    csv.writer(f).writerow([step, f"{np.mean(losses):.6f}", f"{learning_rate(step - 1, cfg):.3e}",
-                                            f"{ips:.1f}", f"{now - start_time:.1f}"])
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}", img_s=f"{ips:.0f}")
-            losses, t_last, images_since = [], now, 0
-        bar.update(1)
-        if is_main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
-            save_training_state(state_path, model, ema, optimizer, step, cfg)
-            export(ema, cfg, data, step, out_dir, device, vocabulary)
-    bar.close()
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
-    return {"step": step, "final_loss": float(np.mean(losses)) if losses else None}
+    return run_optimisation(cfg, procs, model, ema, optimizer, step, batch_loss, save, show_progress)
 
 
 def truncate_log(log_path: Path, step: int) -> None:
@@ -392,7 +436,7 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
            vocabulary: Vocabulary | None = None) -> Path:
     """Write the EMA weights as a Hub-layout checkpoint (config.json, model.safetensors, model card,
     training log) to cfg.export_dir, and a sample grid (8 per class, drawn on ``device``) to out_dir."""
-    from .model_card import EVALUATION_FILE, EVALUATION_JSON, evaluation_of, training_card, weights_fingerprint
+    from .model_card import save_with_card, training_card
     from .viz import save_grid
 
     pipe = DiffusionPipeline(ema_copy(ema, cfg), NoiseSchedule(cfg.schedule, cfg.num_timesteps),
@@ -403,11 +447,7 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
     grid = pipe.generate(num_images=len(classes), classes=classes, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0, seed=0)
     pipe.model.cpu()  # the weights are saved from the CPU
     save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
-    evaluation = evaluation_of(Path(cfg.export_dir), weights_fingerprint(pipe.model.state_dict()))
-    folder = pipe.save_pretrained(cfg.export_dir, model_card=training_card(cfg, step, out_dir / "log.csv", evaluation))
-    if evaluation is None:  # an evaluation of the weights this export replaced no longer applies
-        for name in (EVALUATION_FILE, EVALUATION_JSON):
-            (folder / name).unlink(missing_ok=True)
+    folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: training_card(cfg, step, out_dir / "log.csv", evaluation))
     pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}")  # every export kept, for learning curves
     save_grid(grid.images, folder / "samples.png", nrow=per_class)
     import shutil

@@ -10,6 +10,10 @@ blend, or all zeros for "no context") embedded by an MLP and added to the time e
 With ``vocab_size`` > 0 the U-Net also reads a text prompt (token ids, see text.py): its own text
 encoder's token features enter by cross-attention after each self-attention (Rombach et al. 2022,
 sec. 3.3), and its first token's feature is added to the time embedding (Nichol et al. 2022, GLIDE).
+
+With ``guidance_embedding`` the U-Net also takes the guidance strength w as an input, embedded like
+t and added to the time embedding (Meng et al. 2023, "On Distillation of Guided Diffusion Models",
+sec. 4.1): a guidance-distilled student computes in one call what the teacher needs two for.
 """
 from __future__ import annotations
 
@@ -32,6 +36,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+def embed_guidance(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """w's embedding: the sinusoids of t at 100·w, so guidance 0..10 spans what timesteps 0..1000 span."""
+    return timestep_embedding(100.0 * w.float(), dim)
 
 
 class ResBlock(nn.Module):
@@ -149,6 +158,7 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         text_dim: int = 128,
         text_layers: int = 2,
         max_tokens: int = 16,
+        guidance_embedding: bool = False,
     ):
         super().__init__()
         if image_size % (2 ** (len(channel_mults) - 1)):
@@ -159,6 +169,11 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.context_mlp = nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.vocab_size, self.max_tokens = vocab_size, max_tokens
+        self.guidance_embedding = guidance_embedding
+        if guidance_embedding:  # zero-started: a student made from its teacher first draws what w = 1 draws
+            self.guidance_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            nn.init.zeros_(self.guidance_mlp[-1].weight)
+            nn.init.zeros_(self.guidance_mlp[-1].bias)
         if vocab_size:
             self.text_encoder = TextEncoder(vocab_size, text_dim, text_layers, num_heads, max_tokens)
             self.text_mlp = nn.Sequential(nn.Linear(text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -221,7 +236,7 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         return model
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
-                tokens: torch.Tensor | None = None) -> torch.Tensor:
+                tokens: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2] != self.image_size or x.shape[3] != self.image_size:
             raise ValueError(f"x_t must have shape (N, {self.in_channels}, {self.image_size}, {self.image_size}), "
                              f"got {tuple(x.shape)}")
@@ -230,6 +245,12 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         elif context.dim() != 2 or context.shape != (x.shape[0], self.context_dim):
             raise ValueError(f"context must have shape (N={x.shape[0]}, {self.context_dim}), got {tuple(context.shape)}")
         emb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype)) + self.context_mlp(context.to(x.dtype))
+        if self.guidance_embedding:
+            if guidance is None or guidance.shape != (x.shape[0],):
+                raise ValueError(f"this guidance-distilled model needs guidance: a float tensor of shape (N={x.shape[0]},)")
+            emb = emb + self.guidance_mlp(embed_guidance(guidance, self.base_channels).to(x.dtype))
+        elif guidance is not None:
+            raise ValueError("this model takes no guidance input (guidance_embedding False); guide it with two calls")
         text = None
         if self.vocab_size:
             if tokens is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,6 +60,17 @@ def tiny_train_config(tmp_path, name, **overrides) -> TrainConfig:
                   out_dir=str(tmp_path / name / "run"), export_dir=str(tmp_path / name / "export"))
     values.update(overrides)
     return TrainConfig(**values)
+
+
+@pytest.fixture
+def course_files(tmp_path):
+    """A tiny data set in the course's format: uint8 (N,16,16,3) sprites and one-hot (N,5) labels."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(24, 16, 16, 3), dtype=np.uint8)
+    labels = np.eye(5, dtype=np.float64)[rng.integers(0, 5, size=24)]
+    np.save(tmp_path / "sprites.npy", images)
+    np.save(tmp_path / "labels.npy", labels)
+    return f"course:{tmp_path / 'sprites.npy'},{tmp_path / 'labels.npy'}"
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffusion_core.explain import step_update
-from diffusion_core.samplers import SAMPLERS, ddim_step, ddpm_step, dpmpp_2m_sde_step, dpmpp_2m_step, sample
+from diffusion_core.samplers import SAMPLERS, consistency_step, ddim_step, ddpm_step, dpmpp_2m_sde_step, dpmpp_2m_step, sample
 
 from conftest import GaussianDenoiser
 
@@ -89,6 +89,22 @@ def test_one_point_data_set_is_returned_exactly(schedule, sampler):
     steps = 1000 if sampler == "ddpm" else 10
     x = sample(GaussianDenoiser(schedule, mu=0.25, s=0.0), schedule, (2, 3, 4, 4), sampler=sampler, steps=steps)
     assert torch.allclose(x, torch.full_like(x, 0.25), atol=1e-4)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_consistency_sampling_with_the_exact_consistency_function_draws_the_data_in_any_step_count(schedule, steps):
+    """For N(mu, s²) data the probability-flow ODE maps x_t to mu + s(x_t - √ᾱ mu)/√(ᾱ s² + 1 - ᾱ): a
+    perfect consistency function. Re-noising its answer (Song et al. 2023, Algorithm 1) keeps every
+    x_t exactly on the marginals, so even one step draws the data distribution."""
+    mu, s = 0.2, 0.4
+
+    def consistency_model(x_t, t, context):  # f as an ε-prediction: ε = (x_t - √ᾱ f) / √(1-ᾱ)
+        abar = schedule.alphas_cumprod[t].to(x_t.dtype).view(-1, 1, 1, 1)
+        f = mu + s * (x_t - abar.sqrt() * mu) / (abar * s**2 + 1 - abar).sqrt()
+        return (x_t - abar.sqrt() * f) / (1 - abar).sqrt()
+
+    mean, std = moments(sample(consistency_model, schedule, SHAPE, sampler="consistency", steps=steps, seed=1))
+    assert mean == pytest.approx(mu, abs=0.02) and std == pytest.approx(s, rel=0.03)
 
 
 def test_ddim_with_eta_one_still_matches_the_data_distribution(schedule):
@@ -180,7 +196,7 @@ def test_bad_sampling_arguments_raise_value_errors_naming_the_argument(schedule,
         sample(GaussianDenoiser(schedule), schedule, (2, 1, 4, 4), **kwargs)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "consistency"])
 def test_the_explained_update_has_the_coefficients_the_sampler_uses(schedule, sampler):
     """step_update's numbers are the step functions' own: run one step on x_t = 1, x̂_0 = 0 (then
     x_t = 0, x̂_0 = 1) with no noise and find the results in the formula."""
@@ -197,11 +213,15 @@ def test_the_explained_update_has_the_coefficients_the_sampler_uses(schedule, sa
             return ddim_step(x_t, x0, eps, a, a_prev, 0.0, zero).item()
         if sampler == "ddpm":
             return ddpm_step(x_t, x0, a, a_prev, zero).item()
+        if sampler == "consistency":
+            return consistency_step(x0, a_prev, zero).item()
         if sampler == "dpmpp_2m":
             return dpmpp_2m_step(x_t, x0, None, a, a_prev, None)[0].item()
         return dpmpp_2m_sde_step(x_t, x0, None, a, a_prev, None, zero)[0].item()
 
-    if sampler == "ddim":  # written in x̂_0 and ε̂: check the x̂_0 coefficient (ε̂ = 0 when x_t = √ᾱ x̂_0)
+    if sampler == "consistency":  # x_t does not enter: check the x̂_0 coefficient
+        assert f"{step(0.0, 1.0):.3f}\\,\\hat x_0" in update.formula and step(1.0, 0.0) == 0.0
+    elif sampler == "ddim":  # written in x̂_0 and ε̂: check the x̂_0 coefficient (ε̂ = 0 when x_t = √ᾱ x̂_0)
         assert f"{math.sqrt(a_prev):.3f}" in update.formula and f"{math.sqrt(1 - a_prev):.3f}" in update.formula
     else:
         assert f"{step(1.0, 0.0):.3f}\\,x_{{{update.t}}}" in update.formula

@@ -1,0 +1,238 @@
+"""Distillation: a student that draws in a few steps what its teacher draws in twenty, at any
+guidance strength, in one network call per step.
+
+Guided consistency distillation (Song et al. 2023, "Consistency Models", Algorithm 2; with the
+guidance strength w as an input and the teacher's guided ODE step as the target, as in Luo et al.
+2023, "Latent Consistency Models", Algorithm 1, and Meng et al. 2023, "On Distillation of Guided
+Diffusion Models"). For a training picture x_0 and a pair of neighbouring timesteps t > s of an
+N-point skeleton of the schedule:
+
+    x_t   = √ᾱ_t x_0 + √(1-ᾱ_t) ε                                  (the forward process)
+    ε̂_w   = ε̂(x_t, ∅) + w (ε̂(x_t, c) - ε̂(x_t, ∅))                 (the teacher, guided, two branches)
+    x_s   = √ᾱ_s x̂_0 + √(1-ᾱ_s) ε̂_w                                (one DDIM step of the teacher's ODE)
+    L     = d( f_θ(x_t, t, c, w),  f_θ⁻(x_s, s, c, w) )              (θ⁻: the EMA of θ, no gradient)
+
+with f_θ the student's clean-image estimate x̂_0 and d the pseudo-Huber distance (Song & Dhariwal
+2023, "Improved Techniques for Training Consistency Models", sec. 3.3). At the last skeleton point
+the target is the teacher's own x̂_0 (the boundary condition f(x, 0) = x). Trained so, f maps every
+point of an ODE path to the path's end, and the multistep consistency sampler
+(``samplers.consistency_step``) needs only a handful of steps.
+
+The student predicts v (Salimans & Ho 2022, sec. 4), not ε: x̂_0 = √ᾱ_t x_t - √(1-ᾱ_t) v̂ stays
+well-conditioned at the noisiest step, where an ε-model's x̂_0 = (x_t - √(1-ᾱ_t) ε̂)/√ᾱ_t divides by
+√ᾱ_T ≈ 5e-5 (cosine schedule). It starts from the teacher's weights, plus a zero-started embedding of w.
+
+The loop is ``train.run_optimisation``: AdamW, warm-up and cosine decay, EMA, bf16 where native,
+atomic checkpoints with exact resume, DDP under torchrun, the CSV log.
+
+    python -m diffusion_core distill --config configs/emoji32_fast.json [--max-steps N] [--resume]
+"""
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data import load_dataset
+from .pipeline import DiffusionPipeline
+from .schedule import NoiseSchedule
+from .train import JsonConfig, load_training_state, run_optimisation, save_training_state, start_processes, training_prompt
+from .unet import UNet
+
+
+@dataclass
+class DistillConfig(JsonConfig):
+    teacher: str = "checkpoints/emoji32"   # checkpoint folder or Hub id
+    data: str = "emoji"                    # pictures to noise (same classes as the teacher's labels)
+    # the consistency objective
+    skeleton_steps: int = 25               # N: the teacher's ODE is walked in N DDIM steps
+    guidance_range: list[float] = field(default_factory=lambda: [1.0, 8.0])  # w ~ U[lo, hi] per picture
+    huber_c: float = 0.03                  # pseudo-Huber c = 0.00054·√d for d = 3·32·32 (iCT, sec. 3.3)
+    context_dropout: float = 0.1           # p of the empty condition (the teacher unguided)
+    style_dropout: float = 0.3
+    text_dropout: float = 0.15             # text teachers only
+    # what the student's config.json says about sampling it
+    default_sampling: dict = field(default_factory=lambda: {"sampler": "consistency", "steps": 4, "guidance": 5.0})
+    # optimisation (as in TrainConfig)
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.95                # θ⁻, the target network, also the exported weights (as in LCM)
+    precision: str = "auto"
+    seed: int = 0
+    out_dir: str = "runs/emoji32_fast"
+    export_dir: str = "checkpoints/emoji32_fast"
+    checkpoint_every: int = 100
+    log_every: int = 10
+    num_threads: int = 0
+
+    def validate(self) -> None:
+        lo, hi = self.guidance_range
+        checks = [
+            (self.skeleton_steps >= 2, "skeleton_steps must be >= 2"),
+            (0 <= lo <= hi, "guidance_range must be [lo, hi] with 0 <= lo <= hi"),
+            (self.huber_c > 0, "huber_c must be > 0"),
+            (self.batch_size >= 1 and self.max_steps >= 1 and self.lr > 0, "batch_size, max_steps and lr must be positive"),
+            (all(0 <= p < 1 for p in (self.context_dropout, self.style_dropout, self.text_dropout, self.ema_decay)),
+             "dropouts and ema_decay must be in [0, 1)"),
+            (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
+            (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def student_of(teacher: DiffusionPipeline) -> UNet:
+    """The teacher's U-Net with a guidance input, starting from the teacher's weights."""
+    student = UNet(**{**teacher.model._hub_mixin_config, "guidance_embedding": True})
+    missing, unexpected = student.load_state_dict(teacher.model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("guidance_mlp.") for k in missing):
+        raise ValueError(f"teacher and student differ beyond the guidance input: {missing + unexpected}")
+    return student
+
+
+def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
+    """d(a, b) = √(‖a - b‖² + c²) - c per picture (Song & Dhariwal 2023, eq. 9), averaged."""
+    return (((a - b) ** 2).flatten(1).sum(1) + c**2).sqrt().sub(c).mean()
+
+
+def x0_from_v(v: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """x̂_0 = √ᾱ x_t - √(1-ᾱ) v̂ (Salimans & Ho 2022, sec. 4), ᾱ per picture."""
+    a = alpha_bar.view(-1, 1, 1, 1)
+    return a.sqrt() * x_t - (1 - a).sqrt() * v
+
+
+@torch.no_grad()
+def teacher_ode_step(teacher: UNet, x_t, t, context, tokens, w, alpha_bar_t, alpha_bar_s):
+    """One DDIM step (Song et al. 2021, eq. 12, η = 0) of the guided teacher from t to s, with x̂_0
+    clipped to the data range as the teacher's sampler does; returns (x_s, x̂_0). The unconditional
+    branch gets no context and no text; pictures whose condition is empty go unguided."""
+    both_tokens = None if tokens is None else torch.cat([tokens, torch.zeros_like(tokens)])
+    out = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, torch.zeros_like(context)]),
+                  both_tokens).float()
+    cond, uncond = out.chunk(2)
+    eps = uncond + w.view(-1, 1, 1, 1) * (cond - uncond)
+    a_t, a_s = alpha_bar_t.view(-1, 1, 1, 1), alpha_bar_s.view(-1, 1, 1, 1)
+    x0 = ((x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)  # as samplers.predict_x0_and_eps(clip_x0=True)
+    eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps, x0
+
+
+def teacher_columns(teacher: DiffusionPipeline, data) -> torch.Tensor:
+    """(data columns, teacher columns) 0/1 matrix: the data's class and style columns in the teacher's
+    order, matched by name (styles the teacher does not know are left out)."""
+    if list(data.class_names) != teacher.labels:
+        raise ValueError(f"the data's classes {list(data.class_names)} are not the teacher's {teacher.labels}")
+    data_columns = [*data.class_names, *(f"style:{s}" for s in data.style_names)]
+    columns = [*teacher.labels, *(f"style:{s}" for s in teacher.styles)]
+    mapping = torch.zeros(len(data_columns), len(columns))
+    for j, name in enumerate(columns):
+        if name in data_columns:
+            mapping[data_columns.index(name), j] = 1.0
+    return mapping
+
+
+def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True) -> dict:
+    """Distil cfg.teacher into a few-step, guidance-conditioned student (or resume); returns a summary."""
+    cfg.validate()
+    procs = start_processes(cfg)
+    device = procs.device
+    teacher = DiffusionPipeline.from_pretrained(cfg.teacher, device=device)
+    if teacher.guidance_distilled:
+        raise ValueError(f"{cfg.teacher} is already a distilled student; distil its teacher instead")
+    if teacher.prediction_type != "epsilon":
+        raise ValueError("the teacher must predict ε (prediction_type 'epsilon')")
+    data = load_dataset(cfg.data, teacher.model.image_size)
+    images, data_contexts = data.to_tensors()
+    images, contexts = images.to(device), (data_contexts @ teacher_columns(teacher, data)).to(device)
+    num_classes = len(teacher.labels)
+    schedule = teacher.schedule
+    alphas_cumprod = schedule.alphas_cumprod.float().to(device)
+    skeleton = schedule.respace(cfg.skeleton_steps).to(device)
+
+    torch.manual_seed(cfg.seed)
+    model = student_of(teacher).to(device)
+    ema = student_of(teacher).to(device)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    teacher.model.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out_dir = Path(cfg.out_dir)
+    state_path = out_dir / "state.safetensors"
+    step = 0
+    if resume and state_path.exists():
+        step = load_training_state(state_path, model, ema, optimizer)
+    elif resume and procs.is_main:
+        print(f"no checkpoint at {state_path}; starting from step 0")
+    shard = procs.shard(cfg.batch_size)
+    lo, hi = cfg.guidance_range
+
+    def batch_loss(step: int, net) -> torch.Tensor:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # same batches after a resume, under DDP
+        n = cfg.batch_size
+        batch = torch.randint(len(images), (n,), generator=g)
+        k = torch.randint(cfg.skeleton_steps, (n,), generator=g)[shard].to(device)
+        noise = torch.randn((n, *images.shape[1:]), generator=g)[shard].to(device)
+        w = (lo + (hi - lo) * torch.rand(n, generator=g))[shard].to(device)
+        keep = (torch.rand(n, generator=g) >= cfg.context_dropout)[shard].to(device)
+        keep_style = (torch.rand(n, generator=g) >= cfg.style_dropout)[shard].to(device)
+        keep_text = torch.rand(n, generator=g) >= cfg.text_dropout
+        idx = batch[shard].to(device)
+        x0, context = images[idx], contexts[idx] * keep[:, None]
+        context[:, num_classes:] *= keep_style[:, None]
+        tokens = None
+        if teacher.vocabulary is not None:
+            rng = random.Random(cfg.seed * 1_000_003 + step)
+            prompts = [training_prompt(data.names[i], data.keywords[i], data.class_names[data.labels[i]], rng)
+                       if kept else "" for i, kept in zip(batch.tolist(), keep_text.tolist())]
+            tokens = teacher.vocabulary.encode_batch(prompts)[shard].to(device)
+
+        t = skeleton[k]
+        last = k == cfg.skeleton_steps - 1
+        s = skeleton[(k + 1).clamp(max=cfg.skeleton_steps - 1)]
+        a_t = alphas_cumprod[t]
+        a_s = torch.where(last, torch.ones_like(a_t), alphas_cumprod[s])
+        x_t = schedule.add_noise(x0, noise, t)
+        x_s, teacher_x0 = teacher_ode_step(teacher.model, x_t, t, context, tokens, w, a_t, a_s)
+        with torch.no_grad():
+            target = x0_from_v(ema(x_s, s, context, tokens, w).float(), x_s, a_s)
+            target = torch.where(last.view(-1, 1, 1, 1), teacher_x0, target)
+        v = net(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, w).float()
+        return pseudo_huber(x0_from_v(v, x_t, a_t), target, cfg.huber_c)
+
+    def save(step: int) -> None:
+        save_training_state(state_path, model, ema, optimizer, step, cfg)
+        export_student(ema, teacher, cfg, step)
+
+    return run_optimisation(cfg, procs, model, ema, optimizer, step, batch_loss, save, show_progress)
+
+
+def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, step: int) -> Path:
+    """The EMA student as a checkpoint folder that ``DiffusionPipeline.from_pretrained`` loads like any
+    other (config.json says it predicts v, takes w and samples by ``default_sampling``), with its
+    card, the distillation log and a sample grid (8 per class at the default sampling)."""
+    from .model_card import distillation_card, save_with_card
+    from .viz import save_grid
+
+    student = UNet(**ema._hub_mixin_config)
+    student.load_state_dict({k: v.detach().float().cpu() for k, v in ema.state_dict().items()})
+    pipe = DiffusionPipeline(student, NoiseSchedule(teacher.schedule.kind, teacher.schedule.num_timesteps),
+                             teacher.labels, teacher.styles, "v", device="cpu", vocabulary=teacher.vocabulary,
+                             default_sampling=cfg.default_sampling)
+    out_dir = Path(cfg.out_dir)
+    per_class = 8
+    grid = pipe.generate(num_images=per_class * len(pipe.labels),
+                         classes=[name for name in pipe.labels for _ in range(per_class)], seed=0)
+    save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
+    folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: distillation_card(cfg, step, out_dir / "log.csv", evaluation))
+    save_grid(grid.images, folder / "samples.png", nrow=per_class)
+    shutil.copy2(out_dir / "log.csv", folder / "training_log.csv")
+    return folder

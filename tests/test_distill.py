@@ -1,0 +1,128 @@
+"""Distillation: the student starts as its teacher, learns the teacher's guided ODE, resumes exactly,
+and ships as a checkpoint that samples itself in a few single-branch steps."""
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusion_core.__main__ import main
+from diffusion_core.distill import DistillConfig, distill, pseudo_huber, student_of, teacher_ode_step
+from diffusion_core.pipeline import DiffusionPipeline
+from diffusion_core.samplers import ddim_step
+from diffusion_core.schedule import NoiseSchedule
+from diffusion_core.unet import UNet
+
+from conftest import TINY_UNET
+
+COURSE_LABELS = ["hero", "non-hero", "food", "spell", "side-facing"]
+
+
+@pytest.fixture
+def teacher_dir(tmp_path):
+    """A tiny ε-teacher with the course data's five classes, saved as a checkpoint folder."""
+    torch.manual_seed(0)
+    model = UNet(**TINY_UNET)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pipe = DiffusionPipeline(model, NoiseSchedule("cosine", 50), COURSE_LABELS, [], device="cpu")
+    return pipe.save_pretrained(tmp_path / "teacher")
+
+
+def tiny_distill_config(teacher_dir, data, tmp_path, name, **overrides) -> DistillConfig:
+    values = dict(teacher=str(teacher_dir), data=data, skeleton_steps=5, batch_size=6, max_steps=4, warmup_steps=2,
+                  checkpoint_every=2, log_every=1, precision="fp32", out_dir=str(tmp_path / name / "run"),
+                  export_dir=str(tmp_path / name / "export"))
+    return DistillConfig(**{**values, **overrides})
+
+
+def test_the_student_starts_as_its_teacher_whatever_w(teacher_dir):
+    teacher = DiffusionPipeline.from_pretrained(teacher_dir, device="cpu")
+    student = student_of(teacher)
+    x, t, c = torch.randn(3, 3, 16, 16), torch.tensor([3, 20, 49]), torch.eye(5)[:3]
+    expected = teacher.model(x, t, c)
+    for w in (0.0, 1.0, 7.5):
+        assert torch.equal(student(x, t, c, guidance=torch.full((3,), w)), expected)
+    with pytest.raises(ValueError, match="needs guidance"):
+        student(x, t, c)
+    with pytest.raises(ValueError, match="takes no guidance input"):
+        teacher.model(x, t, c, guidance=torch.ones(3))
+
+
+def test_the_teachers_step_is_the_guided_ddim_step_of_the_sampler(teacher_dir):
+    teacher = DiffusionPipeline.from_pretrained(teacher_dir, device="cpu").model
+    schedule = NoiseSchedule("cosine", 50)
+    abar = schedule.alphas_cumprod.float()
+    x_t, context = torch.randn(2, 3, 16, 16), torch.eye(5)[:2]
+    t, s, w = torch.tensor([30, 30]), torch.tensor([20, 20]), torch.tensor([3.0, 3.0])
+    x_s, x0 = teacher_ode_step(teacher, x_t, t, context, None, w, abar[t], abar[s])
+    with torch.no_grad():
+        eps = teacher(x_t, t, torch.zeros_like(context)) + 3.0 * (teacher(x_t, t, context) - teacher(x_t, t, torch.zeros_like(context)))
+    a, a_prev = abar[30].item(), abar[20].item()
+    x0_expected = ((x_t - math.sqrt(1 - a) * eps) / math.sqrt(a)).clamp(-1, 1)
+    eps = (x_t - math.sqrt(a) * x0_expected) / math.sqrt(1 - a)
+    assert torch.allclose(x0, x0_expected, atol=1e-5)
+    assert torch.allclose(x_s, ddim_step(x_t, x0_expected, eps, a, a_prev, 0.0, None), atol=1e-5)
+
+
+def test_pseudo_huber_is_zero_for_equal_pictures_and_grows_like_the_distance():
+    a = torch.zeros(2, 3, 4, 4)
+    assert pseudo_huber(a, a, 0.03).item() == 0.0
+    far = torch.full_like(a, 1.0)  # ‖a - b‖ = √48 per picture
+    assert pseudo_huber(far, a, 0.03).item() == pytest.approx(math.sqrt(48) - 0.03, rel=1e-3)
+    near = torch.full_like(a, 1e-4)  # ≈ ‖d‖²/(2c) for small d
+    assert pseudo_huber(near, a, 0.03).item() == pytest.approx(48e-8 / 0.06, rel=1e-2)
+
+
+def test_distillation_ships_a_student_that_samples_itself_in_one_call_per_step(teacher_dir, course_files, tmp_path):
+    cfg = tiny_distill_config(teacher_dir, course_files, tmp_path, "a")
+    distill(cfg, show_progress=False)
+    log = pd.read_csv(Path(cfg.out_dir) / "log.csv")
+    assert log["step"].tolist() == [1, 2, 3, 4] and log["loss"].notna().all()
+    pipe = DiffusionPipeline.from_pretrained(cfg.export_dir, device="cpu")
+    assert pipe.guidance_distilled and pipe.prediction_type == "v" and pipe.labels == COURSE_LABELS
+    assert pipe.default_sampling == {"sampler": "consistency", "steps": 4, "guidance": 5.0}
+    calls = []
+    forward = pipe.model.forward
+    pipe.model.forward = lambda x, t, c=None, tok=None, g=None: calls.append((len(x), g)) or forward(x, t, c, tok, g)
+    out = pipe.generate(num_images=3, classes=["food"], seed=0)
+    assert out.images.shape == (3, 16, 16, 3) and len(calls) == 4
+    assert all(n == 3 and torch.equal(g, torch.full((3,), 5.0)) for n, g in calls)  # one branch, w as input
+    weak = pipe.generate(num_images=3, classes=["food"], guidance=1.0, seed=0)
+    assert not (weak.images == out.images).all()  # w changes the pictures
+    with pytest.raises(ValueError, match="guidance_interval does not apply"):
+        pipe.generate(num_images=1, classes=["food"], guidance_interval=(0.5, 5.0))
+    with pytest.raises(ValueError, match="guidance must be a finite number"):
+        pipe.generate(num_images=1, classes=["food"], guidance=float("nan"))
+    card = (Path(cfg.export_dir) / "README.md").read_text()
+    assert f"`{teacher_dir}`" in card and "| images seen | 24 |" in card and "configs/run.json" in card
+    assert (Path(cfg.export_dir) / "samples.png").exists() and (Path(cfg.export_dir) / "training_log.csv").exists()
+
+
+def test_distillation_resumes_exactly_where_it_stopped(teacher_dir, course_files, tmp_path):
+    distill(tiny_distill_config(teacher_dir, course_files, tmp_path, "straight"), show_progress=False)
+    distill(tiny_distill_config(teacher_dir, course_files, tmp_path, "split", max_steps=2), show_progress=False)
+    distill(tiny_distill_config(teacher_dir, course_files, tmp_path, "split"), resume=True, show_progress=False)
+    a, b = (load_file(tmp_path / name / "run" / "state.safetensors") for name in ("straight", "split"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng.")), "resumed weights differ"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--teacher", "no/such/folder/x"], "model must be a checkpoint folder or a Hub repo id"),
+    (["--skeleton-steps", "1"], "skeleton_steps must be >= 2"),
+])
+def test_bad_distill_arguments_print_the_message_and_exit_non_zero(args, message, tmp_path, capsys):
+    code = main(["distill", "--quiet", "--out-dir", str(tmp_path / "r"), "--export-dir", str(tmp_path / "e"), *args])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_a_student_cannot_be_distilled_again(teacher_dir, course_files, tmp_path):
+    cfg = tiny_distill_config(teacher_dir, course_files, tmp_path, "a", max_steps=1, checkpoint_every=1)
+    distill(cfg, show_progress=False)
+    again = tiny_distill_config(cfg.export_dir, course_files, tmp_path, "b")
+    with pytest.raises(ValueError, match="already a distilled student"):
+        distill(again, show_progress=False)
