@@ -5,7 +5,9 @@ diffusion_core.pipeline.DiffusionPipeline, each tab is a module of ui/).
 
 The weights come from --model or $HF_MODEL_ID (a Hub repo id or a folder), by default the shipped
 checkpoints/emoji32. If they cannot be had (no network, unknown repo), the app falls back to the
-shipped checkpoint and says so on the page.
+shipped checkpoint and says so on the page. The fast model (a distilled student of the main one, for
+the live redraws of the Context and Prompt tabs) comes from --fast-model or $HF_FAST_MODEL_ID, by
+default the shipped checkpoints/emoji32_fast beside the shipped emoji32; without one those controls hide.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ui import about, animation, common, compare, context, export, forward, gene
 
 ROOT = Path(__file__).resolve().parent
 SHIPPED_MODEL = ROOT / "checkpoints" / "emoji32"
+SHIPPED_FAST_MODEL = ROOT / "checkpoints" / "emoji32_fast"
 # One sampling request runs at a time (the network already uses every core; requests batched together
 # are no faster on a CPU: benchmarks/app_load.py). The queue holds a class of students and then some:
 # at the default request's measured 3.6 s (2 cores with bf16) to 15 s (2 cores, AVX2, fp32) the 100th in
@@ -43,13 +46,32 @@ def load_pipeline(model: str | None) -> tuple[DiffusionPipeline, str]:
                       f"`checkpoints/emoji32` instead.")
 
 
-def build_app(pipe: DiffusionPipeline, source_note: str) -> gr.Blocks:
-    app = common.App(pipe, source_note)
+def load_fast_pipeline(fast_model: str | None, pipe: DiffusionPipeline) -> tuple[DiffusionPipeline | None, str]:
+    """The distilled student that serves the live redraws, and a note; None when there is none that
+    draws what ``pipe`` draws (same classes, styles and text, guidance as an input)."""
+    if fast_model is None:
+        if pipe.folder is None or Path(pipe.folder).resolve() != SHIPPED_MODEL.resolve() or not SHIPPED_FAST_MODEL.is_dir():
+            return None, "No fast model."
+        fast_model = str(SHIPPED_FAST_MODEL)
+    try:
+        fast = DiffusionPipeline.from_pretrained(fast_model, dtype="auto")
+    except ValueError as err:
+        return None, f"⚠️ Could not load the fast model `{fast_model}` ({err}); live redraws are off."
+    if not fast.guidance_distilled or (fast.labels, fast.styles) != (pipe.labels, pipe.styles) \
+            or (fast.vocabulary is None) != (pipe.vocabulary is None):
+        return None, f"⚠️ `{fast_model}` is not a distilled student of this model's classes and styles; live redraws are off."
+    return fast, f"Fast model: `{fast_model}`."
+
+
+def build_app(pipe: DiffusionPipeline, source_note: str, fast: DiffusionPipeline | None = None,
+              fast_note: str = "") -> gr.Blocks:
+    app = common.App(pipe, source_note, fast)
     with gr.Blocks(title="Watch a diffusion model draw") as demo:
         gr.Markdown("# Watch a diffusion model draw\nA small U-Net turns noise into 32x32 emoji sprites. "
                     "Built on `diffusion_core`, for learners of *How Diffusion Models Work*.")
-        if source_note.startswith("⚠️"):
-            gr.Markdown(source_note)
+        for note in (source_note, fast_note):
+            if note.startswith("⚠️"):
+                gr.Markdown(note)
         for tab in TABS:
             tab.build(app)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
@@ -59,12 +81,15 @@ def build_app(pipe: DiffusionPipeline, source_note: str) -> gr.Blocks:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Watch a diffusion model draw (Gradio app).")
     parser.add_argument("--model", default=os.environ.get("HF_MODEL_ID"), help="Hub repo id or checkpoint folder")
+    parser.add_argument("--fast-model", default=os.environ.get("HF_FAST_MODEL_ID"),
+                        help="distilled student for live redraws (default: the shipped one, with the shipped model)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args()
     pipe, note = load_pipeline(args.model)
-    print(note.replace("`", ""), f"Device {pipe.device}, precision {pipe.dtype}.", flush=True)
-    build_app(pipe, note).launch(server_name=args.host, server_port=args.port, css=CSS, show_error=True)
+    fast, fast_note = load_fast_pipeline(args.fast_model, pipe)
+    print(note.replace("`", ""), fast_note.replace("`", ""), f"Device {pipe.device}, precision {pipe.dtype}.", flush=True)
+    build_app(pipe, note, fast, fast_note).launch(server_name=args.host, server_port=args.port, css=CSS, show_error=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Sampling speed of the default 32x32 U-Net on this machine.
 
-    python benchmarks/sampling_speed.py [--model checkpoints/emoji32] [--batch 16] [--repeats 2]
+    python benchmarks/sampling_speed.py [--model checkpoints/emoji32] [--student checkpoints/emoji32_fast]
+                                        [--batch 16] [--repeats 2]
 
 Prints a markdown table: images/s for each sampler at 10/25/50 steps, with and without guidance,
 in fp32 and (where the CPU or GPU has it natively) bf16; the share of sampling time spent outside
 the network; and the network's achieved GFLOP/s against this machine's fp32 matmul peak, measured
 in the same run. Weights do not change the speed, so an untrained U-Net is used when --model is absent.
+With --student, rows for a distilled student (guidance as an input: one network call per step) with
+its consistency sampler at 1, 2, 4 and 8 steps.
 """
 from __future__ import annotations
 
@@ -74,11 +77,11 @@ def timed_generate(pipe: DiffusionPipeline, batch: int, sampler: str, steps: int
     for _ in range(repeats):
         stats = {"net": 0.0, "calls": 0, "images": 0}
 
-        def timed(x, t, c):
+        def timed(x, t, c, *guidance):
             if pipe.device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            out = inner(x, t, c)
+            out = inner(x, t, c, *guidance)
             if pipe.device.type == "cuda":
                 torch.cuda.synchronize()
             stats["net"] += time.perf_counter() - start
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
+    parser.add_argument("--student", default=None, help="distilled student checkpoint: rows at 1, 2, 4, 8 steps")
     args = parser.parse_args()
 
     if args.model:
@@ -127,14 +131,24 @@ def main() -> None:
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for dtype in dtypes:
         pipe.set_dtype(dtype)
-        for sampler in SAMPLERS:
+        for sampler in (s for s in SAMPLERS if s != "consistency"):  # the students' sampler: rows below
             for steps in args.steps:
                 for guidance in (0.0, 3.0):
                     ips, net, total, images = timed_generate(pipe, args.batch, sampler, steps, guidance, args.repeats)
                     gflops = flops * images / net
                     print(f"| {sampler} | {steps} | {'3 (2 branches)' if guidance else 'none'} | {dtype} | {ips:.1f} "
                           f"| {100 * (1 - net / total):.1f}% | {gflops:.0f} | {100 * gflops / peak:.0f}% |", flush=True)
+        if args.student:
+            student = DiffusionPipeline.from_pretrained(args.student, dtype=dtype)
+            student_flops = count_flops(student.model.cpu()) / 1e9
+            student.model.to(device)
+            for steps in (1, 2, 4, 8):
+                ips, net, total, images = timed_generate(student, args.batch, "consistency", steps, 3.0, args.repeats)
+                gflops = student_flops * images / net
+                print(f"| student consistency | {steps} | 3 (w as input, 1 branch) | {student.dtype} | {ips:.1f} "
+                      f"| {100 * (1 - net / total):.1f}% | {gflops:.0f} | {100 * gflops / peak:.0f}% |", flush=True)
 
 
 if __name__ == "__main__":
     main()
+

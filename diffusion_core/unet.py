@@ -309,6 +309,7 @@ def count_flops(model: UNet, batch_size: int = 1) -> int:
 
     x = torch.zeros(batch_size, model.in_channels, model.image_size, model.image_size)
     t = torch.zeros(batch_size, dtype=torch.long)
+    w = torch.ones(batch_size) if model.guidance_embedding else None
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, t, None)
+        model(x, t, None, guidance=w)
     return counter.get_total_flops()

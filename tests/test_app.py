@@ -309,3 +309,33 @@ def test_the_prompt_tab_of_a_text_model_reads_the_prompt_and_lists_unknown_words
     assert len(gallery) == 2 and "“red apple zebra”, guidance 2" in info and "**zebra**" in info
     other, _ = handler("cat face", "any", "s1", 2.0, "ddim", 2, 2, 0, progress=quiet)
     assert not np.array_equal(gallery[0], other[0])
+
+
+def test_the_fast_model_draws_in_its_own_steps_and_live_redraws_only_when_switched_on(tiny_pipeline):
+    """In-process: an app with a fast (distilled) model; the Context tab's model choice and live switch."""
+    from app import build_app
+    from diffusion_core.distill import student_of
+    from diffusion_core.pipeline import DiffusionPipeline
+
+    fast = DiffusionPipeline(student_of(tiny_pipeline), tiny_pipeline.schedule, tiny_pipeline.labels,
+                             tiny_pipeline.styles, "v", device="cpu",
+                             default_sampling={"sampler": "consistency", "steps": 3, "guidance": 4.0})
+    calls = []
+    forward = fast.model.forward
+    fast.model.forward = lambda x, *rest: calls.append(len(x)) or forward(x, *rest)
+    demo = build_app(tiny_pipeline, "Weights: tiny.", fast)
+    fns = {f.api_name: f for f in demo.fns.values()}
+    quiet = lambda *args, **kwargs: None  # noqa: E731  (stands in for gr.Progress)
+    context = [1.0, 0.0, 0.0, "any", 2.0]
+    gallery, info = fns["generate_context"].fn(*context, "ddim", 5, 2, 0, "full", progress=quiet)
+    assert len(gallery) == 2 and "full model: 5 steps" in info and not calls
+    gallery, info = fns["generate_context"].fn(*context, "consistency", 3, 2, 0, "fast", progress=quiet)
+    assert len(gallery) == 2 and "fast model: 3 steps" in info and calls == [2, 2, 2]  # one branch per step
+    live = fns["live_generate_context"]
+    assert live.trigger_mode == "always_last" and live.concurrency_id == "live"
+    calls.clear()
+    skipped = live.fn(False, *context, "ddim", 20, 2, 0, "full", progress=quiet)  # live off: nothing drawn, nothing changed
+    assert not calls and all(isinstance(part, dict) and part == {"__type__": "update"} for part in skipped)
+    redrawn, info = live.fn(True, *context, "ddim", 20, 2, 0, "full", progress=quiet)  # the fast model's own steps
+    assert len(redrawn) == 2 and "fast model: 3 steps" in info and calls == [2, 2, 2]
+    assert fns["live_generate_prompt"].trigger_mode == "always_last"

@@ -17,7 +17,9 @@ from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
 from diffusion_core.viz import upscale
 
 SAMPLER_CHOICES = [("DPM-Solver++ 2M SDE (stochastic)", "dpmpp_2m_sde"),
-                   ("DPM-Solver++ 2M (deterministic)", "dpmpp_2m"), ("DDIM", "ddim"), ("DDPM", "ddpm")]
+                   ("DPM-Solver++ 2M (deterministic)", "dpmpp_2m"), ("DDIM", "ddim"), ("DDPM", "ddpm"),
+                   ("Consistency (for the fast, distilled model)", "consistency")]
+FULL, FAST = "full", "fast"    # the model choice: the checkpoint, or its distilled few-step student
 MAX_IMAGE_STEPS = 16_000       # cap on images x steps per request (16 images at 1000 DDPM steps)
 MAX_GUIDANCE = 10.0
 MAX_SEED = 2**31 - 1
@@ -67,8 +69,9 @@ class App:
     """The pipeline and what the handlers share: checks of the common controls and a sampling call
     whose errors become visible messages."""
 
-    def __init__(self, pipe: DiffusionPipeline, source_note: str):
+    def __init__(self, pipe: DiffusionPipeline, source_note: str, fast: DiffusionPipeline | None = None):
         self.pipe, self.source_note = pipe, source_note
+        self.fast = fast  # the distilled student of pipe (few steps, guidance as an input), if there is one
         self.T = pipe.schedule.num_timesteps
         self.samplers = [key for _, key in SAMPLER_CHOICES]
         self.sampling = dict(pipe.default_sampling)  # the checkpoint's measured default (config.json)
@@ -85,14 +88,21 @@ class App:
                            f"(asked {num_images} x {steps}); lower one of them")
         return sampler, steps, num_images, seed
 
-    def run(self, progress, desc, **kwargs):
+    def pipe_for(self, model) -> DiffusionPipeline:
+        """The pipeline the model choice names (FULL or FAST)."""
+        model = as_choice(model, "model", [FULL, FAST])
+        if model == FAST and self.fast is None:
+            raise gr.Error("this app has no fast model (start it with --fast-model FOLDER)")
+        return self.fast if model == FAST else self.pipe
+
+    def run(self, progress, desc, model=FULL, **kwargs):
         steps = kwargs["steps"]
 
         def tick(step):
             progress((step.index + 1, steps), desc=desc)
 
         try:
-            return self.pipe.generate(callback=tick, **kwargs)
+            return self.pipe_for(model).generate(callback=tick, **kwargs)
         except ValueError as err:  # anything the pipeline rejects is the user's to fix
             raise gr.Error(str(err))
 
@@ -154,6 +164,65 @@ def run_controls(app: App, max_images: int, default_images: int, button_label: s
     num = gr.Slider(1, max_images, value=default_images, step=1, label="number of images")
     seed = seed_controls()
     return sampler, steps, num, seed, gr.Button(button_label, variant="primary")
+
+
+FAST_EXPLANATION = r"""
+**The fast model** is a student distilled from this one (Song et al. 2023, consistency distillation, with
+$w$ as an input as in Meng et al. 2023). Trained so that every point of the teacher's guided denoising
+path leads it to the same clean picture, it guesses $\hat x_0$ well from any noise level, so a handful of
+steps suffice: guess, add noise back at a lower level, guess again,
+$$x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'}}\,z .$$
+And because $w$ is an input, one network call per step replaces guidance's two. Tick **live** to redraw
+on every slider release.
+"""
+
+
+def model_note(app: App, model, steps) -> str:
+    """Which model drew, in words, for the line under the pictures."""
+    if model == FAST:
+        return f"fast model: {steps} steps, one network call each"
+    return f"full model: {steps} steps" if app.fast is not None else f"{steps} steps"
+
+
+def model_controls(app: App, sampler, steps):
+    """The model choice (full or fast) and the live switch, visible when the app has a fast model.
+    Choosing a model sets the sampler and steps to its own default_sampling."""
+    has_fast = app.fast is not None
+    fast_steps = app.fast.default_sampling["steps"] if has_fast else 0
+    with gr.Row(visible=has_fast):
+        model = gr.Radio([(f"full ({app.sampling['steps']} steps)", FULL), (f"fast ({fast_steps} steps, distilled)", FAST)],
+                         value=FULL, label="model")
+        live = gr.Checkbox(False, label="live: redraw with the fast model whenever a control is released")
+
+    def defaults_of(choice):
+        sampling = app.pipe_for(choice).default_sampling
+        return sampling["sampler"], sampling["steps"]
+
+    model.change(defaults_of, model, [sampler, steps], api_visibility="undocumented", queue=False, show_progress="hidden")
+    live.change(lambda on, choice: FAST if on else choice, [live, model], model, api_visibility="undocumented",
+                queue=False, show_progress="hidden")
+    return model, live
+
+
+def wire_live(app: App, live, triggers: list, handler, inputs: list, outputs: list) -> None:
+    """While ``live`` is ticked, every trigger (a slider's release, a radio's change) redraws with the
+    fast model at its default sampling (``inputs`` end with sampler, steps, number, seed and model, as
+    the handler's arguments do; the fast model's sampler and steps replace the controls'). One listener for all
+    triggers with trigger_mode "always_last": a redraw asked while one runs waits, and only the newest
+    waits, so stale redraws are dropped. Its own queue, so live redraws never wait behind full requests."""
+    if app.fast is None:
+        return
+
+    def redraw(on, *args, progress=gr.Progress()):
+        if not on:
+            return (gr.skip(),) * len(outputs)
+        *conditions, _sampler, _steps, num_images, seed, _model = args
+        sampling = app.fast.default_sampling
+        return handler(*conditions, sampling["sampler"], sampling["steps"], num_images, seed, FAST, progress=progress)
+
+    gr.on([*triggers, live.change], redraw, [live, *inputs], outputs, trigger_mode="always_last", concurrency_id="live",
+          concurrency_limit=1, show_progress="minimal", api_name="live_" + handler.__name__, api_visibility="undocumented",
+          preprocess=False)
 
 
 def sprite_gallery(label: str):

@@ -5,8 +5,9 @@ import gradio as gr
 
 from diffusion_core.pipeline import MAX_IMAGES
 
-from .common import (ANY, LATEX, MAX_GUIDANCE, App, as_choice, as_float, describe_blend, explanation, gallery_of,
-                     guidance_slider, run_controls, sprite_gallery)
+from .common import (ANY, FAST_EXPLANATION, FULL, LATEX, MAX_GUIDANCE, App, as_choice, as_float, describe_blend,
+                     explanation, gallery_of, guidance_slider, model_controls, model_note, run_controls, sprite_gallery,
+                     wire_live)
 
 EXPLANATION = r"""
 The context $c$ is a vector: one weight per class (a blend such as 0.6 food + 0.4 animal is allowed) and
@@ -33,7 +34,7 @@ def build(app: App) -> None:
     labels, styles = app.pipe.labels, app.pipe.styles
 
     def generate_context(*args, progress=gr.Progress()):
-        *weights, style, guidance, sampler, steps, num_images, seed = args
+        *weights, style, guidance, sampler, steps, num_images, seed, model = args
         if len(weights) != len(labels):
             raise gr.Error(f"expected {len(labels)} class weights, got {len(weights)}")
         blend = {name: as_float(w, f"weight of {name}", 0.0, 1.0) for name, w in zip(labels, weights)}
@@ -42,10 +43,11 @@ def build(app: App) -> None:
         sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed)
         if not any(blend.values()) and style == ANY:
             raise gr.Error("set at least one class weight above 0 (or pick a style)")
-        out = app.run(progress, "sampling", num_images=num_images, blend=blend, style=None if style == ANY else style,
+        out = app.run(progress, "sampling", model=model, num_images=num_images, blend=blend, style=None if style == ANY else style,
                       sampler=sampler, steps=steps, guidance=guidance, seed=seed)
         mix = describe_blend(blend) or "no class"
-        return gallery_of(out.images), f"{mix}, style {style}, guidance {guidance:g}: {out.seconds:.2f} s"
+        return gallery_of(out.images), (f"{mix}, style {style}, guidance {guidance:g}: {out.seconds:.2f} s"
+                                        f" ({model_note(app, model, steps)})")
 
     with gr.Tab("Context"):
         with gr.Row():
@@ -55,19 +57,22 @@ def build(app: App) -> None:
                 style = gr.Radio([ANY, *styles], value=ANY, label="style")
                 guidance = guidance_slider(app)
                 sampler, steps, num, seed, button = run_controls(app, MAX_IMAGES, 16, "Generate")
+                model, live = model_controls(app, sampler, steps)
             with gr.Column(scale=2):
                 gallery = sprite_gallery("samples")
                 info = gr.Markdown()
-                explanation(EXPLANATION)
+                explanation(EXPLANATION + (FAST_EXPLANATION if app.fast is not None else ""))
                 numbers = gr.Markdown(guidance_numbers(guidance.value), latex_delimiters=LATEX)
-        inputs = [*weights, style, guidance, sampler, steps, num, seed]
+        inputs = [*weights, style, guidance, sampler, steps, num, seed, model]
         button.click(generate_context, inputs, [gallery, info], api_name="generate_context", preprocess=False)
+        wire_live(app, live, [*(w.release for w in weights), style.change, guidance.release, num.release, seed.submit],
+                  generate_context, inputs, [gallery, info])
         guidance.change(guidance_numbers, guidance, numbers, api_visibility="undocumented", show_progress="hidden",
                         queue=False)
 
         def preset(mix: dict, style_value=ANY):
             return [mix.get(name, 0.0) for name in labels] + [style_value, app.sampling["guidance"],
-                                                               app.sampling["sampler"], app.sampling["steps"], 16, 0]
+                                                               app.sampling["sampler"], app.sampling["steps"], 16, 0, FULL]
 
         examples, names = [preset({name: 1.0}) for name in labels], list(labels)
         for a, b in (("food_drink", "animal_nature"), ("face", "animal_nature"), ("travel_places", "flag")):

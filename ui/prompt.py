@@ -6,8 +6,9 @@ import gradio as gr
 from diffusion_core.pipeline import MAX_IMAGES
 from diffusion_core.word_classes import match_words
 
-from .common import (ANY, MAX_GUIDANCE, App, as_choice, as_float, as_text, describe_blend, explanation, gallery_of,
-                     guidance_slider, run_controls, sprite_gallery, unknown_note)
+from .common import (ANY, FAST_EXPLANATION, FULL, MAX_GUIDANCE, App, as_choice, as_float, as_text, describe_blend,
+                     explanation, gallery_of, guidance_slider, model_controls, model_note, run_controls, sprite_gallery,
+                     unknown_note, wire_live)
 
 EXPLANATION = r"""
 The prompt is split into words; each known word becomes a token id (unknown words are dropped and listed
@@ -39,7 +40,8 @@ NO_TEXT = ("This model was trained without text, so it cannot read prompts itsel
 def build(app: App) -> None:
     labels, styles = app.pipe.labels, app.pipe.styles
 
-    def generate_prompt(prompt, class_name, style, guidance, sampler, steps, num_images, seed, progress=gr.Progress()):
+    def generate_prompt(prompt, class_name, style, guidance, sampler, steps, num_images, seed, model=FULL,
+                        progress=gr.Progress()):
         prompt = as_text(prompt, "prompt")
         class_name = as_choice(class_name, "class", [ANY, *labels])
         style = as_choice(style, "style", [ANY, *styles])
@@ -49,21 +51,22 @@ def build(app: App) -> None:
             raise gr.Error("type a prompt, e.g. 'red apple'")
         style = None if style == ANY else style
         if app.has_text:
-            out = app.run(progress, "sampling", num_images=num_images, prompt=prompt,
+            out = app.run(progress, "sampling", model=model, num_images=num_images, prompt=prompt,
                           classes=None if class_name == ANY else [class_name], style=style, sampler=sampler,
                           steps=steps, guidance=guidance, seed=seed)
             return (gallery_of(out.images),
-                    f"“{prompt}”, guidance {guidance:g}: {out.seconds:.2f} s" + unknown_note(out.unknown_words))
+                    f"“{prompt}”, guidance {guidance:g}: {out.seconds:.2f} s ({model_note(app, model, steps)})"
+                    + unknown_note(out.unknown_words))
         if app.real is None or app.real.names is None:
             raise gr.Error("this model reads no text and has no emoji names to look the words up in; use Context")
         match = match_words(prompt, app.real)
         blend = {**match.blend, **({class_name: 1.0} if class_name != ANY else {})}
-        out = app.run(progress, "sampling", num_images=num_images, blend=blend or None, style=style, sampler=sampler,
+        out = app.run(progress, "sampling", model=model, num_images=num_images, blend=blend or None, style=style, sampler=sampler,
                       steps=steps, guidance=guidance if blend or style else 1.0, seed=seed)
         drawn = describe_blend(blend) or "no class (no word matched)"
         found = f" (matching emoji: {', '.join(match.examples)})" if match.examples else ""
-        return (gallery_of(out.images), f"“{prompt}” → {drawn}{found}, guidance {guidance:g}: {out.seconds:.2f} s"
-                + unknown_note(match.unknown_words))
+        return (gallery_of(out.images), f"“{prompt}” → {drawn}{found}, guidance {guidance:g}: {out.seconds:.2f} s "
+                f"({model_note(app, model, steps)})" + unknown_note(match.unknown_words))
 
     with gr.Tab("Prompt"):
         if not app.has_text:
@@ -75,13 +78,17 @@ def build(app: App) -> None:
                 style = gr.Radio([ANY, *styles], value=ANY, label="style")
                 guidance = guidance_slider(app)
                 sampler, steps, num, seed, button = run_controls(app, MAX_IMAGES, 16, "Generate")
+                model, live = model_controls(app, sampler, steps)
             with gr.Column(scale=2):
                 gallery = sprite_gallery("samples")
                 info = gr.Markdown()
-                explanation(EXPLANATION if app.has_text else EXPLANATION_WITHOUT_TEXT)
-        inputs = [prompt, class_name, style, guidance, sampler, steps, num, seed]
+                explanation((EXPLANATION if app.has_text else EXPLANATION_WITHOUT_TEXT)
+                            + (FAST_EXPLANATION if app.fast is not None else ""))
+        inputs = [prompt, class_name, style, guidance, sampler, steps, num, seed, model]
         button.click(generate_prompt, inputs, [gallery, info], api_name="prompt", preprocess=False)
         prompt.submit(generate_prompt, inputs, [gallery, info], api_visibility="undocumented", preprocess=False)
+        wire_live(app, live, [class_name.change, style.change, guidance.release, num.release, seed.submit],
+                  generate_prompt, inputs, [gallery, info])
         def readable(text: str) -> bool:  # every word known to the model's vocabulary (any, without text)
             return not app.has_text or not app.pipe.vocabulary.encode(text)[1]
 
