@@ -43,7 +43,13 @@ class Setting:
         return f"{self.guidance:g}" + (f" in σ ∈ ({interval[0]:g}, {interval[1]:g}]" if interval else "")
 
 
-def default_settings() -> list[Setting]:
+def default_settings(pipe=None) -> list[Setting]:
+    """The guidance sweep and the other samplers; for a distilled student, its sampler at 1, 2, 4 and 8
+    steps at its default guidance, and its default steps at guidance 2 and 3."""
+    if pipe is not None and pipe.guidance_distilled:
+        sampling = pipe.default_sampling
+        return ([Setting(sampling["sampler"], n, sampling["guidance"]) for n in (1, 2, 4, 8)]
+                + [Setting(sampling["sampler"], sampling["steps"], w) for w in (2.0, 3.0)])
     settings = [Setting(DEFAULT_SAMPLER, 20, w) for w in (1.0, 2.0, 3.0, 4.0, 5.0)]  # the guidance sweep
     settings += [Setting("dpmpp_2m", 20, 3.0), Setting("ddim", 25, 3.0), Setting("ddpm", 25, 3.0)]
     return settings
@@ -203,7 +209,7 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
     styles = [real.held.style_names[s] for s in real.held.style_index()] if pipe.styles else [None] * len(labels)
     log(f"real held-out vs reference (n={len(labels)}): " + format_scores(real.floor))
     rows = []
-    for setting in settings or default_settings():
+    for setting in settings or default_settings(pipe):
         runs = []
         for seed in seeds:
             start = time.perf_counter()

@@ -75,6 +75,6 @@ def test_a_missing_model_folder_is_a_clear_error():
     (["--seeds", "-1"], "seeds must be one or more integers"),
 ])
 def test_bad_evaluate_arguments_print_the_message_and_exit_non_zero(args, message, capsys):
-    code = main(["evaluate", "--model", str(ROOT / "checkpoints" / "emoji32_small"), "--no-write", *args])
+    code = main(["evaluate", "--model", str(ROOT / "checkpoints" / "emoji32"), "--no-write", *args])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err

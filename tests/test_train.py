@@ -180,20 +180,33 @@ def test_every_shipped_config_is_valid(config_path):
     shipped_config(config_path).validate()
 
 
-@pytest.mark.parametrize("checkpoint", ["emoji32", "emoji32_small"])
+SHIPPED = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if p.is_dir())
+
+
+def test_at_most_two_checkpoints_ship():
+    assert 1 <= len(SHIPPED) <= 2 and "emoji32" in SHIPPED
+
+
+@pytest.mark.parametrize("checkpoint", SHIPPED)
 def test_each_shipped_checkpoint_has_the_architecture_of_the_config_that_exports_to_it(checkpoint):
-    """The config whose export_dir is the checkpoint is the command that made it (its card says so)."""
+    """The config whose export_dir is the checkpoint is the command that made it (its card says so); a
+    distilled student has its teacher's U-Net plus the guidance input."""
     makers = [c for c in map(shipped_config, (ROOT / "configs").glob("*.json"))
-              if Path(c.export_dir) == Path("checkpoints") / checkpoint and isinstance(c, TrainConfig)]
+              if Path(c.export_dir) == Path("checkpoints") / checkpoint]
     assert len(makers) == 1
-    shipped = json.loads((ROOT / "checkpoints" / checkpoint / "config.json").read_text())
-    expected = makers[0].unet_kwargs(context_dim=shipped["context_dim"])
-    assert {k: shipped[k] for k in expected} == expected
+    maker, shipped = makers[0], json.loads((ROOT / "checkpoints" / checkpoint / "config.json").read_text())
+    if isinstance(maker, TrainConfig):
+        expected = maker.unet_kwargs(context_dim=shipped["context_dim"])
+    else:
+        teacher = json.loads((ROOT / maker.teacher / "config.json").read_text())
+        expected = {**{k: v for k, v in teacher.items() if k != "default_sampling"}, "guidance_embedding": True,
+                    "prediction_type": "v", "default_sampling": maker.default_sampling}
+    assert {k: shipped.get(k) for k in expected} == expected
     card = (ROOT / "checkpoints" / checkpoint / "README.md").read_text()
-    assert f"configs/{Path(makers[0].out_dir).name}.json" in card
+    assert f"configs/{Path(maker.out_dir).name}.json" in card
 
 
-@pytest.mark.parametrize("checkpoint", ["emoji32", "emoji32_small"])
+@pytest.mark.parametrize("checkpoint", SHIPPED)
 def test_each_shipped_evaluation_measured_the_weights_shipped_beside_it(checkpoint):
     folder = ROOT / "checkpoints" / checkpoint
     measured = json.loads((folder / "evaluation.json").read_text())["weights_fingerprint"]
