@@ -74,6 +74,8 @@ class DistillConfig(JsonConfig):
     num_threads: int = 0
 
     def validate(self) -> None:
+        if len(self.guidance_range) != 2:
+            raise ValueError(f"guidance_range must be [lo, hi], got {self.guidance_range!r}")
         lo, hi = self.guidance_range
         checks = [
             (self.skeleton_steps >= 2, "skeleton_steps must be >= 2"),

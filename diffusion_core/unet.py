@@ -170,7 +170,7 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         self.context_mlp = nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.vocab_size, self.max_tokens = vocab_size, max_tokens
         self.guidance_embedding = guidance_embedding
-        if guidance_embedding:  # zero-started: a student made from its teacher first draws what w = 1 draws
+        if guidance_embedding:  # zero-started: a student made from its teacher starts by computing what it does, for any w
             self.guidance_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             nn.init.zeros_(self.guidance_mlp[-1].weight)
             nn.init.zeros_(self.guidance_mlp[-1].bias)

@@ -206,10 +206,10 @@ def model_controls(app: App, sampler, steps):
 
 def wire_live(app: App, live, triggers: list, handler, inputs: list, outputs: list) -> None:
     """While ``live`` is ticked, every trigger (a slider's release, a radio's change) redraws with the
-    fast model at its default sampling (``inputs`` end with sampler, steps, number, seed and model, as
-    the handler's arguments do; the fast model's sampler and steps replace the controls'). One listener for all
-    triggers with trigger_mode "always_last": a redraw asked while one runs waits, and only the newest
-    waits, so stale redraws are dropped. Its own queue, so live redraws never wait behind full requests."""
+    fast model at its own sampler and steps (``inputs``, like the handler's arguments, end with sampler,
+    steps, number, seed and model). One listener for all triggers with trigger_mode "always_last": a
+    redraw asked while one runs waits, and only the newest waits, so stale redraws are dropped. Its own
+    queue, so live redraws never wait behind full-model requests."""
     if app.fast is None:
         return
 
