@@ -38,6 +38,7 @@ import torch
 
 from .data import load_dataset
 from .pipeline import DiffusionPipeline
+from .samplers import predict_x0_and_eps
 from .schedule import NoiseSchedule
 from .train import JsonConfig, load_training_state, run_optimisation, save_training_state, start_processes, training_prompt
 from .unet import UNet
@@ -123,8 +124,7 @@ def teacher_ode_step(teacher: UNet, x_t, t, context, tokens, w, alpha_bar_t, alp
     cond, uncond = out.chunk(2)
     eps = uncond + w.view(-1, 1, 1, 1) * (cond - uncond)
     a_t, a_s = alpha_bar_t.view(-1, 1, 1, 1), alpha_bar_s.view(-1, 1, 1, 1)
-    x0 = ((x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)  # as samplers.predict_x0_and_eps(clip_x0=True)
-    eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    x0, eps = predict_x0_and_eps(eps, x_t, a_t, "epsilon", clip_x0=True)
     return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps, x0
 
 

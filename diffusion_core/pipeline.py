@@ -50,18 +50,6 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def call_model(model: UNet, x_t, t, context, guidance=None, bf16: bool = False) -> torch.Tensor:
-    """model(x_t, t, context[, tokens][, guidance]) from the sampler's packed context (class and style
-    weights, then token ids for a text model), under bf16 autocast (channels_last) when asked."""
-    tokens = None
-    if context is not None and context.shape[1] > model.context_dim:
-        context, tokens = context[:, :model.context_dim], context[:, model.context_dim:].round().long()
-    if bf16:
-        with torch.autocast(x_t.device.type, dtype=torch.bfloat16):
-            return model(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, guidance)
-    return model(x_t, t, context, tokens, guidance)
-
-
 @dataclass
 class Trajectory:
     """The denoising path: for each step its timestep, the input x_t and the predicted x_0 (uint8)."""
@@ -222,7 +210,13 @@ class DiffusionPipeline:
                 guidance: torch.Tensor | None = None) -> torch.Tensor:
         """The model as a denoiser callable, under bf16 autocast when chosen; returns float32. A
         context wider than the model's carries token ids after the class and style weights."""
-        return call_model(self.model, x_t, t, context, guidance, bf16=self.dtype == "bfloat16").float()
+        tokens = None
+        if context is not None and context.shape[1] > self.model.context_dim:
+            context, tokens = context[:, :self.model.context_dim], context[:, self.model.context_dim:].round().long()
+        if self.dtype == "bfloat16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return self.model(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, guidance).float()
+        return self.model(x_t, t, context, tokens, guidance).float()
 
     # ---- context -----------------------------------------------------------------------------
     def context_for(self, num_images: int, classes=None, blend=None, style=None,

@@ -65,8 +65,9 @@ def image_seed(seed: int, index: int) -> int:
 def predict_x0_and_eps(model_output, x_t, alpha_bar: float, prediction_type: str, clip_x0: bool):
     """x̂_0 and ε̂ from the network output. ε-prediction: x̂_0 = (x_t - √(1-ᾱ) ε̂)/√ᾱ (DDPM eq. 15);
     v-prediction: x̂_0 = √ᾱ x_t - √(1-ᾱ) v̂, ε̂ = √(1-ᾱ) x_t + √ᾱ v̂. With ``clip_x0`` x̂_0 is clamped
-    to the data range [-1, 1] and ε̂ recomputed from it, as DDPM's reference code does."""
-    a, s = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+    to the data range [-1, 1] and ε̂ recomputed from it, as DDPM's reference code does. ``alpha_bar`` is
+    a number, or a tensor that broadcasts against x_t (one ᾱ per picture, as in distillation)."""
+    a, s = alpha_bar ** 0.5, (1.0 - alpha_bar) ** 0.5
     if prediction_type == "epsilon":
         eps = model_output
         x0 = (x_t - s * eps) / a
