@@ -60,6 +60,12 @@ def quick_settings() -> list[Setting]:
     return [Setting(DEFAULT_SAMPLER, 20, w) for w in (3.0, 4.0)]
 
 
+def setting_of(row: dict) -> Setting:
+    """The setting of a table row or of a result's headline (JSON gives the interval as a list)."""
+    interval = row.get("guidance_interval")
+    return Setting(row["sampler"], row["steps"], row["guidance"], tuple(interval) if interval else None)
+
+
 def parse_setting(text: str) -> Setting:
     """'SAMPLER:STEPS:GUIDANCE[:SIGMA_LO:SIGMA_HI]', e.g. 'dpmpp_2m_sde:25:4' or 'dpmpp_2m_sde:20:5:0.3:3'
     (guidance only for noise levels σ in (0.3, 3]); the sampler checks the ranges."""
@@ -208,18 +214,25 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
     labels = real.held.labels
     styles = [real.held.style_names[s] for s in real.held.style_index()] if pipe.styles else [None] * len(labels)
     log(f"real held-out vs reference (n={len(labels)}): " + format_scores(real.floor))
+    by_style = {s: RealData(classifier, styles=[s]) for s in real.styles} if len(real.styles) > 1 else {}
     rows = []
     for setting in settings or default_settings(pipe):
         runs = []
         for seed in seeds:
             start = time.perf_counter()
             images = generate_like(pipe, labels, styles, setting, seed)
-            runs.append({"seed": seed, **real.score(images, labels),
-                         "seconds_per_image": (time.perf_counter() - start) / len(labels)})
+            seconds = (time.perf_counter() - start) / len(labels)
+            runs.append({"seed": seed, **real.score(images, labels), "seconds_per_image": seconds,
+                         "per_style": {s: r.score(images[np.array(styles) == s], labels[np.array(styles) == s])
+                                       for s, r in by_style.items()}})
         row = {"sampler": setting.sampler, "steps": setting.steps, "guidance": setting.guidance,
                "guidance_interval": list(setting.guidance_interval) if setting.guidance_interval else None,
                "n": int(len(labels)),
-               **{k: float(np.mean([r[k] for r in runs])) for k in (*MEASURES, "seconds_per_image")}, "seeds": runs}
+               **{k: float(np.mean([r[k] for r in runs])) for k in (*MEASURES, "seconds_per_image")},
+               "per_style": {s: {"n": runs[0]["per_style"][s]["n"],
+                                 **{k: float(np.mean([r["per_style"][s][k] for r in runs])) for k in MEASURES}}
+                             for s in by_style},
+               "seeds": runs}
         rows.append(row)
         log(format_row(row, real.floor))
     headline = headline_setting(pipe, pipe.folder / "config.json")
@@ -233,7 +246,8 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
         log(f"prompts: {checked}")
     return {"prompts": checked, "model": str(model), "weights_fingerprint": weights_fingerprint(pipe.model.state_dict()),
             "dtype": pipe.dtype, "seeds": list(seeds), "styles": real.styles, "roles": roles_of(real),
-            "classifier": real.info, "floor": real.floor, "calibration": calibration(real), "rows": rows,
+            "classifier": real.info, "floor": real.floor, "style_floors": {s: r.floor for s, r in by_style.items()},
+            "calibration": calibration(real), "rows": rows,
             "headline": vars(headline), "copy_threshold_rmse": COPY_RMSE, "neighbours": NEIGHBOURS}
 
 
@@ -301,7 +315,7 @@ def format_row(row: dict, floor: dict) -> str:
     """One table row; with several seeds, n reads "840 x 3" and the accuracy shows its range over seeds."""
     runs = row.get("seeds", [])
     n = f"{row['n']} x {len(runs)}" if len(runs) > 1 else str(row["n"])
-    setting = Setting(row["sampler"], row["steps"], row["guidance"], row.get("guidance_interval"))
+    setting = setting_of(row)
     return (f"| {row['sampler']} | {row['steps']} | {setting.describe()} | {n} | {cells(row, floor)} "
             f"| {row['seconds_per_image']:.3f} |")
 
@@ -328,6 +342,7 @@ def to_markdown(result: dict, picture: str | None = None) -> str:
         f"| real held-out | | | {floor['n']} | {cells(floor, floor)} | |",
     ]
     lines += [format_row(r, floor) for r in result["rows"]]
+    lines += per_style_table(result)
     lines += ["", "Calibration: the same measures for real held-out images, damaged copies of them and a "
               "collapsed set, so the numbers above have a scale.", "",
               f"| set | n | {HEADER} |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -342,9 +357,27 @@ def to_markdown(result: dict, picture: str | None = None) -> str:
         h = result["headline"]
         lines += ["", f"Real held-out sprites (odd rows) above samples of the same class (even rows), one class per "
                   f"pair of rows, at {h['sampler']}, {h['steps']} steps, guidance "
-                  f"{Setting(**h).describe()}:", "",
+                  f"{setting_of(h).describe()}:", "",
                   f"![real vs samples]({picture})"]
     return "\n".join(lines) + "\n"
+
+
+def per_style_table(result: dict) -> list[str]:
+    """The headline setting's row (else the first) split by style, each style against its own
+    reference and floor; nothing for a one-style model."""
+    floors, rows = result.get("style_floors"), result["rows"]
+    if not floors or not rows:
+        return []
+    headline = setting_of(result["headline"])
+    row = next((r for r in rows if setting_of(r) == headline), rows[0])
+    setting = setting_of(row)
+    lines = ["", f"Per style at {row['sampler']}, {row['steps']} steps, guidance {setting.describe()}: each style's "
+             "samples against that style's reference, with its real held-out images (floor) on the row above.", "",
+             f"| style | set | n | {HEADER} |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for style, floor in floors.items():
+        lines += [f"| {style} | real held-out | {floor['n']} | {cells(floor, floor)} |",
+                  f"| {style} | samples | {row['per_style'][style]['n']} | {cells(row['per_style'][style], floor)} |"]
+    return lines
 
 
 def write_to_model_card(folder: Path, markdown: str, result: dict) -> None:

@@ -148,6 +148,13 @@ def test_evaluate_runs_end_to_end_and_writes_the_model_card(tmp_path):
     card = (folder / "README.md").read_text()
     assert f"| ddim | 2 | 3 | {n} x 2 |" in card and "| real held-out |" in card and "| shuffled colours |" in card
     assert card.rstrip().endswith("here") and "not yet" not in card and (folder / COMPARISON_FILE).exists()
+    # per style: each style's samples against its own reference and floor, counts adding up
+    assert set(row["per_style"]) == set(result["style_floors"]) == {"noto", "twemoji"}
+    assert sum(s["n"] for s in row["per_style"].values()) == n
+    noto = RealData(styles=["noto"])
+    assert result["style_floors"]["noto"]["fd"] == pytest.approx(noto.floor["fd"])
+    assert row["per_style"]["noto"]["fd"] != row["per_style"]["twemoji"]["fd"]
+    assert f"| noto | real held-out | {noto.floor['n']} |" in card and "| twemoji | samples |" in card
 
 
 def test_an_evaluation_setting_may_name_a_guidance_interval():
