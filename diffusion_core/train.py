@@ -83,6 +83,7 @@ class TrainConfig(JsonConfig):
     text_layers: int = 2
     max_tokens: int = 16
     text_dropout: float = 0.15             # p of the empty prompt, drawn independently of context_dropout
+    min_snr_gamma: float = 0.0             # loss weight min(SNR, γ) (Hang et al. 2023, γ = 5); 0 = plain L_simple
     default_sampling: dict = field(default_factory=lambda: dict(FALLBACK_SAMPLING))  # written to config.json
     # optimisation
     batch_size: int = 64                   # global batch, split over DDP processes
@@ -118,6 +119,7 @@ class TrainConfig(JsonConfig):
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.context_dropout < 1, "context_dropout must be in [0, 1)"),
             (0 <= self.text_dropout < 1, "text_dropout must be in [0, 1)"),
+            (self.min_snr_gamma >= 0, "min_snr_gamma must be >= 0 (0 turns the weighting off)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
@@ -137,12 +139,25 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def diffusion_loss(model, schedule: NoiseSchedule, x0, context, t, noise, prediction_type: str,
-                   tokens: torch.Tensor | None = None) -> torch.Tensor:
-    """DDPM eq. 14, L_simple = E‖ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)‖², or the same with the v target."""
+                   tokens: torch.Tensor | None = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
+    """DDPM eq. 14, L_simple = E‖ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)‖², or the same with the v target;
+    with ``min_snr_gamma`` = γ > 0, each picture's error is weighted by min_snr_weight."""
     x_t = schedule.add_noise(x0, noise, t)
     target = noise if prediction_type == "epsilon" else schedule.velocity(x0, noise, t)
     prediction = model(x_t, t, context) if tokens is None else model(x_t, t, context, tokens)
-    return F.mse_loss(prediction.float(), target)
+    if not min_snr_gamma:
+        return F.mse_loss(prediction.float(), target)
+    per_picture = (prediction.float() - target).pow(2).mean(dim=(1, 2, 3))
+    return (min_snr_weight(schedule.snr(t.cpu()).to(per_picture), min_snr_gamma, prediction_type) * per_picture).mean()
+
+
+def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-γ (Hang et al. 2023, eq. 5): the x_0-error weight min(SNR, γ), expressed for the
+    network's target: ÷ SNR for ε (‖ε - ε̂‖² = SNR·‖x_0 - x̂_0‖²), ÷ (SNR + 1) for v. Low-noise steps,
+    which are easy and otherwise dominate the gradient, count less."""
+    if prediction_type == "epsilon":
+        return (gamma / snr).clamp(max=1.0)  # = min(SNR, γ) / SNR, and 1 where SNR = 0
+    return snr.clamp(max=gamma) / (snr + 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +429,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
                        if kept else "" for i, kept in zip(batch.tolist(), keep_text.tolist())]
             tokens = vocabulary.encode_batch(prompts)[shard].to(device)
         return diffusion_loss(net, schedule, x0.contiguous(memory_format=torch.channels_last), context, t,
-                              noise, cfg.prediction_type, tokens)
+                              noise, cfg.prediction_type, tokens, cfg.min_snr_gamma)
 
     def save(step: int) -> None:
         save_training_state(state_path, model, ema, optimizer, step, cfg)

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from diffusion_core.evaluate import write_to_model_card
 from diffusion_core.model_card import NOT_EVALUATED, weights_fingerprint
 from diffusion_core.pipeline import DiffusionPipeline
-from diffusion_core.train import TrainConfig, train
+from diffusion_core.schedule import NoiseSchedule
+from diffusion_core.train import TrainConfig, diffusion_loss, min_snr_weight, train
 
 from conftest import tiny_train_config
 
@@ -157,6 +158,28 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(course_fil
     for key in a:
         if key.startswith("model."):
             assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_min_snr_weighting_down_weights_only_the_easy_low_noise_steps():
+    """Hang et al. 2023: the ε-loss of a step counts min(SNR, γ)/SNR, the v-loss min(SNR, γ)/(SNR + 1)."""
+    schedule = NoiseSchedule("cosine", 1000)
+    t = torch.tensor([0, 100, 500, 999])
+    snr = schedule.snr(t)
+    weight = min_snr_weight(snr, 5.0, "epsilon")
+    assert weight[0] == pytest.approx(5.0 / snr[0].item()) and weight[0] < 1e-2  # nearly clean: easy, counts little
+    assert weight[2:].tolist() == [1.0, 1.0]  # SNR <= 5: plain L_simple
+    assert torch.allclose(min_snr_weight(snr, 5.0, "v"), snr.clamp(max=5.0) / (snr + 1))
+    assert min_snr_weight(torch.tensor([0.0]), 5.0, "epsilon").item() == 1.0  # never 0/0
+
+    torch.manual_seed(0)
+    x0, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    model = lambda x_t, t, context: x_t  # noqa: E731 - any fixed denoiser
+    plain = diffusion_loss(model, schedule, x0, None, t, noise, "epsilon")
+    weighted = diffusion_loss(model, schedule, x0, None, t, noise, "epsilon", min_snr_gamma=5.0)
+    errors = (schedule.add_noise(x0, noise, t) - noise).pow(2).mean(dim=(1, 2, 3))
+    assert plain == pytest.approx(errors.mean().item()) and weighted == pytest.approx((weight * errors).mean().item())
+    with pytest.raises(ValueError, match="min_snr_gamma must be >= 0"):
+        TrainConfig(min_snr_gamma=-1).validate()
 
 
 def test_bad_training_settings_are_clear_errors(tmp_path):
