@@ -15,8 +15,10 @@ DEFAULT_MODEL = "checkpoints/emoji32"
 def cmd_sample(args) -> None:
     import numpy as np
 
+    from PIL import Image
+
     from .pipeline import DiffusionPipeline
-    from .viz import save_grid
+    from .viz import prompt_grid, save_atomic, save_grid
 
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".npz"):
@@ -25,7 +27,9 @@ def cmd_sample(args) -> None:
     classes = args.classes if args.classes else None
     interval = "default" if args.guidance_interval is None else None if args.guidance_interval == ["all"] else \
         tuple(map(float, args.guidance_interval))
-    result = pipe.generate(num_images=args.num, classes=classes, style=args.style, prompt=args.prompt,
+    prompts = args.prompts or []
+    prompt = prompts if len(prompts) > 1 else prompts[0] if prompts else None
+    result = pipe.generate(num_images=args.num, classes=classes, style=args.style, prompt=prompt,
                            sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed,
                            guidance_interval=interval)
     if result.unknown_words:
@@ -33,8 +37,11 @@ def cmd_sample(args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npz":
         tmp = out.with_name(f".{out.stem}.tmp.npz")
-        np.savez(tmp, images=result.images, labels=result.labels)
+        text = {"prompts": np.array([prompts[i % len(prompts)] for i in range(len(result.images))])} if prompts else {}
+        np.savez(tmp, images=result.images, labels=result.labels, **text)
         tmp.replace(out)
+    elif len(prompts) > 1:
+        save_atomic(Image.fromarray(prompt_grid(result.images, prompts)), out)
     else:
         save_grid(result.images, out, nrow=args.nrow)
     sampling = {k: v if v is not None else pipe.default_sampling[k]
@@ -159,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=int, default=16, help="number of images (1..64)")
     s.add_argument("--class", dest="classes", action="append", help="class name; repeat to cycle several")
     s.add_argument("--style", default=None, help="style name (emoji: noto, openmoji, twemoji, fluent, emojione)")
-    s.add_argument("--prompt", default=None, help="text, e.g. 'red apple' (models trained with text)")
+    s.add_argument("--prompt", dest="prompts", action="append",
+                   help="text, e.g. 'red apple' (models trained with text); repeat to cycle several (a PNG then "
+                        "shows each prompt above its pictures)")
     s.add_argument("--sampler", default=None, help="ddpm, ddim, dpmpp_2m, dpmpp_2m_sde or consistency (default: the checkpoint's)")
     s.add_argument("--steps", type=int, default=None, help="default: the checkpoint's default_sampling")
     s.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's default_sampling")

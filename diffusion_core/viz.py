@@ -97,6 +97,16 @@ def labelled_blocks(blocks: list[np.ndarray], titles: list[str], gap: int = 16, 
     return np.asarray(canvas)
 
 
+def prompt_grid(images: np.ndarray, prompts: list[str], per_row: int = 4, scale: int = 3) -> np.ndarray:
+    """Images drawn for prompts cycled over them (image i had prompts[i % len]): one titled block per
+    prompt, ``per_row`` blocks to a row."""
+    blocks = [image_grid(images[k::len(prompts)], nrow=4, scale=scale) for k in range(len(prompts))]
+    rows = [labelled_blocks(blocks[i:i + per_row], prompts[i:i + per_row]) for i in range(0, len(blocks), per_row)]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 8), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate(rows)
+
+
 def class_style_grid(images: np.ndarray, labels: np.ndarray, styles: np.ndarray, class_names, style_names,
                      per_cell: int = 4, seed: int = 0, scale: int = 2) -> np.ndarray:
     """Real sprites by style (blocks, left to right) and class (rows): ``per_cell`` random ones each."""

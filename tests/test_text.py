@@ -157,3 +157,23 @@ def test_text_training_needs_names(tmp_path):
                       channel_mults=[1, 2], attention_resolutions=[8], text=True)
     with pytest.raises(ValueError, match="needs a data set with a name per picture"):
         train(cfg, show_progress=False)
+
+
+def test_sample_cli_draws_several_prompts_into_a_titled_grid_and_an_npz(vocab, tmp_path, capsys):
+    from PIL import Image
+
+    from diffusion_core.__main__ import main
+
+    folder = text_pipeline(vocab, default_sampling={"sampler": "ddim", "steps": 2, "guidance": 2.0}).save_pretrained(
+        tmp_path / "m")
+    args = ["sample", "--model", str(folder), "--num", "6", "--prompt", "red apple", "--prompt", "cat face zebra"]
+    assert main([*args, "--out", str(tmp_path / "p.npz")]) == 0
+    assert "does not know the words zebra" in capsys.readouterr().out
+    with np.load(tmp_path / "p.npz") as npz:
+        assert npz["prompts"].tolist() == ["red apple", "cat face zebra"] * 3 and npz["images"].shape == (6, 16, 16, 3)
+        one = text_pipeline(vocab).generate(num_images=6, prompt="red apple", sampler="ddim", steps=2, guidance=2.0)
+        assert np.array_equal(npz["images"][0::2], one.images[0::2])  # image i had prompt i % 2, as one prompt draws it
+    assert main([*args, "--out", str(tmp_path / "p.png")]) == 0
+    grid = np.asarray(Image.open(tmp_path / "p.png"))
+    single = 3 * 16 + 2 * 2  # three images at scale 3 in one row, padded
+    assert grid.shape[1] > 2 * (3 * single) and grid.shape[0] < 3 * single + 40  # two titled blocks side by side
