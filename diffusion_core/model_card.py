@@ -36,7 +36,8 @@ def evaluation_of(folder: Path, fingerprint: str) -> str | None:
 
 def initial_weights_training(init_from: str | None) -> str:
     """For a fine-tuned model: the command and facts table from the Training section of the card of
-    the checkpoint it started from (when that is a local folder), so the card tells the whole story."""
+    the checkpoint it started from (when that is a local folder), and that card's own "Before this
+    run" sections, so the card tells the whole story back to random weights."""
     card = Path(init_from) / "README.md" if init_from else None
     if card is None or not card.is_file():
         return ""
@@ -47,7 +48,9 @@ def initial_weights_training(init_from: str | None) -> str:
         return ""
     end = next((i for i in range(table[0], len(lines)) if not lines[i].startswith("|")), len(lines))
     body = "\n".join(lines[:end])
-    return f"\n### Before this run: how `{init_from}` was trained (from its card)\n{body}\n"
+    earlier = next((i for i in range(end, len(lines)) if lines[i].startswith("### Before this run")), None)
+    older = "\n" + "\n".join(lines[earlier:]).rstrip() + "\n" if earlier is not None else ""
+    return f"\n### Before this run: how `{init_from}` was trained (from its card)\n{body}\n{older}"
 
 
 def save_with_card(pipe, folder, card_for) -> Path:

@@ -287,13 +287,39 @@ def test_endpoints_answer_their_defaults(client, endpoint):
     assert result and all(part is not None for part in result)
 
 
-def test_a_prompt_to_a_model_without_text_draws_the_classes_its_words_match(client):
-    gallery, info = client.predict("red apple xyzzy", "any", "noto", 3.0, "ddim", 4, 2, 0, api_name="/prompt")
+def test_the_shipped_text_model_draws_the_prompt_with_the_classes_its_words_match(client):
+    gallery, info = client.predict("red apple xyzzy", "from the words", "noto", 3.0, "ddim", 4, 2, 0, api_name="/prompt")
+    assert len(gallery) == 2 and "“red apple xyzzy” → 1·food_drink (from the words) + the prompt" in info
+    assert "does not know the words **xyzzy**" in info
+    text_only, info = client.predict("red apple", "any", "noto", 3.0, "ddim", 4, 2, 0, api_name="/prompt")
+    assert "→" not in info and not np.array_equal(gallery_images(gallery)[0], gallery_images(text_only)[0])
+    _, nothing = client.predict("xyzzy", "from the words", "any", 3.0, "ddim", 4, 1, 0, api_name="/prompt")
+    assert "→" not in nothing and "**xyzzy**" in nothing
+
+
+def test_a_prompt_to_a_model_without_text_draws_the_classes_its_words_match():
+    """In-process: a 32 px class-and-style model without text; the words are looked up in the emoji data."""
+    import torch
+
+    from app import build_app
+    from diffusion_core.data import EMOJI_CLASSES, EMOJI_STYLES
+    from diffusion_core.pipeline import DiffusionPipeline
+    from diffusion_core.schedule import NoiseSchedule
+    from diffusion_core.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(image_size=32, base_channels=8, channel_mults=(1, 2), attention_resolutions=(16,), num_heads=2,
+                 num_groups=4, context_dim=len(EMOJI_CLASSES) + len(EMOJI_STYLES))
+    pipe = DiffusionPipeline(model, NoiseSchedule("linear", 50), list(EMOJI_CLASSES), list(EMOJI_STYLES), device="cpu")
+    fns = {f.api_name: f.fn for f in build_app(pipe, "Weights: tiny.").fns.values()}
+    quiet = lambda *args, **kwargs: None  # noqa: E731  (stands in for gr.Progress)
+    gallery, info = fns["prompt"]("red apple xyzzy", "any", "noto", 3.0, "ddim", 4, 2, 0, progress=quiet)
     assert len(gallery) == 2 and "“red apple xyzzy” → 1·food_drink" in info and "red apple" in info
     assert "does not know the words **xyzzy**" in info
-    same, _ = client.predict(*[0.0] * 3, 1.0, *[0.0] * 4, "noto", 3.0, "ddim", 4, 2, 0, api_name="/generate_context")
-    assert all(np.array_equal(a, b) for a, b in zip(gallery_images(gallery), gallery_images(same)))
-    _, nothing = client.predict("xyzzy", "any", "any", 3.0, "ddim", 4, 1, 0, api_name="/prompt")
+    food = [1.0 if c == "food_drink" else 0.0 for c in EMOJI_CLASSES]
+    same, _ = fns["generate_context"](*food, "noto", 3.0, "ddim", 4, 2, 0, "full", progress=quiet)
+    assert all(np.array_equal(a, b) for a, b in zip(gallery, same))
+    _, nothing = fns["prompt"]("xyzzy", "any", "any", 3.0, "ddim", 4, 1, 0, progress=quiet)
     assert "no class (no word matched)" in nothing
 
 

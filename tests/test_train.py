@@ -109,6 +109,20 @@ def test_init_from_starts_a_run_from_an_exported_checkpoint(course_files, tmp_pa
         train(tiny_config(course_files, tmp_path, "nowhere", init_from=str(tmp_path / "no such folder")), show_progress=False)
 
 
+def test_a_card_carries_the_whole_chain_of_earlier_runs(tmp_path):
+    """A run fine-tuned from a fine-tuned model tells both earlier runs (the second from the first card)."""
+    from diffusion_core.model_card import initial_weights_training
+
+    (tmp_path / "README.md").write_text(
+        "# stage 2\n\n## Training\n```\ntrain --config configs/stage2.json\n```\n| fact | value |\n| steps | 20 |\n\n"
+        "The log is beside this card.\n\n### Before this run: how `stage1` was trained (from its card)\n"
+        "| fact | value |\n| steps | 10 |\n\n## Evaluation\nnone\n")
+    story = initial_weights_training(str(tmp_path))
+    assert story.startswith(f"\n### Before this run: how `{tmp_path}` was trained") and "| steps | 20 |" in story
+    assert "how `stage1` was trained" in story and "| steps | 10 |" in story
+    assert "The log is" not in story and "Evaluation" not in story
+
+
 def test_kill_9_at_any_moment_never_leaves_a_corrupt_checkpoint(course_files, tmp_path):
     cfg = tiny_config(course_files, tmp_path, "killed", max_steps=10_000, checkpoint_every=1, log_every=1)
     config_path = tmp_path / "killed.json"

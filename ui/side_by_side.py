@@ -26,7 +26,6 @@ step (mean absolute pixel difference).
 
 def build(app: App) -> None:
     labels, styles = app.pipe.labels, app.pipe.styles
-    default_a, default_b = ("cat face", "dog face") if app.has_text else ("", "")
     class_b_default = "animal_nature" if "animal_nature" in labels else labels[-1]
 
     def side_by_side(prompt_a, class_a, prompt_b, class_b, style, guidance, sampler, steps, num_images, columns, seed,
@@ -67,12 +66,11 @@ def build(app: App) -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 with gr.Row():
-                    prompt_a = gr.Textbox(default_a, label="prompt A", visible=app.has_text, max_length=200)
-                    class_a = gr.Dropdown([ANY, *labels], value=ANY if app.has_text else labels[0], label="class A")
+                    prompt_a = gr.Textbox("", placeholder="e.g. cat face", label="prompt A", visible=app.has_text, max_length=200)
+                    class_a = gr.Dropdown([ANY, *labels], value=labels[0], label="class A")
                 with gr.Row():
-                    prompt_b = gr.Textbox(default_b, label="prompt B", visible=app.has_text, max_length=200)
-                    class_b = gr.Dropdown([ANY, *labels], value=ANY if app.has_text else class_b_default,
-                                          label="class B")
+                    prompt_b = gr.Textbox("", placeholder="e.g. dog face", label="prompt B", visible=app.has_text, max_length=200)
+                    class_b = gr.Dropdown([ANY, *labels], value=class_b_default, label="class B")
                 style = gr.Radio([ANY, *styles], value=ANY, label="style (both)")
                 guidance = guidance_slider(app)
                 sampler, steps = sampler_controls(app)
