@@ -28,6 +28,8 @@ def cmd_sample(args) -> None:
     interval = "default" if args.guidance_interval is None else None if args.guidance_interval == ["all"] else \
         tuple(map(float, args.guidance_interval))
     prompts = args.prompts or []
+    if len(prompts) > args.num:
+        raise ValueError(f"--num {args.num} is fewer than the {len(prompts)} prompts; each prompt needs an image")
     prompt = prompts if len(prompts) > 1 else prompts[0] if prompts else None
     result = pipe.generate(num_images=args.num, classes=classes, style=args.style, prompt=prompt,
                            sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed,

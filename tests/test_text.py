@@ -177,3 +177,6 @@ def test_sample_cli_draws_several_prompts_into_a_titled_grid_and_an_npz(vocab, t
     grid = np.asarray(Image.open(tmp_path / "p.png"))
     single = 3 * 16 + 2 * 2  # three images at scale 3 in one row, padded
     assert grid.shape[1] > 2 * (3 * single) and grid.shape[0] < 3 * single + 40  # two titled blocks side by side
+    assert main(["sample", "--model", str(folder), "--num", "1", "--prompt", "a", "--prompt", "b", "--out",
+                 str(tmp_path / "few.png")]) == 2
+    assert "fewer than the 2 prompts" in capsys.readouterr().err
