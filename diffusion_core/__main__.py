@@ -87,7 +87,7 @@ def cmd_distill(args) -> None:
     from .distill import DistillConfig, distill
 
     cfg = config_from(args, DistillConfig)
-    summary = distill(cfg, resume=args.resume, show_progress=not args.quiet)
+    summary = distill(cfg, resume=args.resume, show_progress=not args.quiet, export_only=args.export_only)
     print(f"distilled to step {summary['step']}; student exported to {cfg.export_dir}")
 
 
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("export_dir", str), ("checkpoint_every", int), ("log_every", int), ("precision", str),
                        ("num_threads", int), ("seed", int), ("base_channels", int), ("image_size", int),
                        ("prediction_type", str), ("schedule", str), ("warmup_steps", int), ("init_from", str),
-                       ("min_lr_ratio", float)):
+                       ("min_lr_ratio", float), ("weights_dtype", str)):
         t.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
     t.set_defaults(func=cmd_train)
 
@@ -216,10 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--config", help="JSON distillation config, e.g. configs/emoji32_fast.json")
     di.add_argument("--resume", action="store_true", help="continue from out_dir/state.safetensors")
     di.add_argument("--quiet", action="store_true", help="no progress bar")
+    di.add_argument("--export-only", action="store_true",
+                    help="write out_dir/state.safetensors's EMA student to export_dir (card, samples) without training")
     for name, kind in (("teacher", str), ("data", str), ("max_steps", int), ("batch_size", int), ("lr", float),
                        ("out_dir", str), ("export_dir", str), ("checkpoint_every", int), ("log_every", int),
                        ("precision", str), ("num_threads", int), ("seed", int), ("skeleton_steps", int),
-                       ("warmup_steps", int)):
+                       ("warmup_steps", int), ("weights_dtype", str)):
         di.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
     di.set_defaults(func=cmd_distill)
 

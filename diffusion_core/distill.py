@@ -41,7 +41,7 @@ from .pipeline import DiffusionPipeline
 from .samplers import predict_x0_and_eps
 from .schedule import NoiseSchedule
 from .train import JsonConfig, load_training_state, run_optimisation, save_training_state, start_processes, training_prompt
-from .unet import UNet
+from .unet import WEIGHTS_DTYPES, UNet, round_weights
 
 
 @dataclass
@@ -70,6 +70,7 @@ class DistillConfig(JsonConfig):
     seed: int = 0
     out_dir: str = "runs/emoji32_fast"
     export_dir: str = "checkpoints/emoji32_fast"
+    weights_dtype: str = "float32"         # how exports store the weights: "float32" or "float16" (half the bytes)
     checkpoint_every: int = 100
     log_every: int = 10
     num_threads: int = 0
@@ -87,6 +88,7 @@ class DistillConfig(JsonConfig):
              "dropouts and ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
+            (self.weights_dtype in WEIGHTS_DTYPES, f"weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -142,8 +144,9 @@ def teacher_columns(teacher: DiffusionPipeline, data) -> torch.Tensor:
     return mapping
 
 
-def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True) -> dict:
-    """Distil cfg.teacher into a few-step, guidance-conditioned student (or resume); returns a summary."""
+def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True, export_only: bool = False) -> dict:
+    """Distil cfg.teacher into a few-step, guidance-conditioned student (or resume); returns a summary.
+    ``export_only`` writes the saved state's EMA student to cfg.export_dir without training."""
     cfg.validate()
     procs = start_processes(cfg)
     device = procs.device
@@ -170,6 +173,12 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
     out_dir = Path(cfg.out_dir)
     state_path = out_dir / "state.safetensors"
     step = 0
+    if export_only:
+        if not state_path.exists():
+            raise ValueError(f"no distillation state at {state_path} to export")
+        step = load_training_state(state_path, model, ema, optimizer)
+        folder = export_student(ema, teacher, cfg, step) if procs.is_main else None
+        return {"step": step, "export": str(folder)}
     if resume and state_path.exists():
         step = load_training_state(state_path, model, ema, optimizer)
     elif resume and procs.is_main:
@@ -226,6 +235,7 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
 
     student = UNet(**ema._hub_mixin_config)
     student.load_state_dict({k: v.detach().float().cpu() for k, v in ema.state_dict().items()})
+    round_weights(student, cfg.weights_dtype)
     pipe = DiffusionPipeline(student, NoiseSchedule(teacher.schedule.kind, teacher.schedule.num_timesteps),
                              teacher.labels, teacher.styles, "v", device="cpu", vocabulary=teacher.vocabulary,
                              default_sampling=cfg.default_sampling)
@@ -234,7 +244,8 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     grid = pipe.generate(num_images=per_class * len(pipe.labels),
                          classes=[name for name in pipe.labels for _ in range(per_class)], seed=0)
     save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
-    folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: distillation_card(cfg, step, out_dir / "log.csv", evaluation))
+    folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: distillation_card(cfg, step, out_dir / "log.csv", evaluation),
+                            cfg.weights_dtype)
     save_grid(grid.images, folder / "samples.png", nrow=per_class)
     shutil.copy2(out_dir / "log.csv", folder / "training_log.csv")
     return folder

@@ -60,6 +60,11 @@ def quick_settings() -> list[Setting]:
     return [Setting(DEFAULT_SAMPLER, 20, w) for w in (3.0, 4.0)]
 
 
+def mean_over(runs: list[dict], keys) -> dict:
+    """Each key's mean over the runs (one run per noise seed)."""
+    return {k: float(np.mean([r[k] for r in runs])) for k in keys}
+
+
 def setting_of(row: dict) -> Setting:
     """The setting of a table row or of a result's headline (JSON gives the interval as a list)."""
     interval = row.get("guidance_interval")
@@ -215,6 +220,7 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
     styles = [real.held.style_names[s] for s in real.held.style_index()] if pipe.styles else [None] * len(labels)
     log(f"real held-out vs reference (n={len(labels)}): " + format_scores(real.floor))
     by_style = {s: RealData(classifier, styles=[s]) for s in real.styles} if len(real.styles) > 1 else {}
+    in_style = {s: np.array(styles) == s for s in by_style}
     rows = []
     for setting in settings or default_settings(pipe):
         runs = []
@@ -223,15 +229,14 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
             images = generate_like(pipe, labels, styles, setting, seed)
             seconds = (time.perf_counter() - start) / len(labels)
             runs.append({"seed": seed, **real.score(images, labels), "seconds_per_image": seconds,
-                         "per_style": {s: r.score(images[np.array(styles) == s], labels[np.array(styles) == s])
+                         "per_style": {s: r.score(images[in_style[s]], labels[in_style[s]])
                                        for s, r in by_style.items()}})
         row = {"sampler": setting.sampler, "steps": setting.steps, "guidance": setting.guidance,
                "guidance_interval": list(setting.guidance_interval) if setting.guidance_interval else None,
                "n": int(len(labels)),
-               **{k: float(np.mean([r[k] for r in runs])) for k in (*MEASURES, "seconds_per_image")},
+               **mean_over(runs, (*MEASURES, "seconds_per_image")),
                "per_style": {s: {"n": runs[0]["per_style"][s]["n"],
-                                 **{k: float(np.mean([r["per_style"][s][k] for r in runs])) for k in MEASURES}}
-                             for s in by_style},
+                                 **mean_over([r["per_style"][s] for r in runs], MEASURES)} for s in by_style},
                "seeds": runs}
         rows.append(row)
         log(format_row(row, real.floor))

@@ -53,11 +53,11 @@ def initial_weights_training(init_from: str | None) -> str:
     return f"\n### Before this run: how `{init_from}` was trained (from its card)\n{body}\n{older}"
 
 
-def save_with_card(pipe, folder, card_for) -> Path:
+def save_with_card(pipe, folder, card_for, weights_dtype: str = "float32") -> Path:
     """``pipe.save_pretrained(folder)`` with the card ``card_for(evaluation)``: the folder's evaluation
     tables when they measured these very weights, else None, and then the stale tables are removed."""
     evaluation = evaluation_of(Path(folder), weights_fingerprint(pipe.model.state_dict()))
-    folder = pipe.save_pretrained(folder, model_card=card_for(evaluation))
+    folder = pipe.save_pretrained(folder, model_card=card_for(evaluation), weights_dtype=weights_dtype)
     if evaluation is None:  # an evaluation of the weights this export replaced no longer applies
         for name in (EVALUATION_FILE, EVALUATION_JSON):
             (folder / name).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ A text prompt travels through the samplers packed into the context: the sampler 
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import torch
 from .samplers import DEFAULT_SAMPLER, SAMPLERS, check_sampling_args, sample
 from .schedule import NoiseSchedule
 from .text import VOCAB_NAME, Vocabulary
-from .unet import WEIGHTS_NAME, UNet, load_weights_strict
+from .unet import WEIGHTS_DTYPES, WEIGHTS_NAME, UNet, load_weights_strict
 
 MAX_IMAGES = 64
 CONFIG_NAME = "config.json"
@@ -137,9 +138,14 @@ class DiffusionPipeline:
                 "num_timesteps": self.schedule.num_timesteps, "prediction_type": self.prediction_type,
                 "labels": self.labels, "styles": self.styles, "default_sampling": self.default_sampling}
 
-    def save_pretrained(self, folder: str | os.PathLike, model_card: str | None = None) -> Path:
+    def save_pretrained(self, folder: str | os.PathLike, model_card: str | None = None,
+                        weights_dtype: str = "float32") -> Path:
         """Write config.json, model.safetensors and README.md into ``folder``, atomically: everything
-        goes to a temporary folder beside it first, which then replaces ``folder`` in one rename."""
+        goes to a temporary folder beside it first, which then replaces ``folder`` in one rename.
+        ``weights_dtype="float16"`` stores the weights in half the bytes; ``from_pretrained`` reads
+        them back into the float32 model (``unet.round_weights`` first makes this model match them)."""
+        if weights_dtype not in WEIGHTS_DTYPES:
+            raise ValueError(f"weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}, got {weights_dtype!r}")
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -147,7 +153,8 @@ class DiffusionPipeline:
         try:
             if model_card is not None:
                 (staging / "README.md").write_text(model_card)
-            self.model.save_pretrained(staging, config=self.config())
+            stored = self.model if weights_dtype == "float32" else copy.deepcopy(self.model).to(WEIGHTS_DTYPES[weights_dtype])
+            stored.save_pretrained(staging, config=self.config())
             if self.vocabulary is not None:
                 self.vocabulary.save(staging)
             for extra in folder.glob("*") if folder.is_dir() else []:  # keep logs and grids already there

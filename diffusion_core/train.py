@@ -34,7 +34,7 @@ from .pipeline import FALLBACK_SAMPLING, DiffusionPipeline, cpu_has_native_bf16
 from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
 from .text import Vocabulary, words
-from .unet import UNet
+from .unet import WEIGHTS_DTYPES, UNet, round_weights
 
 LOG_FIELDS = ("step", "loss", "lr", "images_per_s", "elapsed_s")
 
@@ -100,6 +100,7 @@ class TrainConfig(JsonConfig):
     # bookkeeping
     out_dir: str = "runs/emoji32"
     export_dir: str = "checkpoints/emoji32"
+    weights_dtype: str = "float32"         # how exports store the weights: "float32" or "float16" (half the bytes)
     checkpoint_every: int = 1000
     log_every: int = 50
     num_threads: int = 0                   # torch CPU threads; 0 = torch's default
@@ -124,6 +125,7 @@ class TrainConfig(JsonConfig):
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
             (self.prediction_type in ("epsilon", "v"), "prediction_type must be 'epsilon' or 'v'"),
+            (self.weights_dtype in WEIGHTS_DTYPES, f"weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -462,8 +464,9 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
     grid = pipe.generate(num_images=len(classes), classes=classes, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0, seed=0)
     pipe.model.cpu()  # the weights are saved from the CPU
     save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
-    folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: training_card(cfg, step, out_dir / "log.csv", evaluation))
-    pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}")  # every export kept, for learning curves
+    folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: training_card(cfg, step, out_dir / "log.csv", evaluation),
+                            cfg.weights_dtype)
+    pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}", weights_dtype=cfg.weights_dtype)  # for learning curves
     save_grid(grid.images, folder / "samples.png", nrow=per_class)
     import shutil
 
@@ -472,6 +475,7 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
 
 
 def ema_copy(ema: UNet, cfg: TrainConfig) -> UNet:
+    """The EMA weights on the CPU in float32, rounded to the precision they will be stored in."""
     model = UNet(**cfg.unet_kwargs(ema.context_dim, ema.vocab_size))
     model.load_state_dict({k: v.detach().float().cpu() for k, v in ema.state_dict().items()})
-    return model
+    return round_weights(model, cfg.weights_dtype)

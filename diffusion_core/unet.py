@@ -278,6 +278,20 @@ class UNet(nn.Module, PyTorchModelHubMixin):
 
 
 WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16}  # how a checkpoint's weights are stored
+
+
+def round_weights(model: nn.Module, weights_dtype: str) -> nn.Module:
+    """Round the floating-point weights through ``weights_dtype`` in place, so the model computes exactly
+    what a file stored in that precision loads back as (float16 on disk halves the file; the U-Net still
+    runs in float32, as fp16 weights relative error is at most 2^-11)."""
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}, got {weights_dtype!r}")
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(WEIGHTS_DTYPES[weights_dtype]))
+    return model
 
 
 def load_weights_strict(model: nn.Module, path: str, map_location: str = "cpu") -> nn.Module:

@@ -111,9 +111,24 @@ def test_distillation_resumes_exactly_where_it_stopped(teacher_dir, course_files
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng.")), "resumed weights differ"
 
 
+def test_export_only_writes_the_saved_student_in_half_precision_without_training(teacher_dir, course_files, tmp_path):
+    cfg = tiny_distill_config(teacher_dir, course_files, tmp_path, "a", max_steps=2)
+    distill(cfg, show_progress=False)
+    log_before = (Path(cfg.out_dir) / "log.csv").read_text()
+    main(["distill", "--teacher", str(teacher_dir), "--data", course_files, "--out-dir", cfg.out_dir,
+          "--export-dir", str(tmp_path / "half"), "--weights-dtype", "float16", "--export-only", "--quiet"])
+    assert (Path(cfg.out_dir) / "log.csv").read_text() == log_before  # nothing trained
+    assert {t.dtype for t in load_file(tmp_path / "half" / "model.safetensors").values()} == {torch.float16}
+    full = DiffusionPipeline.from_pretrained(cfg.export_dir, device="cpu")
+    half = DiffusionPipeline.from_pretrained(tmp_path / "half", device="cpu")
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(half.model.state_dict()[k], v.half().float()), k
+
+
 @pytest.mark.parametrize("args,message", [
     (["--teacher", "no/such/folder/x"], "model must be a checkpoint folder or a Hub repo id"),
     (["--skeleton-steps", "1"], "skeleton_steps must be >= 2"),
+    (["--weights-dtype", "int8"], "weights_dtype must be one of"),
 ])
 def test_bad_distill_arguments_print_the_message_and_exit_non_zero(args, message, tmp_path, capsys):
     code = main(["distill", "--quiet", "--out-dir", str(tmp_path / "r"), "--export-dir", str(tmp_path / "e"), *args])

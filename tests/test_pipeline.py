@@ -80,6 +80,24 @@ def test_save_and_load_round_trip_is_bit_exact(tiny_pipeline, tmp_path):
     assert np.array_equal(a, b)
 
 
+def test_float16_on_disk_halves_the_file_and_loads_what_the_rounded_model_draws(tiny_pipeline, tmp_path):
+    from diffusion_core.unet import round_weights
+
+    full = tiny_pipeline.save_pretrained(tmp_path / "fp32") / "model.safetensors"
+    half = tiny_pipeline.save_pretrained(tmp_path / "fp16", weights_dtype="float16") / "model.safetensors"
+    assert {t.dtype for t in load_file(half).values()} == {torch.float16}
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "fp16")
+    assert all(t.dtype == torch.float32 for t in loaded.model.state_dict().values())  # runs in float32
+    drawn = tiny_pipeline.generate(num_images=2, classes=["a"], steps=4, seed=3).images
+    round_weights(tiny_pipeline.model, "float16")
+    assert np.array_equal(tiny_pipeline.generate(num_images=2, classes=["a"], steps=4, seed=3).images,
+                          loaded.generate(num_images=2, classes=["a"], steps=4, seed=3).images)
+    assert np.abs(drawn.astype(int) - loaded.generate(num_images=2, classes=["a"], steps=4, seed=3).images).max() <= 2
+    with pytest.raises(ValueError, match="weights_dtype must be one of"):
+        tiny_pipeline.save_pretrained(tmp_path / "bad", weights_dtype="int8")
+
+
 def test_saving_replaces_the_folder_atomically_and_keeps_other_files(tiny_pipeline, tmp_path):
     folder = tiny_pipeline.save_pretrained(tmp_path / "ckpt")
     (folder / "training_log.csv").write_text("step,loss\n1,0.5\n")

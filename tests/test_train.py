@@ -53,6 +53,10 @@ def test_export_only_rewrites_the_saved_states_ema_without_training(course_files
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert "| steps | 6 |" in (tmp_path / "again" / "README.md").read_text()
     assert (Path(cfg.out_dir) / "log.csv").read_text() == log_before
+    half = tiny_config(course_files, tmp_path, "a", export_dir=str(tmp_path / "half"), weights_dtype="float16")
+    train(half, export_only=True, show_progress=False)
+    c = load_file(Path(half.export_dir) / "model.safetensors")
+    assert all(c[k].dtype == torch.float16 and torch.equal(c[k], a[k].half()) for k in a)
 
 
 def test_an_evaluation_stays_in_the_card_only_while_it_measures_the_exported_weights(course_files, tmp_path):
