@@ -246,6 +246,7 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
     folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: distillation_card(cfg, step, out_dir / "log.csv", evaluation),
                             cfg.weights_dtype)
+    pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}", weights_dtype=cfg.weights_dtype)  # for learning curves
     save_grid(grid.images, folder / "samples.png", nrow=per_class)
     shutil.copy2(out_dir / "log.csv", folder / "training_log.csv")
     return folder

@@ -20,7 +20,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SAMPLING = json.loads((ROOT / "checkpoints" / "emoji32" / "config.json").read_text())["default_sampling"]
-SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "artifacts" / "screenshots"))
+TAKE_ALL_SCREENSHOTS = os.environ.get("SCREENSHOT_DIR")  # set when retaking the README's screenshots
+SCREENSHOTS = Path(TAKE_ALL_SCREENSHOTS or ROOT / "artifacts" / "screenshots")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -211,6 +212,11 @@ def test_every_tab_works_in_a_real_browser(default_server):
             if tab == "Context":
                 panel.get_by_role("button", name="0.6 food_drink + 0.4 animal_nature").click()  # a preset
             assert panel.get_by_text("How it works").or_(panel.get_by_text("Why DPM-Solver")).count() >= 1
+            if tab == "Compare samplers" and TAKE_ALL_SCREENSHOTS is None:
+                # its default run is DDPM's 1000 steps (over 2 minutes on 2 cores): made for the README's
+                # screenshots only; test_compare_gives_every_sampler_its_pictures_and_time covers the handler
+                assert panel.get_by_role("button", name=button, exact=True).is_enabled()
+                continue
             panel.get_by_role("button", name=button, exact=True).click()
             panel.get_by_text(re.compile(expected)).first.wait_for(timeout=240_000)
             if tab == "Compare samplers":  # every sampler's pictures come with its time
@@ -321,6 +327,21 @@ def test_a_prompt_to_a_model_without_text_draws_the_classes_its_words_match():
     assert all(np.array_equal(a, b) for a, b in zip(gallery, same))
     _, nothing = fns["prompt"]("xyzzy", "any", "any", 3.0, "ddim", 4, 1, 0, progress=quiet)
     assert "no class (no word matched)" in nothing
+
+
+def test_compare_gives_every_sampler_its_pictures_and_time(tiny_pipeline):
+    """In-process, on a tiny 50-step model: the Compare tab's handler runs DDPM over all T steps and the
+    fast samplers at theirs, from the same seed."""
+    from app import build_app
+
+    (handler,) = [f.fn for f in build_app(tiny_pipeline, "Weights: tiny.").fns.values() if f.api_name == "compare"]
+    outputs = handler("a", 3.0, 2, 0, progress=lambda *args, **kwargs: None)
+    galleries, texts = outputs[0::2], outputs[1::2]
+    assert [len(g) for g in galleries] == [2, 2, 2, 2]
+    for label, text in zip(("DDPM, 50 steps", "DDIM, 25 steps", "DPM-Solver++ 2M, 20 steps",
+                            "DPM-Solver++ 2M SDE, 20 steps"), texts):
+        assert re.fullmatch(rf"\*\*{re.escape(label)}\*\*: [\d.]+ s", text), text
+    assert not np.array_equal(galleries[0][0], galleries[1][0])  # each sampler draws its own picture
 
 
 def test_the_prompt_tab_of_a_text_model_reads_the_prompt_and_lists_unknown_words(vocab):

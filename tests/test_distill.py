@@ -100,6 +100,7 @@ def test_distillation_ships_a_student_that_samples_itself_in_one_call_per_step(t
     card = (Path(cfg.export_dir) / "README.md").read_text()
     assert f"`{teacher_dir}`" in card and "| images seen | 24 |" in card and "configs/run.json" in card
     assert (Path(cfg.export_dir) / "samples.png").exists() and (Path(cfg.export_dir) / "training_log.csv").exists()
+    assert sorted(p.name for p in (Path(cfg.out_dir) / "exports").iterdir()) == ["step_0000002", "step_0000004"]
 
 
 def test_distillation_resumes_exactly_where_it_stopped(teacher_dir, course_files, tmp_path):
