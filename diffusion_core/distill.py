@@ -41,7 +41,7 @@ from .pipeline import DiffusionPipeline
 from .samplers import predict_x0_and_eps
 from .schedule import NoiseSchedule
 from .train import JsonConfig, load_training_state, run_optimisation, save_training_state, start_processes, training_prompt
-from .unet import WEIGHTS_DTYPES, UNet, round_weights
+from .unet import UNet, round_weights, weights_torch_dtype
 
 
 @dataclass
@@ -88,11 +88,11 @@ class DistillConfig(JsonConfig):
              "dropouts and ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
-            (self.weights_dtype in WEIGHTS_DTYPES, f"weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        weights_torch_dtype(self.weights_dtype)
 
 
 def student_of(teacher: DiffusionPipeline) -> UNet:

@@ -28,7 +28,7 @@ import torch
 from .samplers import DEFAULT_SAMPLER, SAMPLERS, check_sampling_args, sample
 from .schedule import NoiseSchedule
 from .text import VOCAB_NAME, Vocabulary
-from .unet import WEIGHTS_DTYPES, WEIGHTS_NAME, UNet, load_weights_strict
+from .unet import WEIGHTS_NAME, UNet, load_weights_strict, weights_torch_dtype
 
 MAX_IMAGES = 64
 CONFIG_NAME = "config.json"
@@ -144,8 +144,7 @@ class DiffusionPipeline:
         goes to a temporary folder beside it first, which then replaces ``folder`` in one rename.
         ``weights_dtype="float16"`` stores the weights in half the bytes; ``from_pretrained`` reads
         them back into the float32 model (``unet.round_weights`` first makes this model match them)."""
-        if weights_dtype not in WEIGHTS_DTYPES:
-            raise ValueError(f"weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}, got {weights_dtype!r}")
+        dtype = weights_torch_dtype(weights_dtype)
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -153,7 +152,7 @@ class DiffusionPipeline:
         try:
             if model_card is not None:
                 (staging / "README.md").write_text(model_card)
-            stored = self.model if weights_dtype == "float32" else copy.deepcopy(self.model).to(WEIGHTS_DTYPES[weights_dtype])
+            stored = self.model if dtype == torch.float32 else copy.deepcopy(self.model).to(dtype)
             stored.save_pretrained(staging, config=self.config())
             if self.vocabulary is not None:
                 self.vocabulary.save(staging)

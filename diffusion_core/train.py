@@ -34,7 +34,7 @@ from .pipeline import FALLBACK_SAMPLING, DiffusionPipeline, cpu_has_native_bf16
 from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
 from .text import Vocabulary, words
-from .unet import WEIGHTS_DTYPES, UNet, round_weights
+from .unet import UNet, round_weights, weights_torch_dtype
 
 LOG_FIELDS = ("step", "loss", "lr", "images_per_s", "elapsed_s")
 
@@ -125,11 +125,11 @@ class TrainConfig(JsonConfig):
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
             (self.prediction_type in ("epsilon", "v"), "prediction_type must be 'epsilon' or 'v'"),
-            (self.weights_dtype in WEIGHTS_DTYPES, f"weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        weights_torch_dtype(self.weights_dtype)
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:

@@ -281,16 +281,22 @@ WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16}  # how a checkpoint's weights are stored
 
 
+def weights_torch_dtype(weights_dtype: str) -> torch.dtype:
+    """The torch dtype a checkpoint's weights are stored in, from its name; a ValueError names the choices."""
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}, got {weights_dtype!r}")
+    return WEIGHTS_DTYPES[weights_dtype]
+
+
 def round_weights(model: nn.Module, weights_dtype: str) -> nn.Module:
     """Round the floating-point weights through ``weights_dtype`` in place, so the model computes exactly
     what a file stored in that precision loads back as. float16 on disk halves the file; the U-Net still
     runs in float32, and each weight in float16's normal range (above 6e-5) moves by at most 2^-11 of itself."""
-    if weights_dtype not in WEIGHTS_DTYPES:
-        raise ValueError(f"weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}, got {weights_dtype!r}")
+    dtype = weights_torch_dtype(weights_dtype)
     with torch.no_grad():
         for tensor in model.state_dict().values():
             if tensor.is_floating_point():
-                tensor.copy_(tensor.to(WEIGHTS_DTYPES[weights_dtype]))
+                tensor.copy_(tensor.to(dtype))
     return model
 
 

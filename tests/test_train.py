@@ -207,6 +207,8 @@ def test_bad_training_settings_are_clear_errors(tmp_path):
         TrainConfig.from_json(path)
     with pytest.raises(ValueError, match="data set must be"):
         train(TrainConfig(data="imagenet", out_dir=str(tmp_path / "r")), show_progress=False)
+    with pytest.raises(ValueError, match=r"weights_dtype must be one of \['float16', 'float32'\], got 'bfloat16'"):
+        TrainConfig(weights_dtype="bfloat16").validate()
 
 
 def shipped_config(path: Path):
