@@ -13,7 +13,9 @@ N-point skeleton of the schedule:
     L     = d( f_θ(x_t, t, c, w),  f_θ⁻(x_s, s, c, w) )              (θ⁻: the EMA of θ, no gradient)
 
 with f_θ the student's clean-image estimate x̂_0 and d the pseudo-Huber distance (Song & Dhariwal
-2023, "Improved Techniques for Training Consistency Models", sec. 3.3). At the last skeleton point
+2023, "Improved Techniques for Training Consistency Models", sec. 3.3), measured on x̂_0 or, with
+``loss_space="v"``, on the network's own output v: Δv = Δx̂_0 / √(1-ᾱ_t), which weights the quiet
+end of the path up to 14x (for a squared distance this is Salimans & Ho 2022's "SNR+1" weighting). At the last skeleton point
 the target is the teacher's own x̂_0 (the boundary condition f(x, 0) = x). Trained so, f maps every
 point of an ODE path to the path's end, and the multistep consistency sampler
 (``samplers.consistency_step``) needs only a handful of steps.
@@ -52,6 +54,8 @@ class DistillConfig(JsonConfig):
     skeleton_steps: int = 25               # N: the teacher's ODE is walked in N DDIM steps
     guidance_range: list[float] = field(default_factory=lambda: [1.0, 8.0])  # w ~ U[lo, hi] per picture
     huber_c: float = 0.03                  # pseudo-Huber c = 0.00054·√d for d = 3·32·32 (iCT, sec. 3.3)
+    loss_space: str = "x0"                 # the distance on x̂_0, or on v (= x̂_0's weighted by 1/√(1-ᾱ_t))
+    init_student: str = ""                 # a student checkpoint to start from instead of the teacher's weights
     context_dropout: float = 0.1           # p of the empty condition (the teacher unguided)
     style_dropout: float = 0.3
     text_dropout: float = 0.15             # text teachers only
@@ -83,6 +87,7 @@ class DistillConfig(JsonConfig):
             (self.skeleton_steps >= 2, "skeleton_steps must be >= 2"),
             (0 <= lo <= hi, "guidance_range must be [lo, hi] with 0 <= lo <= hi"),
             (self.huber_c > 0, "huber_c must be > 0"),
+            (self.loss_space in ("x0", "v"), f"loss_space must be 'x0' or 'v', got {self.loss_space!r}"),
             (self.batch_size >= 1 and self.max_steps >= 1 and self.lr > 0, "batch_size, max_steps and lr must be positive"),
             (all(0 <= p < 1 for p in (self.context_dropout, self.style_dropout, self.text_dropout, self.ema_decay)),
              "dropouts and ema_decay must be in [0, 1)"),
@@ -104,9 +109,31 @@ def student_of(teacher: DiffusionPipeline) -> UNet:
     return student
 
 
+def start_student(teacher: DiffusionPipeline, init_student: str) -> UNet:
+    """The student's first weights: the teacher's (``student_of``), or those of an earlier student of
+    the same architecture, to continue a distillation with new settings (a fresh optimizer and step 0)."""
+    student = student_of(teacher)
+    if init_student:
+        earlier = DiffusionPipeline.from_pretrained(init_student)
+        if not earlier.guidance_distilled or earlier.model._hub_mixin_config != student._hub_mixin_config:
+            raise ValueError(f"init_student {init_student} is not a student of this teacher's architecture")
+        student.load_state_dict(earlier.model.state_dict())
+    return student
+
+
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
     """d(a, b) = √(‖a - b‖² + c²) - c per picture (Song & Dhariwal 2023, eq. 9), averaged."""
     return (((a - b) ** 2).flatten(1).sum(1) + c**2).sqrt().sub(c).mean()
+
+
+def consistency_distance(x0: torch.Tensor, target: torch.Tensor, alpha_bar: torch.Tensor, c: float,
+                         space: str = "x0") -> torch.Tensor:
+    """The pseudo-Huber distance between the student's x̂_0 and its target, on x̂_0 itself or on v:
+    x̂_0 = √ᾱ x_t - √(1-ᾱ) v̂ (ᾱ per picture), so Δv = Δx̂_0 / √(1-ᾱ_t)."""
+    if space == "v":
+        sigma = (1 - alpha_bar).sqrt().view(-1, 1, 1, 1)
+        x0, target = x0 / sigma, target / sigma
+    return pseudo_huber(x0, target, c)
 
 
 def x0_from_v(v: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -164,7 +191,7 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
     skeleton = schedule.respace(cfg.skeleton_steps).to(device)
 
     torch.manual_seed(cfg.seed)
-    model = student_of(teacher).to(device)
+    model = start_student(teacher, cfg.init_student).to(device)
     ema = student_of(teacher).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
@@ -217,7 +244,7 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
             target = x0_from_v(ema(x_s, s, context, tokens, w).float(), x_s, a_s)
             target = torch.where(last.view(-1, 1, 1, 1), teacher_x0, target)
         v = net(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, w).float()
-        return pseudo_huber(x0_from_v(v, x_t, a_t), target, cfg.huber_c)
+        return consistency_distance(x0_from_v(v, x_t, a_t), target, a_t, cfg.huber_c, cfg.loss_space)
 
     def save(step: int) -> None:
         save_training_state(state_path, model, ema, optimizer, step, cfg)

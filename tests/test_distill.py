@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion_core.__main__ import main
-from diffusion_core.distill import DistillConfig, distill, pseudo_huber, student_of, teacher_ode_step
+from diffusion_core.distill import (DistillConfig, consistency_distance, distill, pseudo_huber, start_student, student_of,
+                                    teacher_ode_step, x0_from_v)
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.samplers import ddim_step
 from diffusion_core.schedule import NoiseSchedule
@@ -77,6 +78,34 @@ def test_pseudo_huber_is_zero_for_equal_pictures_and_grows_like_the_distance():
     assert pseudo_huber(near, a, 0.03).item() == pytest.approx(48e-8 / 0.06, rel=1e-2)
 
 
+def test_the_distance_on_v_is_the_distance_between_the_students_v_outputs():
+    torch.manual_seed(0)
+    x_t, v_a, v_b = torch.randn(3, 2, 3, 4, 4).unbind(0)
+    alpha_bar = torch.tensor([0.999, 0.5])
+    x0_a, x0_b = x0_from_v(v_a, x_t, alpha_bar), x0_from_v(v_b, x_t, alpha_bar)
+    on_v = consistency_distance(x0_a, x0_b, alpha_bar, 0.03, "v")
+    assert on_v.item() == pytest.approx(pseudo_huber(v_a, v_b, 0.03).item(), rel=1e-5)
+    assert consistency_distance(x0_a, x0_b, alpha_bar, 0.03).item() == pytest.approx(pseudo_huber(x0_a, x0_b, 0.03).item())
+    assert on_v > consistency_distance(x0_a, x0_b, alpha_bar, 0.03)  # the quiet picture weighs ~30x more
+
+
+def test_a_distillation_can_start_from_an_earlier_student_and_learn_on_v(teacher_dir, course_files, tmp_path):
+    first = tiny_distill_config(teacher_dir, course_files, tmp_path, "a", max_steps=2)
+    distill(first, show_progress=False)
+    teacher = DiffusionPipeline.from_pretrained(teacher_dir, device="cpu")
+    earlier = DiffusionPipeline.from_pretrained(first.export_dir, device="cpu").model.state_dict()
+    started = start_student(teacher, first.export_dir).state_dict()
+    assert all(torch.equal(started[k], earlier[k]) for k in earlier)
+    assert not all(torch.equal(student_of(teacher).state_dict()[k], earlier[k]) for k in earlier)  # it did learn
+    main(["distill", "--teacher", str(teacher_dir), "--data", course_files, "--out-dir", str(tmp_path / "b" / "run"),
+          "--export-dir", str(tmp_path / "b" / "export"), "--init-student", first.export_dir, "--loss-space", "v",
+          "--max-steps", "2", "--precision", "fp32", "--batch-size", "6", "--skeleton-steps", "5", "--quiet"])
+    card = (tmp_path / "b" / "export" / "README.md").read_text()
+    assert f"`{first.export_dir}` (an earlier student)" in card and "pseudo-Huber on v" in card
+    with pytest.raises(ValueError, match="is not a student of this teacher's architecture"):
+        start_student(teacher, str(teacher_dir))
+
+
 def test_distillation_ships_a_student_that_samples_itself_in_one_call_per_step(teacher_dir, course_files, tmp_path):
     cfg = tiny_distill_config(teacher_dir, course_files, tmp_path, "a")
     distill(cfg, show_progress=False)
@@ -130,6 +159,7 @@ def test_export_only_writes_the_saved_student_in_half_precision_without_training
     (["--teacher", "no/such/folder/x"], "model must be a checkpoint folder or a Hub repo id"),
     (["--skeleton-steps", "1"], "skeleton_steps must be >= 2"),
     (["--weights-dtype", "int8"], "weights_dtype must be one of"),
+    (["--loss-space", "eps"], "loss_space must be 'x0' or 'v', got 'eps'"),
 ])
 def test_bad_distill_arguments_print_the_message_and_exit_non_zero(args, message, tmp_path, capsys):
     code = main(["distill", "--quiet", "--out-dir", str(tmp_path / "r"), "--export-dir", str(tmp_path / "e"), *args])
