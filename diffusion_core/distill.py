@@ -15,8 +15,8 @@ N-point skeleton of the schedule:
 with f_θ the student's clean-image estimate x̂_0 and d the pseudo-Huber distance (Song & Dhariwal
 2023, "Improved Techniques for Training Consistency Models", sec. 3.3), measured on x̂_0 or, with
 ``loss_space="v"``, on the network's own output v: Δv = Δx̂_0 / √(1-ᾱ_t), which weights the quiet
-end of the path up to 14x (for a squared distance this is Salimans & Ho 2022's "SNR+1" weighting). At the last skeleton point
-the target is the teacher's own x̂_0 (the boundary condition f(x, 0) = x). Trained so, f maps every
+end of the path up to 14x (for a squared distance, Salimans & Ho 2022's "SNR+1" weighting). At the
+last skeleton point the target is the teacher's own x̂_0 (the boundary condition f(x, 0) = x). Trained so, f maps every
 point of an ODE path to the path's end, and the multistep consistency sampler
 (``samplers.consistency_step``) needs only a handful of steps.
 
@@ -54,7 +54,7 @@ class DistillConfig(JsonConfig):
     skeleton_steps: int = 25               # N: the teacher's ODE is walked in N DDIM steps
     guidance_range: list[float] = field(default_factory=lambda: [1.0, 8.0])  # w ~ U[lo, hi] per picture
     huber_c: float = 0.03                  # pseudo-Huber c = 0.00054·√d for d = 3·32·32 (iCT, sec. 3.3)
-    loss_space: str = "x0"                 # the distance on x̂_0, or on v (= x̂_0's weighted by 1/√(1-ᾱ_t))
+    loss_space: str = "x0"                 # the distance on x̂_0, or on v (Δx̂_0 weighted by 1/√(1-ᾱ_t))
     init_student: str = ""                 # a student checkpoint to start from instead of the teacher's weights
     context_dropout: float = 0.1           # p of the empty condition (the teacher unguided)
     style_dropout: float = 0.3
