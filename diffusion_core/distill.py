@@ -53,6 +53,7 @@ class DistillConfig(JsonConfig):
     # the consistency objective
     skeleton_steps: int = 25               # N: the teacher's ODE is walked in N DDIM steps
     guidance_range: list[float] = field(default_factory=lambda: [1.0, 8.0])  # w ~ U[lo, hi] per picture
+    guidance_lr_scale: float = 1.0         # the w embedding's lr, as a multiple of lr (it starts at zero, its signal is faint)
     huber_c: float = 0.03                  # pseudo-Huber c = 0.00054·√d for d = 3·32·32 (iCT, sec. 3.3)
     loss_space: str = "x0"                 # the distance on x̂_0, or on v (Δx̂_0 weighted by 1/√(1-ᾱ_t))
     init_student: str = ""                 # a student checkpoint to start from instead of the teacher's weights
@@ -87,6 +88,7 @@ class DistillConfig(JsonConfig):
             (self.skeleton_steps >= 2, "skeleton_steps must be >= 2"),
             (0 <= lo <= hi, "guidance_range must be [lo, hi] with 0 <= lo <= hi"),
             (self.huber_c > 0, "huber_c must be > 0"),
+            (self.guidance_lr_scale > 0, "guidance_lr_scale must be > 0"),
             (self.loss_space in ("x0", "v"), f"loss_space must be 'x0' or 'v', got {self.loss_space!r}"),
             (self.batch_size >= 1 and self.max_steps >= 1 and self.lr > 0, "batch_size, max_steps and lr must be positive"),
             (all(0 <= p < 1 for p in (self.context_dropout, self.style_dropout, self.text_dropout, self.ema_decay)),
@@ -119,6 +121,19 @@ def start_student(teacher: DiffusionPipeline, init_student: str) -> UNet:
             raise ValueError(f"init_student {init_student} is not a student of this teacher's architecture")
         student.load_state_dict(earlier.model.state_dict())
     return student
+
+
+def student_optimizer(student: UNet, cfg: DistillConfig) -> torch.optim.AdamW:
+    """AdamW; with cfg.guidance_lr_scale != 1 the w embedding gets a group of its own whose lr is that
+    multiple of the schedule's (``train.run_optimisation`` reads a group's "lr_scale"). Zero-started,
+    it learns only from how the teacher's path bends with w, a faint, noisy signal that Adam's steps
+    at the common lr barely move."""
+    if cfg.guidance_lr_scale == 1:
+        return torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    guidance = list(student.guidance_mlp.parameters())
+    rest = [p for name, p in student.named_parameters() if not name.startswith("guidance_mlp.")]
+    return torch.optim.AdamW([{"params": rest}, {"params": guidance, "lr_scale": cfg.guidance_lr_scale}],
+                             lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
@@ -196,7 +211,7 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     teacher.model.requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = student_optimizer(model, cfg)
     out_dir = Path(cfg.out_dir)
     state_path = out_dir / "state.safetensors"
     step = 0

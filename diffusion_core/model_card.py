@@ -181,6 +181,7 @@ python -m diffusion_core distill --config configs/{Path(cfg.out_dir).name}.json 
 | teacher | `{cfg.teacher}` |
 | started from | {f"`{cfg.init_student}` (an earlier student)" if cfg.init_student else "the teacher's weights"} |
 | distance | pseudo-Huber on {"v" if cfg.loss_space == "v" else "x̂_0"} |
+| lr (w embedding) | {cfg.lr:g} ({cfg.lr * cfg.guidance_lr_scale:g}) |
 | steps | {step} |
 | batch size | {cfg.batch_size} |
 | images seen | {step * cfg.batch_size:,} |

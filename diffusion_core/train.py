@@ -217,7 +217,14 @@ def load_training_state(path: Path, model, ema, optimizer) -> int:
         if key.startswith("optim."):
             _, pid, name = key.split(".", 2)
             state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    groups = json.loads(meta["param_groups"])
+    if len(groups) != len(optimizer.param_groups):
+        raise ValueError(f"{path} holds {len(groups)} optimizer parameter group(s), this run has "
+                         f"{len(optimizer.param_groups)}: resume with the settings it was saved with")
+    for saved, current in zip(groups, optimizer.param_groups):
+        if "lr_scale" in current:
+            saved["lr_scale"] = current["lr_scale"]  # the config's multiple, not the saved one
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
     torch.set_rng_state(tensors["rng.torch"])
     return int(meta["step"])
 
@@ -327,7 +334,7 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
     losses, t_last, images_since, start_time = [], time.perf_counter(), 0, time.perf_counter()
     while step < cfg.max_steps:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
+            group["lr"] = learning_rate(step, cfg) * group.get("lr_scale", 1.0)
         with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = batch_loss(step, net)
         optimizer.zero_grad(set_to_none=True)

@@ -155,11 +155,33 @@ def test_export_only_writes_the_saved_student_in_half_precision_without_training
         assert torch.equal(half.model.state_dict()[k], v.half().float()), k
 
 
+def test_the_guidance_embedding_can_learn_at_a_multiple_of_the_lr_and_resumes_only_so(teacher_dir, course_files, tmp_path):
+    import json
+    from safetensors import safe_open
+
+    cfg = tiny_distill_config(teacher_dir, course_files, tmp_path, "a", max_steps=2, guidance_lr_scale=20.0)
+    distill(cfg, show_progress=False)
+    with safe_open(str(Path(cfg.out_dir) / "state.safetensors"), "pt") as f:
+        rest, guidance = json.loads(f.metadata()["param_groups"])
+    assert guidance["lr"] == pytest.approx(20 * rest["lr"]) and rest["lr"] > 0
+    names = [n for n, _ in student_of(DiffusionPipeline.from_pretrained(teacher_dir, device="cpu")).named_parameters()]
+    assert len(guidance["params"]) == sum(n.startswith("guidance_mlp.") for n in names) == 4
+    assert "| lr (w embedding) | 0.0001 (0.002) |" in (Path(cfg.export_dir) / "README.md").read_text()
+    distill(tiny_distill_config(teacher_dir, course_files, tmp_path, "a", max_steps=3, guidance_lr_scale=5.0),
+            resume=True, show_progress=False)  # a new multiple applies from the resumed step on
+    with safe_open(str(Path(cfg.out_dir) / "state.safetensors"), "pt") as f:
+        rest, guidance = json.loads(f.metadata()["param_groups"])
+    assert guidance["lr"] == pytest.approx(5 * rest["lr"])
+    with pytest.raises(ValueError, match="holds 2 optimizer parameter group"):
+        distill(tiny_distill_config(teacher_dir, course_files, tmp_path, "a", max_steps=4), resume=True, show_progress=False)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--teacher", "no/such/folder/x"], "model must be a checkpoint folder or a Hub repo id"),
     (["--skeleton-steps", "1"], "skeleton_steps must be >= 2"),
     (["--weights-dtype", "int8"], "weights_dtype must be one of"),
     (["--loss-space", "eps"], "loss_space must be 'x0' or 'v', got 'eps'"),
+    (["--guidance-lr-scale", "0"], "guidance_lr_scale must be > 0"),
 ])
 def test_bad_distill_arguments_print_the_message_and_exit_non_zero(args, message, tmp_path, capsys):
     code = main(["distill", "--quiet", "--out-dir", str(tmp_path / "r"), "--export-dir", str(tmp_path / "e"), *args])
