@@ -286,9 +286,10 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     grid = pipe.generate(num_images=per_class * len(pipe.labels),
                          classes=[name for name in pipe.labels for _ in range(per_class)], seed=0)
     save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
-    folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: distillation_card(cfg, step, out_dir / "log.csv", evaluation),
-                            cfg.weights_dtype)
-    pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}", weights_dtype=cfg.weights_dtype)  # for learning curves
+    card = lambda evaluation: distillation_card(cfg, step, out_dir / "log.csv", evaluation)  # noqa: E731
+    folder = save_with_card(pipe, cfg.export_dir, card, cfg.weights_dtype)
+    # every export, for learning curves, with its card: a later stage started from it names its cost
+    pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}", model_card=card(None), weights_dtype=cfg.weights_dtype)
     save_grid(grid.images, folder / "samples.png", nrow=per_class)
     shutil.copy2(out_dir / "log.csv", folder / "training_log.csv")
     return folder

@@ -34,14 +34,15 @@ def evaluation_of(folder: Path, fingerprint: str) -> str | None:
         return None
 
 
-def initial_weights_training(init_from: str | None) -> str:
-    """For a fine-tuned model: the command and facts table from the Training section of the card of
-    the checkpoint it started from (when that is a local folder), and that card's own "Before this
-    run" sections, so the card tells the whole story back to random weights."""
+def initial_weights_training(init_from: str | None, section_name: str = "Training") -> str:
+    """For a fine-tuned model (or a student that continued an earlier one): the command and facts table
+    from the Training (Distillation) section of the card of the checkpoint it started from (when that
+    is a local folder), and that card's own "Before this run" sections, so the card tells the whole
+    story back to random weights (to the teacher's weights)."""
     card = Path(init_from) / "README.md" if init_from else None
     if card is None or not card.is_file():
         return ""
-    _, found, section = card.read_text().partition("\n## Training\n")
+    _, found, section = card.read_text().partition(f"\n## {section_name}\n")
     lines = section.partition("\n## ")[0].splitlines()
     table = [i for i, line in enumerate(lines) if line.startswith("|")]
     if not found or not table:
@@ -50,7 +51,8 @@ def initial_weights_training(init_from: str | None) -> str:
     body = "\n".join(lines[:end])
     earlier = next((i for i in range(end, len(lines)) if lines[i].startswith("### Before this run")), None)
     older = "\n" + "\n".join(lines[earlier:]).rstrip() + "\n" if earlier is not None else ""
-    return f"\n### Before this run: how `{init_from}` was trained (from its card)\n{body}\n{older}"
+    verb = "distilled" if section_name == "Distillation" else "trained"
+    return f"\n### Before this run: how `{init_from}` was {verb} (from its card)\n{body}\n{older}"
 
 
 def save_with_card(pipe, folder, card_for, weights_dtype: str = "float32") -> Path:
@@ -179,7 +181,7 @@ python -m diffusion_core distill --config configs/{Path(cfg.out_dir).name}.json 
 | fact | value |
 | --- | --- |
 | teacher | `{cfg.teacher}` |
-| started from | {f"`{cfg.init_student}` (an earlier student)" if cfg.init_student else "the teacher's weights"} |
+| started from | {f"`{cfg.init_student}` (an earlier student; the table counts this run only)" if cfg.init_student else "the teacher's weights"} |
 | distance | pseudo-Huber on {"v" if cfg.loss_space == "v" else "x̂_0"} |
 | lr (w embedding) | {cfg.lr:g} ({cfg.lr * cfg.guidance_lr_scale:g}) |
 | steps | {step} |
@@ -193,7 +195,7 @@ python -m diffusion_core distill --config configs/{Path(cfg.out_dir).name}.json 
 
 The log is `training_log.csv` beside this card; `samples.png` shows 8 samples per class at the
 default sampling, seed 0.
-
+{initial_weights_training(cfg.init_student, "Distillation")}
 ## Evaluation
 {evaluation or NOT_EVALUATED}
 

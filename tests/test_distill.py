@@ -97,11 +97,14 @@ def test_a_distillation_can_start_from_an_earlier_student_and_learn_on_v(teacher
     started = start_student(teacher, first.export_dir).state_dict()
     assert all(torch.equal(started[k], earlier[k]) for k in earlier)
     assert not all(torch.equal(student_of(teacher).state_dict()[k], earlier[k]) for k in earlier)  # it did learn
+    step_export = str(Path(first.out_dir) / "exports" / "step_0000002")  # every export carries its card
     main(["distill", "--teacher", str(teacher_dir), "--data", course_files, "--out-dir", str(tmp_path / "b" / "run"),
-          "--export-dir", str(tmp_path / "b" / "export"), "--init-student", first.export_dir, "--loss-space", "v",
-          "--max-steps", "2", "--precision", "fp32", "--batch-size", "6", "--skeleton-steps", "5", "--quiet"])
+          "--export-dir", str(tmp_path / "b" / "export"), "--init-student", step_export, "--loss-space", "v",
+          "--max-steps", "1", "--precision", "fp32", "--batch-size", "6", "--skeleton-steps", "5", "--quiet"])
     card = (tmp_path / "b" / "export" / "README.md").read_text()
-    assert f"`{first.export_dir}` (an earlier student)" in card and "pseudo-Huber on v" in card
+    assert f"`{step_export}` (an earlier student" in card and "pseudo-Huber on v" in card
+    this_run, _, before = card.partition(f"### Before this run: how `{step_export}` was distilled (from its card)")
+    assert "| images seen | 6 |" in this_run and "| images seen | 12 |" in before and "pseudo-Huber on x̂_0" in before
     with pytest.raises(ValueError, match="is not a student of this teacher's architecture"):
         start_student(teacher, str(teacher_dir))
 
