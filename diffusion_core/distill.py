@@ -24,6 +24,15 @@ The student predicts v (Salimans & Ho 2022, sec. 4), not ε: x̂_0 = √ᾱ_t x_
 well-conditioned at the noisiest step, where an ε-model's x̂_0 = (x_t - √(1-ᾱ_t) ε̂)/√ᾱ_t divides by
 √ᾱ_T ≈ 5e-5 (cosine schedule). It starts from the teacher's weights, plus a zero-started embedding of w.
 
+With ``objective="guidance"`` the student learns stage one of Meng et al. 2023 instead: at every noise
+level (t uniform, x_t from the forward process) its one output, given w, must match the teacher's
+two-branch guided prediction, as v (mean squared error; ``loss_space`` and the skeleton do not apply):
+
+    L     = ‖ v̂_θ(x_t, t, c, w) - (√ᾱ_t ε̂_w - √(1-ᾱ_t) x̂_0(ε̂_w)) ‖²
+
+Such a student samples with the teacher's own samplers at one network call per step instead of two, and
+starts a consistency stage (``init_student``) whose guidance input already knows what w does.
+
 The loop is ``train.run_optimisation``: AdamW, warm-up and cosine decay, EMA, bf16 where native,
 atomic checkpoints with exact resume, DDP under torchrun, the CSV log.
 
@@ -50,6 +59,7 @@ from .unet import UNet, round_weights, weights_torch_dtype
 class DistillConfig(JsonConfig):
     teacher: str = "checkpoints/emoji32"   # checkpoint folder or Hub id
     data: str = "emoji"                    # pictures to noise (same classes as the teacher's labels)
+    objective: str = "consistency"         # "consistency": a few-step student; "guidance": one call per step, any sampler
     # the consistency objective
     skeleton_steps: int = 25               # N: the teacher's ODE is walked in N DDIM steps
     guidance_range: list[float] = field(default_factory=lambda: [1.0, 8.0])  # w ~ U[lo, hi] per picture
@@ -61,7 +71,7 @@ class DistillConfig(JsonConfig):
     style_dropout: float = 0.3
     text_dropout: float = 0.15             # text teachers only
     # what the student's config.json says about sampling it
-    default_sampling: dict = field(default_factory=lambda: {"sampler": "consistency", "steps": 4, "guidance": 5.0})
+    default_sampling: dict = field(default_factory=dict)  # {} = consistency 4 steps w 5, or (guidance) the teacher's
     # optimisation (as in TrainConfig)
     batch_size: int = 32
     lr: float = 1e-4
@@ -90,6 +100,12 @@ class DistillConfig(JsonConfig):
             (self.huber_c > 0, "huber_c must be > 0"),
             (self.guidance_lr_scale > 0, "guidance_lr_scale must be > 0"),
             (self.loss_space in ("x0", "v"), f"loss_space must be 'x0' or 'v', got {self.loss_space!r}"),
+            (self.objective in ("consistency", "guidance"),
+             f"objective must be 'consistency' or 'guidance', got {self.objective!r}"),
+            (not self.default_sampling
+             or (self.default_sampling.get("sampler") == "consistency") == (self.objective == "consistency"),
+             "default_sampling's sampler must be 'consistency' for the consistency objective, and one of the "
+             "teacher's samplers (e.g. dpmpp_2m_sde) for the guidance objective"),
             (self.batch_size >= 1 and self.max_steps >= 1 and self.lr > 0, "batch_size, max_steps and lr must be positive"),
             (all(0 <= p < 1 for p in (self.context_dropout, self.style_dropout, self.text_dropout, self.ema_decay)),
              "dropouts and ema_decay must be in [0, 1)"),
@@ -121,6 +137,14 @@ def start_student(teacher: DiffusionPipeline, init_student: str) -> UNet:
             raise ValueError(f"init_student {init_student} is not a student of this teacher's architecture")
         student.load_state_dict(earlier.model.state_dict())
     return student
+
+
+def student_sampling(objective: str, teacher_sampling: dict) -> dict:
+    """A student's default sampling: 4 consistency steps at w 5, or (guidance objective) the teacher's
+    sampler, steps and w; a guidance interval does not apply to a student that takes w as an input."""
+    if objective == "consistency":
+        return {"sampler": "consistency", "steps": 4, "guidance": 5.0}
+    return {k: v for k, v in teacher_sampling.items() if k != "guidance_interval"}
 
 
 def student_optimizer(student: UNet, cfg: DistillConfig) -> torch.optim.AdamW:
@@ -158,18 +182,30 @@ def x0_from_v(v: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def teacher_ode_step(teacher: UNet, x_t, t, context, tokens, w, alpha_bar_t, alpha_bar_s):
-    """One DDIM step (Song et al. 2021, eq. 12, η = 0) of the guided teacher from t to s, with x̂_0
-    clipped to the data range as the teacher's sampler does; returns (x_s, x̂_0). The unconditional
+def guided_teacher(teacher: UNet, x_t, t, context, tokens, w, alpha_bar_t):
+    """The teacher's guided prediction ε̂_w = ε̂(x_t, ∅) + w (ε̂(x_t, c) - ε̂(x_t, ∅)) (Ho & Salimans 2022,
+    eq. 6) as (x̂_0, ε̂), x̂_0 clipped to the data range as the teacher's sampler does. The unconditional
     branch gets no context and no text; pictures whose condition is empty go unguided."""
     both_tokens = None if tokens is None else torch.cat([tokens, torch.zeros_like(tokens)])
     out = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, torch.zeros_like(context)]),
                   both_tokens).float()
     cond, uncond = out.chunk(2)
     eps = uncond + w.view(-1, 1, 1, 1) * (cond - uncond)
-    a_t, a_s = alpha_bar_t.view(-1, 1, 1, 1), alpha_bar_s.view(-1, 1, 1, 1)
-    x0, eps = predict_x0_and_eps(eps, x_t, a_t, "epsilon", clip_x0=True)
+    return predict_x0_and_eps(eps, x_t, alpha_bar_t.view(-1, 1, 1, 1), "epsilon", clip_x0=True)
+
+
+def teacher_ode_step(teacher: UNet, x_t, t, context, tokens, w, alpha_bar_t, alpha_bar_s):
+    """One DDIM step (Song et al. 2021, eq. 12, η = 0) of the guided teacher from t to s; returns
+    (x_s, x̂_0)."""
+    x0, eps = guided_teacher(teacher, x_t, t, context, tokens, w, alpha_bar_t)
+    a_s = alpha_bar_s.view(-1, 1, 1, 1)
     return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps, x0
+
+
+def v_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """v = √ᾱ ε - √(1-ᾱ) x_0 (Salimans & Ho 2022, sec. 4), ᾱ per picture."""
+    a = alpha_bar.view(-1, 1, 1, 1)
+    return a.sqrt() * eps - (1 - a).sqrt() * x0
 
 
 def teacher_columns(teacher: DiffusionPipeline, data) -> torch.Tensor:
@@ -197,6 +233,8 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
         raise ValueError(f"{cfg.teacher} is already a distilled student; distil its teacher instead")
     if teacher.prediction_type != "epsilon":
         raise ValueError("the teacher must predict ε (prediction_type 'epsilon')")
+    if not cfg.default_sampling:
+        cfg.default_sampling = student_sampling(cfg.objective, teacher.default_sampling)
     data = load_dataset(cfg.data, teacher.model.image_size)
     images, data_contexts = data.to_tensors()
     images, contexts = images.to(device), (data_contexts @ teacher_columns(teacher, data)).to(device)
@@ -248,6 +286,13 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
                        if kept else "" for i, kept in zip(batch.tolist(), keep_text.tolist())]
             tokens = teacher.vocabulary.encode_batch(prompts)[shard].to(device)
 
+        if cfg.objective == "guidance":  # Meng et al. 2023, stage one: one call gives what two guided calls give
+            t = torch.randint(schedule.num_timesteps, (n,), generator=g)[shard].to(device)
+            a_t = alphas_cumprod[t]
+            x_t = schedule.add_noise(x0, noise, t)
+            target = v_target(*guided_teacher(teacher.model, x_t, t, context, tokens, w, a_t), a_t)
+            v = net(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, w).float()
+            return torch.nn.functional.mse_loss(v, target)
         t = skeleton[k]
         last = k == cfg.skeleton_steps - 1
         s = skeleton[(k + 1).clamp(max=cfg.skeleton_steps - 1)]

@@ -44,9 +44,9 @@ class Setting:
 
 
 def default_settings(pipe=None) -> list[Setting]:
-    """The guidance sweep and the other samplers; for a distilled student, its sampler at 1, 2, 4 and 8
+    """The guidance sweep and the other samplers; for a few-step student, its sampler at 1, 2, 4 and 8
     steps at its default guidance, and its default steps at guidance 2 and 3."""
-    if pipe is not None and pipe.guidance_distilled:
+    if pipe is not None and pipe.guidance_distilled and pipe.default_sampling["sampler"] == "consistency":
         sampling = pipe.default_sampling
         return ([Setting(sampling["sampler"], n, sampling["guidance"]) for n in (1, 2, 4, 8)]
                 + [Setting(sampling["sampler"], sampling["steps"], w) for w in (2.0, 3.0)])

@@ -155,18 +155,29 @@ def distillation_card(cfg, step: int, log_path: Path, evaluation: str | None = N
     """The card of a distilled student (distill.py): its teacher, objective, cost and measured quality."""
     wall, ips, loss = log_facts(log_path, cfg.batch_size)
     name, sampling = Path(cfg.export_dir).name, cfg.default_sampling
+    if cfg.objective == "guidance":
+        title, tag = "guidance distilled into it", "guidance-distillation"
+        method = (f"""trained by guidance distillation (Meng et al. 2023, stage one): at every noise level its one
+output, given w in {list(cfg.guidance_range)}, matches the teacher's two-branch guided prediction, as v. It samples
+with the teacher's samplers at one network call per step (the teacher needs two)""")
+        distance, loss_name = "squared error on v", "MSE on v"
+    else:
+        title, tag = f"distilled to {sampling['steps']} steps, guidance as an input", "consistency-distillation, guidance-distillation"
+        method = (f"""trained by guided consistency distillation (Song et al. 2023, Algorithm 2; Luo et al. 2023; Meng et
+al. 2023): each step of the teacher's guided ODE, walked in {cfg.skeleton_steps} DDIM steps, must lead
+the student to the same clean picture. One network call per step serves any w in
+{list(cfg.guidance_range)} (the teacher needs two)""")
+        distance = f"pseudo-Huber on {'v' if cfg.loss_space == 'v' else 'x̂_0'}"
+        loss_name = f"pseudo-Huber, c = {cfg.huber_c}"
     return f"""---
 license: cc-by-sa-4.0
 library_name: diffusion_core
-tags: [diffusion, consistency-distillation, guidance-distillation, emoji, pixel-art]
+tags: [diffusion, {tag}, emoji, pixel-art]
 ---
-# {name}: `{cfg.teacher}` distilled to {sampling["steps"]} steps, guidance as an input
+# {name}: `{cfg.teacher}` {title}
 
 A student of `{cfg.teacher}` (same U-Net, plus an embedding of the guidance strength w; it predicts v)
-trained by guided consistency distillation (Song et al. 2023, Algorithm 2; Luo et al. 2023; Meng et
-al. 2023): each step of the teacher's guided ODE, walked in {cfg.skeleton_steps} DDIM steps, must lead
-the student to the same clean picture. One network call per step serves any w in
-{list(cfg.guidance_range)} (the teacher needs two), and `generate` samples it by `default_sampling`
+{method}, and `generate` samples it by `default_sampling`
 in config.json: {sampling}, so callers need not know it is distilled.
 
 ## Data
@@ -182,14 +193,14 @@ python -m diffusion_core distill --config configs/{Path(cfg.out_dir).name}.json 
 | --- | --- |
 | teacher | `{cfg.teacher}` |
 | started from | {f"`{cfg.init_student}` (an earlier student; the table counts this run only)" if cfg.init_student else "the teacher's weights"} |
-| distance | pseudo-Huber on {"v" if cfg.loss_space == "v" else "x̂_0"} |
+| distance | {distance} |
 | lr (w embedding) | {cfg.lr:g} ({cfg.lr * cfg.guidance_lr_scale:g}) |
 | steps | {step} |
 | batch size | {cfg.batch_size} |
 | images seen | {step * cfg.batch_size:,} |
 | wall time (all logged runs) | {wall / 3600:.2f} h |
 | images/s (median, last rows) | {ips:.1f} |
-| final loss (pseudo-Huber, c = {cfg.huber_c}) | {loss:.4f} |
+| final loss ({loss_name}) | {loss:.4f} |
 | hardware (export) | {hardware()} |
 | precision | {cfg.precision} (bf16 autocast where native) |
 

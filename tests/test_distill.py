@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion_core.__main__ import main
-from diffusion_core.distill import (DistillConfig, consistency_distance, distill, pseudo_huber, start_student, student_of,
-                                    teacher_ode_step, x0_from_v)
+from diffusion_core.distill import (DistillConfig, consistency_distance, distill, guided_teacher, pseudo_huber,
+                                    start_student, student_of, teacher_ode_step, v_target, x0_from_v)
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.samplers import ddim_step
 from diffusion_core.schedule import NoiseSchedule
@@ -135,6 +135,41 @@ def test_distillation_ships_a_student_that_samples_itself_in_one_call_per_step(t
     assert sorted(p.name for p in (Path(cfg.out_dir) / "exports").iterdir()) == ["step_0000002", "step_0000004"]
 
 
+def test_the_guidance_target_is_the_teachers_guided_prediction_as_v(teacher_dir):
+    teacher = DiffusionPipeline.from_pretrained(teacher_dir, device="cpu")
+    torch.manual_seed(0)
+    x_t, t = torch.randn(4, 3, 16, 16), torch.tensor([49, 30, 10, 0])
+    context, w = torch.eye(5)[[0, 1, 2, 3]], torch.tensor([1.0, 2.0, 5.0, 8.0])
+    a_t = teacher.schedule.alphas_cumprod.float()[t]
+    x0, eps = guided_teacher(teacher.model, x_t, t, context, None, w, a_t)
+    cond, uncond = teacher.model(x_t, t, context), teacher.model(x_t, t, torch.zeros_like(context))
+    by_hand = (x_t - (1 - a_t).sqrt().view(-1, 1, 1, 1) * (uncond + w.view(-1, 1, 1, 1) * (cond - uncond)))
+    assert torch.allclose(x0, (by_hand / a_t.sqrt().view(-1, 1, 1, 1)).clamp(-1, 1), atol=1e-5)
+    v = v_target(x0, eps, a_t)
+    assert torch.allclose(x0_from_v(v, x_t, a_t), x0, atol=1e-5)  # the sampler reads the teacher's x̂_0 back
+
+
+def test_guidance_distillation_ships_a_one_call_per_step_student_for_the_teachers_samplers(teacher_dir, course_files, tmp_path):
+    cfg = tiny_distill_config(teacher_dir, course_files, tmp_path, "g", objective="guidance", guidance_range=[1.0, 4.0])
+    distill(cfg, show_progress=False)
+    teacher = DiffusionPipeline.from_pretrained(teacher_dir, device="cpu")
+    pipe = DiffusionPipeline.from_pretrained(cfg.export_dir, device="cpu")
+    assert pipe.guidance_distilled and pipe.prediction_type == "v"
+    assert pipe.default_sampling == teacher.default_sampling and pipe.default_sampling["sampler"] != "consistency"
+    calls = []
+    forward = pipe.model.forward
+    pipe.model.forward = lambda x, t, c=None, tok=None, g=None: calls.append(len(x)) or forward(x, t, c, tok, g)
+    pipe.generate(num_images=2, classes=["food"], steps=5, seed=0)
+    assert calls == [2] * 5  # one branch per step, w as an input
+    from diffusion_core.evaluate import default_settings
+    assert default_settings(pipe) == default_settings()  # evaluated like its teacher, not like a few-step student
+    card = (Path(cfg.export_dir) / "README.md").read_text()
+    assert "guidance distilled into it" in card and "Meng et al. 2023, stage one" in card and "| distance | squared error on v |" in card
+    with pytest.raises(ValueError, match="default_sampling's sampler must be 'consistency' for the consistency objective"):
+        tiny_distill_config(teacher_dir, course_files, tmp_path, "h", objective="guidance",
+                            default_sampling={"sampler": "consistency", "steps": 4, "guidance": 5.0}).validate()
+
+
 def test_distillation_resumes_exactly_where_it_stopped(teacher_dir, course_files, tmp_path):
     distill(tiny_distill_config(teacher_dir, course_files, tmp_path, "straight"), show_progress=False)
     distill(tiny_distill_config(teacher_dir, course_files, tmp_path, "split", max_steps=2), show_progress=False)
@@ -185,6 +220,7 @@ def test_the_guidance_embedding_can_learn_at_a_multiple_of_the_lr_and_resumes_on
     (["--weights-dtype", "int8"], "weights_dtype must be one of"),
     (["--loss-space", "eps"], "loss_space must be 'x0' or 'v', got 'eps'"),
     (["--guidance-lr-scale", "0"], "guidance_lr_scale must be > 0"),
+    (["--objective", "progressive"], "objective must be 'consistency' or 'guidance', got 'progressive'"),
 ])
 def test_bad_distill_arguments_print_the_message_and_exit_non_zero(args, message, tmp_path, capsys):
     code = main(["distill", "--quiet", "--out-dir", str(tmp_path / "r"), "--export-dir", str(tmp_path / "e"), *args])
