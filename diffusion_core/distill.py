@@ -150,8 +150,8 @@ def student_sampling(objective: str, teacher_sampling: dict) -> dict:
 def student_optimizer(student: UNet, cfg: DistillConfig) -> torch.optim.AdamW:
     """AdamW; with cfg.guidance_lr_scale != 1 the w embedding gets a group of its own whose lr is that
     multiple of the schedule's (``train.run_optimisation`` reads a group's "lr_scale"). Zero-started,
-    it learns only from how the teacher's path bends with w, a faint, noisy signal that Adam's steps
-    at the common lr barely move."""
+    under the consistency objective it learns only from how the teacher's path bends with w, a faint,
+    noisy signal that Adam's steps at the common lr barely move."""
     if cfg.guidance_lr_scale == 1:
         return torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     guidance = list(student.guidance_mlp.parameters())
