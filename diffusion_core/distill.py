@@ -33,6 +33,17 @@ two-branch guided prediction, as v (mean squared error; ``loss_space`` and the s
 Such a student samples with the teacher's own samplers at one network call per step instead of two, and
 starts a consistency stage (``init_student``) whose guidance input already knows what w does.
 
+With ``objective="progressive"`` the student learns stage two of Meng et al. 2023, progressive distillation
+(Salimans & Ho 2022, Algorithm 2): its teacher is a student that already takes w (``init_student``, frozen),
+walked in N DDIM steps; the student starts from it and learns to go in one step where it went in two. For t > m > s,
+three neighbouring points of the N-step skeleton (s clean after the last):
+
+    x_m, x_s  = two DDIM steps of the w-student from x_t                (its x̂_0 clipped, as the sampler does)
+    x̃         = (x_s - (σ_s/σ_t) x_t) / (α_s - (σ_s/σ_t) α_t)           (the x̂_0 whose one DDIM step lands on x_s)
+    L         = ‖ v̂_θ(x_t, t, c, w) - ṽ ‖²,  ṽ the v of x̃ at x_t       (the "SNR+1" weighting on x̂_0)
+
+with α = √ᾱ, σ = √(1-ᾱ). The student samples in N/2 DDIM steps; its export starts the next halving.
+
 The loop is ``train.run_optimisation``: AdamW, warm-up and cosine decay, EMA, bf16 where native,
 atomic checkpoints with exact resume, DDP under torchrun, the CSV log.
 
@@ -55,23 +66,33 @@ from .train import JsonConfig, load_training_state, run_optimisation, save_train
 from .unet import UNet, round_weights, weights_torch_dtype
 
 
+OBJECTIVES = ("consistency", "guidance", "progressive")
+
+
+def sampler_fits(objective: str, sampler: str | None) -> bool:
+    """Whether a student of this objective can sample with this sampler."""
+    if objective == "guidance":
+        return sampler != "consistency"
+    return sampler == {"consistency": "consistency", "progressive": "ddim"}[objective]
+
+
 @dataclass
 class DistillConfig(JsonConfig):
     teacher: str = "checkpoints/emoji32"   # checkpoint folder or Hub id
     data: str = "emoji"                    # pictures to noise (same classes as the teacher's labels)
-    objective: str = "consistency"         # "consistency": a few-step student; "guidance": one call per step, any sampler
-    # the consistency objective
-    skeleton_steps: int = 25               # N: the teacher's ODE is walked in N DDIM steps
+    objective: str = "consistency"         # "consistency" or "progressive": a few-step student; "guidance": one call per step
+    # the consistency and progressive objectives
+    skeleton_steps: int = 25               # N: the teacher's ODE is walked in N DDIM steps (progressive: N even, student N/2)
     guidance_range: list[float] = field(default_factory=lambda: [1.0, 8.0])  # w ~ U[lo, hi] per picture
     guidance_lr_scale: float = 1.0         # the w embedding's lr, as a multiple of lr (it starts at zero, its signal is faint)
     huber_c: float = 0.03                  # pseudo-Huber c = 0.00054·√d for d = 3·32·32 (iCT, sec. 3.3)
     loss_space: str = "x0"                 # the distance on x̂_0, or on v (Δx̂_0 weighted by 1/√(1-ᾱ_t))
-    init_student: str = ""                 # a student checkpoint to start from instead of the teacher's weights
+    init_student: str = ""                 # a student to start from (progressive: also the teacher it halves)
     context_dropout: float = 0.1           # p of the empty condition (the teacher unguided)
     style_dropout: float = 0.3
     text_dropout: float = 0.15             # text teachers only
     # what the student's config.json says about sampling it
-    default_sampling: dict = field(default_factory=dict)  # {} = consistency 4 steps w 5, or (guidance) the teacher's
+    default_sampling: dict = field(default_factory=dict)  # {} = consistency 4 steps w 5, DDIM N/2, or the teacher's
     # optimisation (as in TrainConfig)
     batch_size: int = 32
     lr: float = 1e-4
@@ -100,12 +121,13 @@ class DistillConfig(JsonConfig):
             (self.huber_c > 0, "huber_c must be > 0"),
             (self.guidance_lr_scale > 0, "guidance_lr_scale must be > 0"),
             (self.loss_space in ("x0", "v"), f"loss_space must be 'x0' or 'v', got {self.loss_space!r}"),
-            (self.objective in ("consistency", "guidance"),
-             f"objective must be 'consistency' or 'guidance', got {self.objective!r}"),
-            (not self.default_sampling
-             or (self.default_sampling.get("sampler") == "consistency") == (self.objective == "consistency"),
-             "default_sampling's sampler must be 'consistency' for the consistency objective, and one of the "
-             "teacher's samplers (e.g. dpmpp_2m_sde) for the guidance objective"),
+            (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}"),
+            (self.objective != "progressive" or (self.init_student and self.skeleton_steps % 2 == 0),
+             "the progressive objective halves a student that takes w: set init_student, and an even "
+             "skeleton_steps (its steps)"),
+            (not self.default_sampling or sampler_fits(self.objective, self.default_sampling.get("sampler")),
+             "default_sampling's sampler must be 'consistency' for the consistency objective, 'ddim' for the "
+             "progressive one, and one of the teacher's samplers (e.g. dpmpp_2m_sde) for the guidance objective"),
             (self.batch_size >= 1 and self.max_steps >= 1 and self.lr > 0, "batch_size, max_steps and lr must be positive"),
             (all(0 <= p < 1 for p in (self.context_dropout, self.style_dropout, self.text_dropout, self.ema_decay)),
              "dropouts and ema_decay must be in [0, 1)"),
@@ -139,11 +161,14 @@ def start_student(teacher: DiffusionPipeline, init_student: str) -> UNet:
     return student
 
 
-def student_sampling(objective: str, teacher_sampling: dict) -> dict:
-    """A student's default sampling: 4 consistency steps at w 5, or (guidance objective) the teacher's
-    sampler, steps and w; a guidance interval does not apply to a student that takes w as an input."""
+def student_sampling(objective: str, teacher_sampling: dict, skeleton_steps: int) -> dict:
+    """A student's default sampling: 4 consistency steps at w 5; DDIM in half the skeleton's steps at the
+    teacher's w (progressive); or the teacher's sampler, steps and w (guidance). A guidance interval does
+    not apply to a student that takes w as an input."""
     if objective == "consistency":
         return {"sampler": "consistency", "steps": 4, "guidance": 5.0}
+    if objective == "progressive":
+        return {"sampler": "ddim", "steps": skeleton_steps // 2, "guidance": teacher_sampling["guidance"]}
     return {k: v for k, v in teacher_sampling.items() if k != "guidance_interval"}
 
 
@@ -194,18 +219,52 @@ def guided_teacher(teacher: UNet, x_t, t, context, tokens, w, alpha_bar_t):
     return predict_x0_and_eps(eps, x_t, alpha_bar_t.view(-1, 1, 1, 1), "epsilon", clip_x0=True)
 
 
-def teacher_ode_step(teacher: UNet, x_t, t, context, tokens, w, alpha_bar_t, alpha_bar_s):
-    """One DDIM step (Song et al. 2021, eq. 12, η = 0) of the guided teacher from t to s; returns
-    (x_s, x̂_0)."""
-    x0, eps = guided_teacher(teacher, x_t, t, context, tokens, w, alpha_bar_t)
+def ddim_jump(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_s: torch.Tensor) -> torch.Tensor:
+    """x_s = √ᾱ_s x̂_0 + √(1-ᾱ_s) ε̂: a deterministic DDIM step (Song et al. 2021, eq. 12, η = 0), ᾱ_s per picture."""
     a_s = alpha_bar_s.view(-1, 1, 1, 1)
-    return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps, x0
+    return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
+
+
+def teacher_ode_step(teacher: UNet, x_t, t, context, tokens, w, alpha_bar_t, alpha_bar_s):
+    """One DDIM step of the guided teacher from t to s; returns (x_s, x̂_0)."""
+    x0, eps = guided_teacher(teacher, x_t, t, context, tokens, w, alpha_bar_t)
+    return ddim_jump(x0, eps, alpha_bar_s), x0
+
+
+@torch.no_grad()
+def student_ode_step(student: UNet, x_t, t, context, tokens, w, alpha_bar_t, alpha_bar_s) -> torch.Tensor:
+    """One DDIM step from t to s of a student that takes w (one call, v-prediction, x̂_0 clipped as the
+    sampler clips it)."""
+    v = student(x_t, t, context, tokens, w).float()
+    return ddim_jump(*predict_x0_and_eps(v, x_t, alpha_bar_t.view(-1, 1, 1, 1), "v", clip_x0=True), alpha_bar_s)
+
+
+def one_step_x0(x_t: torch.Tensor, x_s: torch.Tensor, alpha_bar_t: torch.Tensor, alpha_bar_s: torch.Tensor) -> torch.Tensor:
+    """x̃ = (x_s - (σ_s/σ_t) x_t) / (α_s - (σ_s/σ_t) α_t): the x̂_0 whose one DDIM step from x_t lands on x_s
+    (Salimans & Ho 2022, Algorithm 2), with α = √ᾱ, σ = √(1-ᾱ); x̃ = x_s when s is clean."""
+    a_t, a_s = alpha_bar_t.view(-1, 1, 1, 1), alpha_bar_s.view(-1, 1, 1, 1)
+    ratio = ((1 - a_s) / (1 - a_t)).sqrt()
+    return (x_s - ratio * x_t) / (a_s.sqrt() - ratio * a_t.sqrt())
 
 
 def v_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
     """v = √ᾱ ε - √(1-ᾱ) x_0 (Salimans & Ho 2022, sec. 4), ᾱ per picture."""
     a = alpha_bar.view(-1, 1, 1, 1)
     return a.sqrt() * eps - (1 - a).sqrt() * x0
+
+
+def progressive_teacher(cfg: DistillConfig, device) -> UNet:
+    """The student that a progressive stage halves (cfg.init_student), frozen. A student that samples by DDIM
+    was trained for its own steps, so the skeleton must be those steps."""
+    earlier = DiffusionPipeline.from_pretrained(cfg.init_student, device=device)
+    sampling = earlier.default_sampling
+    if sampling.get("sampler") == "ddim" and sampling.get("steps") != cfg.skeleton_steps:
+        raise ValueError(f"init_student {cfg.init_student} samples in {sampling['steps']} DDIM steps: set "
+                         f"skeleton_steps to {sampling['steps']} (its student takes half), not {cfg.skeleton_steps}")
+    if sampling.get("sampler") == "consistency":
+        raise ValueError(f"init_student {cfg.init_student} is a consistency student: progressive distillation "
+                         "halves a student that follows the teacher's ODE (objective 'guidance' or 'progressive')")
+    return earlier.model.requires_grad_(False)
 
 
 def teacher_columns(teacher: DiffusionPipeline, data) -> torch.Tensor:
@@ -234,7 +293,8 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
     if teacher.prediction_type != "epsilon":
         raise ValueError("the teacher must predict ε (prediction_type 'epsilon')")
     if not cfg.default_sampling:
-        cfg.default_sampling = student_sampling(cfg.objective, teacher.default_sampling)
+        cfg.default_sampling = student_sampling(cfg.objective, teacher.default_sampling, cfg.skeleton_steps)
+    walker = progressive_teacher(cfg, device) if cfg.objective == "progressive" else None
     data = load_dataset(cfg.data, teacher.model.image_size)
     images, data_contexts = data.to_tensors()
     images, contexts = images.to(device), (data_contexts @ teacher_columns(teacher, data)).to(device)
@@ -286,6 +346,20 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
                        if kept else "" for i, kept in zip(batch.tolist(), keep_text.tolist())]
             tokens = teacher.vocabulary.encode_batch(prompts)[shard].to(device)
 
+        if cfg.objective == "progressive":  # Salimans & Ho 2022, Algorithm 2: one step where the teacher took two
+            pair = k - k % 2  # t = skeleton[pair] -> m -> s, s clean after the last
+            t, m = skeleton[pair], skeleton[pair + 1]
+            last = pair + 2 == cfg.skeleton_steps
+            a_t, a_m = alphas_cumprod[t], alphas_cumprod[m]
+            a_s = torch.where(last, torch.ones_like(a_t), alphas_cumprod[skeleton[(pair + 2).clamp(max=cfg.skeleton_steps - 1)]])
+            x_t = schedule.add_noise(x0, noise, t)
+            x_m = student_ode_step(walker, x_t, t, context, tokens, w, a_t, a_m)
+            x_s = student_ode_step(walker, x_m, m, context, tokens, w, a_m, a_s)
+            x_tilde = one_step_x0(x_t, x_s, a_t, a_s)
+            a = a_t.view(-1, 1, 1, 1)
+            target = v_target(x_tilde, (x_t - a.sqrt() * x_tilde) / (1 - a).sqrt(), a_t)
+            v = net(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, w).float()
+            return torch.nn.functional.mse_loss(v, target)
         if cfg.objective == "guidance":  # Meng et al. 2023, stage one: one call gives what two guided calls give
             t = torch.randint(schedule.num_timesteps, (n,), generator=g)[shard].to(device)
             a_t = alphas_cumprod[t]

@@ -44,12 +44,15 @@ class Setting:
 
 
 def default_settings(pipe=None) -> list[Setting]:
-    """The guidance sweep and the other samplers; for a few-step student, its sampler at 1, 2, 4 and 8
-    steps at its default guidance, and its default steps at guidance 2 and 3."""
-    if pipe is not None and pipe.guidance_distilled and pipe.default_sampling["sampler"] == "consistency":
-        sampling = pipe.default_sampling
+    """The guidance sweep and the other samplers; for a consistency student, its sampler at 1, 2, 4 and 8
+    steps at its default guidance, and its default steps at guidance 2 and 3; for a student that samples
+    by DDIM (progressive distillation, trained for its own steps only), its steps at its guidance, 2 and 3."""
+    sampling = pipe.default_sampling if pipe is not None and pipe.guidance_distilled else {}
+    if sampling.get("sampler") == "consistency":
         return ([Setting(sampling["sampler"], n, sampling["guidance"]) for n in (1, 2, 4, 8)]
                 + [Setting(sampling["sampler"], sampling["steps"], w) for w in (2.0, 3.0)])
+    if sampling.get("sampler") == "ddim":
+        return [Setting("ddim", sampling["steps"], w) for w in dict.fromkeys((sampling["guidance"], 2.0, 3.0))]
     settings = [Setting(DEFAULT_SAMPLER, 20, w) for w in (1.0, 2.0, 3.0, 4.0, 5.0)]  # the guidance sweep
     settings += [Setting("dpmpp_2m", 20, 3.0), Setting("ddim", 25, 3.0), Setting("ddpm", 25, 3.0)]
     return settings

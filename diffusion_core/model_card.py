@@ -161,6 +161,12 @@ def distillation_card(cfg, step: int, log_path: Path, evaluation: str | None = N
 output, given w in {list(cfg.guidance_range)}, matches the teacher's two-branch guided prediction, as v. It samples
 with the teacher's samplers at one network call per step (the teacher needs two)""")
         distance, loss_name = "squared error on v", "MSE on v"
+    elif cfg.objective == "progressive":
+        title, tag = f"distilled to {sampling['steps']} DDIM steps, guidance as an input", "progressive-distillation, guidance-distillation"
+        method = (f"""trained by progressive distillation (Salimans & Ho 2022, Algorithm 2; Meng et al. 2023, stage two):
+one DDIM step of the student, given w in {list(cfg.guidance_range)}, lands where two of `{cfg.init_student}` land,
+walked in {cfg.skeleton_steps} steps; it samples in {cfg.skeleton_steps // 2}""")
+        distance, loss_name = "squared error on v (x̂_0 weighted by SNR+1)", "MSE on v"
     else:
         title, tag = f"distilled to {sampling['steps']} steps, guidance as an input", "consistency-distillation, guidance-distillation"
         method = (f"""trained by guided consistency distillation (Song et al. 2023, Algorithm 2; Luo et al. 2023; Meng et

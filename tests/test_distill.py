@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion_core.__main__ import main
-from diffusion_core.distill import (DistillConfig, consistency_distance, distill, guided_teacher, pseudo_huber,
-                                    start_student, student_of, teacher_ode_step, v_target, x0_from_v)
+from diffusion_core.distill import (DistillConfig, consistency_distance, distill, guided_teacher, one_step_x0,
+                                    pseudo_huber, start_student, student_ode_step, student_of, teacher_ode_step,
+                                    v_target, x0_from_v)
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.samplers import ddim_step
 from diffusion_core.schedule import NoiseSchedule
@@ -220,7 +221,9 @@ def test_the_guidance_embedding_can_learn_at_a_multiple_of_the_lr_and_resumes_on
     (["--weights-dtype", "int8"], "weights_dtype must be one of"),
     (["--loss-space", "eps"], "loss_space must be 'x0' or 'v', got 'eps'"),
     (["--guidance-lr-scale", "0"], "guidance_lr_scale must be > 0"),
-    (["--objective", "progressive"], "objective must be 'consistency' or 'guidance', got 'progressive'"),
+    (["--objective", "halving"], "objective must be one of ('consistency', 'guidance', 'progressive'), got 'halving'"),
+    (["--objective", "progressive", "--skeleton-steps", "8"], "the progressive objective halves a student that takes w"),
+    (["--objective", "progressive", "--skeleton-steps", "5", "--init-student", "x"], "and an even skeleton_steps"),
 ])
 def test_bad_distill_arguments_print_the_message_and_exit_non_zero(args, message, tmp_path, capsys):
     code = main(["distill", "--quiet", "--out-dir", str(tmp_path / "r"), "--export-dir", str(tmp_path / "e"), *args])
@@ -233,3 +236,65 @@ def test_a_student_cannot_be_distilled_again(teacher_dir, course_files, tmp_path
     again = tiny_distill_config(cfg.export_dir, course_files, tmp_path, "b")
     with pytest.raises(ValueError, match="already a distilled student"):
         distill(again, show_progress=False)
+
+
+def test_one_ddim_step_from_the_progressive_target_lands_where_two_steps_land(teacher_dir):
+    schedule = NoiseSchedule("cosine", 50)
+    abar = schedule.alphas_cumprod.float()
+    torch.manual_seed(0)
+    x_t, x_s = torch.randn(2, 2, 3, 4, 4).unbind(0)
+    t, s = torch.tensor([49, 30]), torch.tensor([30, 10])
+    x_tilde = one_step_x0(x_t, x_s, abar[t], abar[s])
+    for i in range(2):
+        a, a_prev = abar[t[i]].item(), abar[s[i]].item()
+        eps = (x_t[i] - math.sqrt(a) * x_tilde[i]) / math.sqrt(1 - a)
+        assert torch.allclose(ddim_step(x_t[i], x_tilde[i], eps, a, a_prev, 0.0, None), x_s[i], atol=1e-4)
+    clean = torch.ones(2)
+    assert torch.allclose(one_step_x0(x_t, x_s, abar[t], clean), x_s)  # the last step: x̃ is where it lands
+    # a w-student's own DDIM step is the sampler's step with its clipped x̂_0
+    teacher = DiffusionPipeline.from_pretrained(teacher_dir, device="cpu")
+    student = student_of(teacher)
+    context, w = torch.eye(5)[:2], torch.tensor([2.0, 2.0])
+    x = torch.randn(2, 3, 16, 16)
+    stepped = student_ode_step(student, x, t, context, None, w, abar[t], abar[s])
+    with torch.no_grad():
+        v = student(x, t, context, None, w)
+    a_t = abar[t].view(-1, 1, 1, 1)
+    x0 = (a_t.sqrt() * x - (1 - a_t).sqrt() * v).clamp(-1, 1)
+    eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    a_s = abar[s].view(-1, 1, 1, 1)
+    assert torch.allclose(stepped, a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps, atol=1e-5)
+
+
+def test_progressive_distillation_halves_a_w_students_ddim_steps(teacher_dir, course_files, tmp_path):
+    from diffusion_core.evaluate import Setting, default_settings
+
+    guided = tiny_distill_config(teacher_dir, course_files, tmp_path, "g", objective="guidance", max_steps=2)
+    distill(guided, show_progress=False)
+    half = tiny_distill_config(teacher_dir, course_files, tmp_path, "p", objective="progressive", skeleton_steps=8,
+                               init_student=guided.export_dir, max_steps=2, guidance_range=[1.0, 4.0])
+    distill(half, show_progress=False)
+    pipe = DiffusionPipeline.from_pretrained(half.export_dir, device="cpu")
+    assert pipe.guidance_distilled and pipe.prediction_type == "v"
+    teacher = DiffusionPipeline.from_pretrained(teacher_dir, device="cpu")
+    assert pipe.default_sampling == {"sampler": "ddim", "steps": 4, "guidance": teacher.default_sampling["guidance"]}
+    start = DiffusionPipeline.from_pretrained(guided.export_dir, device="cpu").model.state_dict()
+    assert not all(torch.equal(pipe.model.state_dict()[k], start[k]) for k in start)  # it learned from its start
+    calls = []
+    forward = pipe.model.forward
+    pipe.model.forward = lambda x, t, c=None, tok=None, g=None: calls.append(len(x)) or forward(x, t, c, tok, g)
+    assert pipe.generate(num_images=2, classes=["food"], seed=0).images.shape == (2, 16, 16, 3) and calls == [2] * 4
+    w = teacher.default_sampling["guidance"]
+    assert default_settings(pipe) == [Setting("ddim", 4, wi) for wi in dict.fromkeys((w, 2.0, 3.0))]
+    card = (Path(half.export_dir) / "README.md").read_text()
+    assert "progressive distillation (Salimans & Ho 2022" in card and "distilled to 4 DDIM steps" in card
+    # the next halving must walk the steps its start was trained for; a consistency student cannot start one
+    wrong = tiny_distill_config(teacher_dir, course_files, tmp_path, "q", objective="progressive", skeleton_steps=8,
+                                init_student=half.export_dir)
+    with pytest.raises(ValueError, match="samples in 4 DDIM steps: set skeleton_steps to 4"):
+        distill(wrong, show_progress=False)
+    consistency = tiny_distill_config(teacher_dir, course_files, tmp_path, "c", max_steps=1, checkpoint_every=1)
+    distill(consistency, show_progress=False)
+    with pytest.raises(ValueError, match="is a consistency student"):
+        distill(tiny_distill_config(teacher_dir, course_files, tmp_path, "r", objective="progressive", skeleton_steps=4,
+                                    init_student=consistency.export_dir), show_progress=False)
