@@ -8,7 +8,7 @@ in fp32 and (where the CPU or GPU has it natively) bf16; the share of sampling t
 the network; and the network's achieved GFLOP/s against this machine's fp32 matmul peak, measured
 in the same run. Weights do not change the speed, so an untrained U-Net is used when --model is absent.
 With --student, rows for a distilled student (guidance as an input: one network call per step) with
-its consistency sampler at 1, 2, 4 and 8 steps.
+its own sampler: a consistency student at 1, 2, 4 and 8 steps, a progressive (DDIM) one at its steps.
 """
 from __future__ import annotations
 
@@ -142,10 +142,11 @@ def main() -> None:
             student = DiffusionPipeline.from_pretrained(args.student, dtype=dtype)
             student_flops = count_flops(student.model.cpu()) / 1e9
             student.model.to(device)
-            for steps in (1, 2, 4, 8):
-                ips, net, total, images = timed_generate(student, args.batch, "consistency", steps, 3.0, args.repeats)
+            own = student.default_sampling["sampler"]
+            for steps in (1, 2, 4, 8) if own == "consistency" else (student.default_sampling["steps"],):
+                ips, net, total, images = timed_generate(student, args.batch, own, steps, 3.0, args.repeats)
                 gflops = student_flops * images / net
-                print(f"| student consistency | {steps} | 3 (w as input, 1 branch) | {student.dtype} | {ips:.1f} "
+                print(f"| student {own} | {steps} | 3 (w as input, 1 branch) | {student.dtype} | {ips:.1f} "
                       f"| {100 * (1 - net / total):.1f}% | {gflops:.0f} | {100 * gflops / peak:.0f}% |", flush=True)
 
 
