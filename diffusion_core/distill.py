@@ -219,6 +219,11 @@ def guided_teacher(teacher: UNet, x_t, t, context, tokens, w, alpha_bar_t):
     return predict_x0_and_eps(eps, x_t, alpha_bar_t.view(-1, 1, 1, 1), "epsilon", clip_x0=True)
 
 
+def skeleton_alpha_bar(alphas_cumprod: torch.Tensor, skeleton: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """ᾱ at skeleton points k (per picture); 1, clean data, one past the last point."""
+    return torch.where(k >= len(skeleton), 1.0, alphas_cumprod[skeleton[k.clamp(max=len(skeleton) - 1)]])
+
+
 def ddim_jump(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_s: torch.Tensor) -> torch.Tensor:
     """x_s = √ᾱ_s x̂_0 + √(1-ᾱ_s) ε̂: a deterministic DDIM step (Song et al. 2021, eq. 12, η = 0), ᾱ_s per picture."""
     a_s = alpha_bar_s.view(-1, 1, 1, 1)
@@ -349,9 +354,7 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
         if cfg.objective == "progressive":  # Salimans & Ho 2022, Algorithm 2: one step where the teacher took two
             pair = k - k % 2  # t = skeleton[pair] -> m -> s, s clean after the last
             t, m = skeleton[pair], skeleton[pair + 1]
-            last = pair + 2 == cfg.skeleton_steps
-            a_t, a_m = alphas_cumprod[t], alphas_cumprod[m]
-            a_s = torch.where(last, torch.ones_like(a_t), alphas_cumprod[skeleton[(pair + 2).clamp(max=cfg.skeleton_steps - 1)]])
+            a_t, a_m, a_s = (skeleton_alpha_bar(alphas_cumprod, skeleton, pair + i) for i in range(3))
             x_t = schedule.add_noise(x0, noise, t)
             x_m = student_ode_step(walker, x_t, t, context, tokens, w, a_t, a_m)
             x_s = student_ode_step(walker, x_m, m, context, tokens, w, a_m, a_s)
@@ -370,8 +373,7 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
         t = skeleton[k]
         last = k == cfg.skeleton_steps - 1
         s = skeleton[(k + 1).clamp(max=cfg.skeleton_steps - 1)]
-        a_t = alphas_cumprod[t]
-        a_s = torch.where(last, torch.ones_like(a_t), alphas_cumprod[s])
+        a_t, a_s = alphas_cumprod[t], skeleton_alpha_bar(alphas_cumprod, skeleton, k + 1)
         x_t = schedule.add_noise(x0, noise, t)
         x_s, teacher_x0 = teacher_ode_step(teacher.model, x_t, t, context, tokens, w, a_t, a_s)
         with torch.no_grad():
