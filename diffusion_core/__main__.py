@@ -33,7 +33,8 @@ def cmd_sample(args) -> None:
     prompt = prompts if len(prompts) > 1 else prompts[0] if prompts else None
     result = pipe.generate(num_images=args.num, classes=classes, style=args.style, prompt=prompt,
                            sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed,
-                           guidance_interval=interval)
+                           guidance_interval=interval,
+                           autoguidance="default" if args.autoguidance is None else None if args.autoguidance == 1 else args.autoguidance)
     if result.unknown_words:
         print(f"note: the model does not know the words {', '.join(result.unknown_words)} (they were ignored)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -48,8 +49,9 @@ def cmd_sample(args) -> None:
         save_grid(result.images, out, nrow=args.nrow)
     sampling = {k: v if v is not None else pipe.default_sampling[k]
                 for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance))}
+    guided = f"autoguidance {result.autoguidance:g}" if result.autoguidance else f"guidance {sampling['guidance']:g}"
     print(f"wrote {len(result.images)} images to {out} in {result.seconds:.2f} s "
-          f"({sampling['sampler']}, {sampling['steps']} steps, guidance {sampling['guidance']:g}, {pipe.device}, {pipe.dtype})")
+          f"({sampling['sampler']}, {sampling['steps']} steps, {guided}, {pipe.device}, {pipe.dtype})")
 
 
 def cmd_animate(args) -> None:
@@ -176,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's default_sampling")
     s.add_argument("--guidance-interval", nargs="+", default=None, metavar="SIGMA",
                    help="guide only at noise levels σ in (LO, HI] (two numbers), or 'all' (default: the checkpoint's)")
+    s.add_argument("--autoguidance", type=float, default=None, metavar="W",
+                   help="guide with the checkpoint's guide model at strength W instead of classifier-free guidance "
+                        "(1 = off; default: the checkpoint's, for samples with no class, style or prompt)")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0..1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default="float32", help="float32, bfloat16 or auto")

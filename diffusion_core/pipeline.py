@@ -2,8 +2,9 @@
 
 A checkpoint is a folder in the Hugging Face Hub's layout: config.json (the U-Net's arguments plus
 the schedule, prediction type, labels, styles and ``default_sampling``), model.safetensors (EMA
-weights), README.md (the model card) and, for a text model, vocab.json. ``from_pretrained`` takes
-such a folder or a Hub repo id.
+weights), README.md (the model card), for a text model vocab.json, and optionally guide/: a smaller,
+less trained checkpoint of the same data that autoguidance steers away from (autoguidance.py).
+``from_pretrained`` takes such a folder or a Hub repo id.
 
 A text prompt travels through the samplers packed into the context: the sampler sees one float
 (N, K + L) tensor, the K class and style weights followed by the L token ids, so the all-zero row is
@@ -25,13 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .samplers import DEFAULT_SAMPLER, SAMPLERS, check_sampling_args, sample
+from .autoguidance import autoguided_denoiser
+from .samplers import DEFAULT_SAMPLER, MAX_GUIDANCE, SAMPLERS, check_sampling_args, sample
 from .schedule import NoiseSchedule
 from .text import VOCAB_NAME, Vocabulary
 from .unet import WEIGHTS_NAME, UNet, load_weights_strict, weights_torch_dtype
 
 MAX_IMAGES = 64
 CONFIG_NAME = "config.json"
+GUIDE_FOLDER = "guide"  # a checkpoint's autoguidance model, a checkpoint folder of its own inside it
 PIPELINE_KEYS = ("schedule", "num_timesteps", "prediction_type", "labels", "styles")
 FALLBACK_SAMPLING = {"sampler": DEFAULT_SAMPLER, "steps": 20, "guidance": 3.0}  # for checkpoints without default_sampling
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -66,6 +69,7 @@ class GenerationOutput:
     seconds: float
     trajectory: Trajectory | None = None
     unknown_words: list[str] = field(default_factory=list)  # words of the prompt the model does not know
+    autoguidance: float | None = None  # the autoguidance strength used (None: none)
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
@@ -80,7 +84,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(name, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, VOCAB_NAME, "README.md"]))
+        files = [CONFIG_NAME, WEIGHTS_NAME, VOCAB_NAME, "README.md"]
+        return Path(snapshot_download(name, allow_patterns=files + [f"{GUIDE_FOLDER}/{f}" for f in files]))
     except Exception as err:  # offline, not cached, unknown repo, no network: all mean "not available"
         raise ValueError(f"could not get model {name!r} from the Hugging Face Hub or its cache: {err}") from err
 
@@ -106,6 +111,7 @@ class DiffusionPipeline:
         self.model = model.eval().to(self.device)
         self.source = None  # where the weights came from (a folder or Hub repo id), set by from_pretrained
         self.folder: Path | None = None  # the local folder they were read from (a Hub cache snapshot for an id)
+        self.guide: DiffusionPipeline | None = None  # the bad version of this model for autoguidance (set_guide)
         self.set_dtype(dtype)
 
     # ---- loading and saving ------------------------------------------------------------------
@@ -131,7 +137,32 @@ class DiffusionPipeline:
                    config["styles"], config["prediction_type"], device=device, dtype=dtype, vocabulary=vocabulary,
                    default_sampling=config.get("default_sampling"))
         pipe.source, pipe.folder = str(name_or_path), folder
+        if (folder / GUIDE_FOLDER / CONFIG_NAME).is_file():
+            pipe.set_guide(cls.from_pretrained(folder / GUIDE_FOLDER, device=device, dtype=dtype))
         return pipe
+
+    def set_guide(self, guide: "DiffusionPipeline | None") -> None:
+        """Use ``guide`` for autoguidance (None: none). It must draw the same pictures from the same
+        inputs: same schedule, prediction type, image shape, labels and styles; no text encoder or
+        this model's vocabulary."""
+        if guide is not None:
+            if self.guidance_distilled:
+                raise ValueError("a model with guidance distilled into it takes no guide")
+            mine, its = self.model, guide.model
+            checks = [("schedule", self.schedule.kind, guide.schedule.kind),
+                      ("num_timesteps", self.schedule.num_timesteps, guide.schedule.num_timesteps),
+                      ("prediction_type", self.prediction_type, guide.prediction_type),
+                      ("image shape", (mine.in_channels, mine.image_size), (its.in_channels, its.image_size)),
+                      ("labels", self.labels, guide.labels), ("styles", self.styles, guide.styles),
+                      ("guidance as an input", self.guidance_distilled, guide.guidance_distilled)]
+            for name, want, got in checks:
+                if want != got:
+                    raise ValueError(f"the guide model's {name} ({got!r}) differs from this model's ({want!r})")
+            if guide.vocabulary is not None and (self.vocabulary is None or guide.vocabulary.tokens != self.vocabulary.tokens):
+                raise ValueError("the guide model's vocabulary differs from this model's (a guide without text works)")
+            guide.model.to(self.device)
+            guide.device = self.device
+        self.guide = guide
 
     def config(self) -> dict:
         return {**self.model._hub_mixin_config, "schedule": self.schedule.kind,
@@ -156,6 +187,10 @@ class DiffusionPipeline:
             stored.save_pretrained(staging, config=self.config())
             if self.vocabulary is not None:
                 self.vocabulary.save(staging)
+            if self.guide is not None:
+                card = self.guide.folder / "README.md" if self.guide.folder is not None else None
+                self.guide.save_pretrained(staging / GUIDE_FOLDER, card.read_text() if card and card.is_file() else None,
+                                           weights_dtype)
             for extra in folder.glob("*") if folder.is_dir() else []:  # keep logs and grids already there
                 if not (staging / extra.name).exists():
                     shutil.copy2(extra, staging / extra.name) if extra.is_file() else shutil.copytree(extra, staging / extra.name)
@@ -189,6 +224,8 @@ class DiffusionPipeline:
         self.dtype = dtype
         memory_format = torch.channels_last if dtype == "bfloat16" else torch.contiguous_format
         self.model.to(memory_format=memory_format)
+        if getattr(self, "guide", None) is not None:
+            self.guide.set_dtype(dtype)
 
     def _bf16_is_faster(self, batch: int = 32) -> bool:
         size = self.model.image_size
@@ -278,15 +315,20 @@ class DiffusionPipeline:
     def generate(self, num_images: int = 16, classes=None, blend=None, style=None, prompt: str | list[str] | None = None,
                  sampler: str | None = None, steps: int | None = None, guidance: float | None = None, eta: float = 0.0,
                  seed: int = 0, return_trajectory: bool = False, callback=None,
-                 guidance_interval: tuple[float, float] | None | str = "default") -> GenerationOutput:
+                 guidance_interval: tuple[float, float] | None | str = "default",
+                 autoguidance: float | None | str = "default") -> GenerationOutput:
         """Sample ``num_images`` (1..MAX_IMAGES) images as uint8 (n, H, W, 3). Sampler, steps,
         guidance and the guidance interval (``samplers.sample``; None: guide every step) default to
-        the checkpoint's ``default_sampling``. ``callback(step)`` sees every SamplerStep (for
-        progress bars and live previews)."""
+        the checkpoint's ``default_sampling``. ``autoguidance=w`` guides with the checkpoint's guide
+        model instead of classifier-free guidance (autoguidance.py; 1 = off, None = off); by default
+        ``default_sampling["autoguidance"]`` for requests with no class, style or prompt, where
+        classifier-free guidance has nothing to contrast. ``callback(step)`` sees every SamplerStep
+        (for progress bars and live previews)."""
         if isinstance(guidance_interval, str) and guidance_interval == "default":
             guidance_interval = self.default_sampling.get("guidance_interval")
         sampler = self.default_sampling["sampler"] if sampler is None else sampler
         steps = self.default_sampling["steps"] if steps is None else steps
+        guidance_asked = guidance is not None and guidance != 1.0
         guidance = self.default_sampling["guidance"] if guidance is None else guidance
         if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or not 1 <= num_images <= MAX_IMAGES:
             raise ValueError(f"num_images must be an integer in 1..{MAX_IMAGES}, got {num_images!r}")
@@ -295,6 +337,10 @@ class DiffusionPipeline:
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         context, class_index, unknown = self.context_for(int(num_images), classes, blend, style, prompt)
+        if isinstance(autoguidance, str) and autoguidance == "default":
+            autoguidance = self.default_sampling.get("autoguidance") if self.guide is not None and context is None else None
+        elif autoguidance is not None and guidance_asked:
+            raise ValueError("autoguidance replaces classifier-free guidance: leave guidance unset (or 1) with it")
         trajectory = Trajectory() if return_trajectory else None
 
         def on_step(step):
@@ -314,10 +360,27 @@ class DiffusionPipeline:
             w = float(guidance)
             denoiser = lambda x_t, t, c: self.denoise(x_t, t, c, torch.full((len(x_t),), w, device=x_t.device))  # noqa: E731
             guidance = 1.0
+        if autoguidance is not None:
+            denoiser = self.autoguided(autoguidance, context)
+            guidance = 1.0
         size = self.model.image_size
         start = time.perf_counter()
         x0 = sample(denoiser, self.schedule, (int(num_images), self.model.in_channels, size, size),
                     sampler=sampler, steps=steps, eta=eta, guidance=guidance, context=context,
                     prediction_type=self.prediction_type, seed=int(seed), callback=on_step,
                     clip_x0=True, device=self.device, guidance_interval=guidance_interval)
-        return GenerationOutput(to_uint8(x0), class_index, time.perf_counter() - start, trajectory, unknown)
+        return GenerationOutput(to_uint8(x0), class_index, time.perf_counter() - start, trajectory, unknown,
+                                None if autoguidance is None else float(autoguidance))
+
+    def autoguided(self, w: float, context: torch.Tensor | None):
+        """The denoiser guide + w (model - guide) for ``generate``; the guide sees the class and style
+        part of the context (and the prompt only if it has this model's vocabulary)."""
+        if self.guide is None:
+            raise ValueError("this checkpoint has no guide model (a guide/ folder), so autoguidance is not available")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or not 1 <= w <= MAX_GUIDANCE:
+            raise ValueError(f"autoguidance must be a number in 1..{MAX_GUIDANCE:g} (1 = off), got {w!r}")
+        width = self.guide.model.context_dim + (self.guide.vocabulary.max_tokens if self.guide.vocabulary else 0)
+        if context is not None and context[:, width:].any():
+            raise ValueError("the guide model has no text encoder: autoguidance works without a prompt")
+        guide = lambda x_t, t, c: self.guide.denoise(x_t, t, None if c is None else c[:, :width])  # noqa: E731
+        return autoguided_denoiser(self.denoise, guide, float(w))

@@ -386,3 +386,37 @@ def test_the_fast_model_draws_in_its_own_steps_and_live_redraws_only_when_switch
     redrawn, info = live.fn(True, *context, "ddim", 20, 2, 0, "full", progress=quiet)  # the fast model's own steps
     assert len(redrawn) == 2 and "fast model: 3 steps" in info and calls == [2, 2, 2]
     assert fns["live_generate_prompt"].trigger_mode == "always_last"
+
+
+def test_the_generate_tab_offers_autoguidance_only_with_a_guide_model(tiny_pipeline):
+    """In-process: the autoguidance slider shows (at the checkpoint's default) when the checkpoint has a
+    guide, and the handler draws what ``generate(autoguidance=w)`` draws; w = 1 is the plain model."""
+    import gradio as gr
+
+    from app import build_app
+    from test_autoguidance import tiny_guide
+
+    quiet = lambda *args, **kwargs: None  # noqa: E731  (stands in for gr.Progress)
+
+    def slider_and_handler(pipe):
+        demo = build_app(pipe, "Weights: tiny.")
+        (fn,) = [f for f in demo.fns.values() if f.api_name == "generate"]
+        (slider,) = [c for c in fn.inputs if isinstance(c, gr.Slider) and c.label.startswith("autoguidance")]
+        return slider, fn.fn
+
+    slider, handler = slider_and_handler(tiny_pipeline)
+    assert not slider.visible and slider.value == 1.0
+    plain, info = handler("ddim", 3, 2, 5, 1.0, progress=quiet)
+    assert "autoguidance" not in info
+    tiny_pipeline.set_guide(tiny_guide())
+    tiny_pipeline.default_sampling["autoguidance"] = 2.5
+    slider, handler = slider_and_handler(tiny_pipeline)
+    assert slider.visible and slider.value == 2.5
+    guided, info = handler("ddim", 3, 2, 5, 2.5, progress=quiet)
+    assert "autoguidance w 2.5" in info and not np.array_equal(guided[0], plain[0])
+    expected = tiny_pipeline.generate(num_images=2, sampler="ddim", steps=3, seed=5, autoguidance=2.5).images
+    assert np.array_equal(guided[0][::4, ::4], expected[0])
+    again, info = handler("ddim", 3, 2, 5, 1.0, progress=quiet)
+    assert "autoguidance" not in info and np.array_equal(again[0], plain[0])
+    with pytest.raises(gr.Error, match="autoguidance w must be a number in 1..10"):
+        handler("ddim", 3, 2, 5, 0.5, progress=quiet)

@@ -50,6 +50,7 @@ def test_sample_writes_a_png_grid_and_unconditional_labels_are_minus_one(tiny_ch
     (["--sampler", "euler"], "sampler must be one of"),
     (["--num", "0"], "num_images must be an integer in 1..64"),
     (["--out", "x.jpg"], "--out must end in .png or .npz"),
+    (["--autoguidance", "2"], "this checkpoint has no guide model"),
 ])
 def test_bad_sample_arguments_print_the_message_and_exit_non_zero(tiny_checkpoint, tmp_path, args, message, capsys):
     code = main(["sample", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "o.png"), *args])

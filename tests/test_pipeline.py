@@ -148,21 +148,26 @@ def fill_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
     snapshot = repo_dir / "snapshots" / commit
     snapshot.mkdir(parents=True)
     (repo_dir / "blobs").mkdir()
-    for file in folder.iterdir():
+    for file in (f for f in folder.rglob("*") if f.is_file()):
         blob = repo_dir / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
         shutil.copy2(file, blob)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+        link = snapshot / file.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
 
 
 def test_from_pretrained_resolves_a_hub_repo_id_from_the_cache_offline(tiny_pipeline, tmp_path):
+    from test_autoguidance import tiny_guide
+
+    tiny_pipeline.set_guide(tiny_guide())
     folder = tiny_pipeline.save_pretrained(tmp_path / "ckpt", model_card="# card\n")
     fill_hub_cache(tmp_path / "hub", "someone/tiny-sprites", folder)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "PYTHONPATH": str(ROOT)}
     code = ("from diffusion_core.pipeline import DiffusionPipeline as P;"
-            "p = P.from_pretrained('someone/tiny-sprites'); print(p.labels, p.model.image_size)")
+            "p = P.from_pretrained('someone/tiny-sprites'); print(p.labels, p.model.image_size, p.guide.model.base_channels)")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "['a', 'b', 'c'] 16" in result.stdout
+    assert "['a', 'b', 'c'] 16 4" in result.stdout  # the guide came from the repo's guide/ folder
     code_missing = "from diffusion_core.pipeline import DiffusionPipeline as P; P.from_pretrained('someone/absent')"
     result = subprocess.run([sys.executable, "-c", code_missing], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "could not get model 'someone/absent'" in result.stderr
