@@ -49,6 +49,7 @@ def unconditional(pipe: DiffusionPipeline, n: int, w: float, seed: int = 0) -> t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="checkpoints/emoji32")
+    parser.add_argument("--guide", help="guide model folder (default: the checkpoint's own guide/)")
     parser.add_argument("--autoguidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--n", type=int, default=0, help="pictures per w (0: one per held-out image)")
     parser.add_argument("--seed", type=int, default=0)
@@ -57,6 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     try:
         pipe = DiffusionPipeline.from_pretrained(args.model, dtype=args.dtype)
+        if args.guide:
+            pipe.set_guide(DiffusionPipeline.from_pretrained(args.guide, dtype=args.dtype))
         real = RealData(styles=pipe.styles or None)
         if any(w != 1.0 for w in args.autoguidance) and pipe.guide is None:
             raise ValueError(f"{args.model} has no guide model (a guide/ folder), so only --autoguidance 1 applies")
@@ -65,7 +68,9 @@ def main() -> None:
     n = args.n or len(real.held)
     floor = real.floor
     sampling = pipe.default_sampling
-    print(f"{args.model}, unconditional, {sampling['sampler']} {sampling['steps']} steps, {pipe.dtype}, n = {n} per row\n")
+    guide = args.guide or (f"{args.model}/guide" if pipe.guide is not None else "none")
+    print(f"{args.model} (guide: {guide}), unconditional, {sampling['sampler']} {sampling['steps']} steps, {pipe.dtype}, "
+          f"n = {n} per row\n")
     print("| set | autoguidance w | n | class accuracy | FD | FD / floor | KID x10³ | precision | recall | copies "
           "| class mix | s/image |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -163,13 +163,13 @@ def start_student(teacher: DiffusionPipeline, init_student: str) -> UNet:
 
 def student_sampling(objective: str, teacher_sampling: dict, skeleton_steps: int) -> dict:
     """A student's default sampling: 4 consistency steps at w 5; DDIM in half the skeleton's steps at the
-    teacher's w (progressive); or the teacher's sampler, steps and w (guidance). A guidance interval does
-    not apply to a student that takes w as an input."""
+    teacher's w (progressive); or the teacher's sampler, steps and w (guidance). A guidance interval and
+    autoguidance do not apply to a student that takes w as an input."""
     if objective == "consistency":
         return {"sampler": "consistency", "steps": 4, "guidance": 5.0}
     if objective == "progressive":
         return {"sampler": "ddim", "steps": skeleton_steps // 2, "guidance": teacher_sampling["guidance"]}
-    return {k: v for k, v in teacher_sampling.items() if k != "guidance_interval"}
+    return {k: v for k, v in teacher_sampling.items() if k not in ("guidance_interval", "autoguidance")}
 
 
 def student_optimizer(student: UNet, cfg: DistillConfig) -> torch.optim.AdamW:

@@ -144,7 +144,7 @@ The log is `training_log.csv` beside this card; `samples.png` shows 8 samples pe
 ## Use
 ```python
 from diffusion_core.pipeline import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained("checkpoints/{Path(cfg.export_dir).name}")
+pipe = DiffusionPipeline.from_pretrained("{Path(cfg.export_dir).as_posix()}")
 out = pipe.generate(num_images=16, classes=["food_drink"], seed=0)   # sampler, steps, guidance: default_sampling
 {'out = pipe.generate(num_images=4, prompt="red apple", style="twemoji")' if cfg.text else ''}
 ```

@@ -122,3 +122,10 @@ def test_autoguidance_errors_are_clear(tiny_pipeline, vocab):
     text.generate(num_images=1, classes=["b"], sampler="ddim", steps=2, autoguidance=2.0)  # no prompt: fine
     with pytest.raises(ValueError, match="autoguidance works without a prompt"):
         text.generate(num_images=1, prompt="red apple", sampler="ddim", steps=2, autoguidance=2.0)
+
+
+def test_a_guidance_student_does_not_inherit_its_teachers_autoguidance():
+    from diffusion_core.distill import student_sampling
+
+    teacher = {"sampler": "dpmpp_2m_sde", "steps": 20, "guidance": 4.0, "autoguidance": 1.5, "guidance_interval": [0.5, 30]}
+    assert student_sampling("guidance", teacher, 16) == {"sampler": "dpmpp_2m_sde", "steps": 20, "guidance": 4.0}

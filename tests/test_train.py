@@ -224,13 +224,14 @@ def test_every_shipped_config_is_valid(config_path):
 
 
 SHIPPED = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if p.is_dir())
+GUIDES = [f"{name}/guide" for name in SHIPPED if (ROOT / "checkpoints" / name / "guide").is_dir()]  # autoguidance
 
 
 def test_at_most_two_checkpoints_ship():
     assert 1 <= len(SHIPPED) <= 2 and "emoji32" in SHIPPED
 
 
-@pytest.mark.parametrize("checkpoint", SHIPPED)
+@pytest.mark.parametrize("checkpoint", SHIPPED + GUIDES)
 def test_each_shipped_checkpoint_has_the_architecture_of_the_config_that_exports_to_it(checkpoint):
     """The config whose export_dir is the checkpoint is the command that made it (its card says so); a
     distilled student has its teacher's U-Net plus the guidance input."""
@@ -249,7 +250,7 @@ def test_each_shipped_checkpoint_has_the_architecture_of_the_config_that_exports
     assert f"configs/{Path(maker.out_dir).name}.json" in card
 
 
-@pytest.mark.parametrize("checkpoint", SHIPPED)
+@pytest.mark.parametrize("checkpoint", SHIPPED + GUIDES)
 def test_each_shipped_evaluation_measured_the_weights_shipped_beside_it(checkpoint):
     folder = ROOT / "checkpoints" / checkpoint
     measured = json.loads((folder / "evaluation.json").read_text())["weights_fingerprint"]
