@@ -412,6 +412,8 @@ def test_the_generate_tab_offers_autoguidance_only_with_a_guide_model(tiny_pipel
     tiny_pipeline.default_sampling["autoguidance"] = 2.5
     slider, handler = slider_and_handler(tiny_pipeline)
     assert slider.visible and slider.value == 2.5
+    from ui.generate import AUTOGUIDANCE_EXPLANATION  # LaTeX survives as written (no \t or \b turned into control characters)
+    assert r"\text{guide}" in AUTOGUIDANCE_EXPLANATION and not re.search(r"[\x00-\x08\x0b-\x1f]", AUTOGUIDANCE_EXPLANATION)
     guided, info = handler("ddim", 3, 2, 5, 2.5, progress=quiet)
     assert "autoguidance w 2.5" in info and not np.array_equal(guided[0], plain[0])
     expected = tiny_pipeline.generate(num_images=2, sampler="ddim", steps=3, seed=5, autoguidance=2.5).images

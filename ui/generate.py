@@ -24,7 +24,7 @@ to contrast, and a model trained mostly *with* conditions draws vague pictures u
 checkpoint carries a *bad version of itself*: a smaller network, trained for less time on the same
 sprites. It makes the same kinds of mistakes, only worse, so stepping from its guess
 through the main model's guess and beyond,
-$$\hat x_0 = \hat x_0^{	ext{guide}} + w\,ig(\hat x_0^{	ext{main}} - \hat x_0^{	ext{guide}}ig),$$
+$$\hat x_0 = \hat x_0^{\text{guide}} + w\,\big(\hat x_0^{\text{main}} - \hat x_0^{\text{guide}}\big),$$
 moves away from those mistakes. $w = 1$ is the main model alone; larger $w$ gives clearer, more typical
 sprites, and too large a $w$ gives fewer kinds of them.
 """
