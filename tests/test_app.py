@@ -20,6 +20,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SAMPLING = json.loads((ROOT / "checkpoints" / "emoji32" / "config.json").read_text())["default_sampling"]
+AUTOGUIDED = f", autoguidance w {DEFAULT_SAMPLING['autoguidance']:g}" if "autoguidance" in DEFAULT_SAMPLING else ""
 TAKE_ALL_SCREENSHOTS = os.environ.get("SCREENSHOT_DIR")  # set when retaking the README's screenshots
 SCREENSHOTS = Path(TAKE_ALL_SCREENSHOTS or ROOT / "artifacts" / "screenshots")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -197,7 +198,7 @@ def test_every_tab_works_in_a_real_browser(default_server):
         page.get_by_role("tab", name="Generate").click()
         assert "Could not load" not in page.content()  # the shipped default loads as it is
         tab_runs = [  # (tab, its main button, the text that appears once the result is in)
-            ("Generate", "Generate", r"16 images, dpmpp_2m_sde, 20 steps: [\d.]+ s"),
+            ("Generate", "Generate", rf"16 images, dpmpp_2m_sde, 20 steps{AUTOGUIDED}: [\d.]+ s"),
             ("Context", "Generate", rf"guidance {DEFAULT_SAMPLING['guidance']:g}: [\d.]+ s"),
             ("Prompt", "Generate", r"“red apple”.*: [\d.]+ s"),
             ("Denoising animation", "Animate", r"Left: x_t, right"),
