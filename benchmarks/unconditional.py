@@ -25,7 +25,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffusion_core.evaluate import RealData, cells  # noqa: E402
-from diffusion_core.metrics import predict  # noqa: E402
+from diffusion_core.metrics import MIN_IMAGES, predict  # noqa: E402
 from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline  # noqa: E402
 from diffusion_core.viz import image_grid, labelled_blocks, save_atomic  # noqa: E402
 
@@ -66,6 +66,8 @@ def main() -> None:
     except ValueError as err:
         sys.exit(f"error: {err}")
     n = args.n or len(real.held)
+    if n < MIN_IMAGES:
+        sys.exit(f"error: --n must be at least {MIN_IMAGES} (the measures need that many pictures), got {n}")
     floor = real.floor
     sampling = pipe.default_sampling
     guide = args.guide or (f"{args.model}/guide" if pipe.guide is not None else "none")
@@ -76,7 +78,7 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     collapsed = real.held.images[np.resize(np.random.default_rng(0).choice(len(real.held), 8, replace=False), len(real.held))]
     for name, images in (("real held-out", real.held.images), ("collapsed (8 repeated)", collapsed)):
-        print(f"| {name} | | {len(images)} | {cells({**real.score(images), 'class_accuracy': None}, floor)} "
+        print(f"| {name} | | {len(images)} | {cells(real.score(images), floor)} "
               f"| {class_mix_distance(real, images):.2f} | |")
     rows = []
     for w in args.autoguidance:
