@@ -10,7 +10,7 @@ recall and copies are those of ``evaluate`` against all styles' reference; with 
 class accuracy, so "class mix" stands in for it: the total variation distance between the classes the
 classifier sees in the samples and in the reference (0 = the same mix; 1 = no class in common). A model
 that draws only faces, or only blobs of one colour, shows there even when its pictures look sharp. The
-real held-out row and a collapsed set (8 held-out images repeated) give the scale.
+real held-out row and the collapsed set of ``evaluate``'s calibration give the scale.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diffusion_core.evaluate import RealData, cells  # noqa: E402
+from diffusion_core.evaluate import RealData, calibration_sets, cells  # noqa: E402
 from diffusion_core.metrics import MIN_IMAGES, predict  # noqa: E402
 from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline  # noqa: E402
 from diffusion_core.viz import image_grid, labelled_blocks, save_atomic  # noqa: E402
@@ -76,8 +76,9 @@ def main() -> None:
     print("| set | autoguidance w | n | class accuracy | FD | FD / floor | KID x10³ | precision | recall | copies "
           "| class mix | s/image |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    collapsed = real.held.images[np.resize(np.random.default_rng(0).choice(len(real.held), 8, replace=False), len(real.held))]
-    for name, images in (("real held-out", real.held.images), ("collapsed (8 repeated)", collapsed)):
+    calibration = calibration_sets(real.held.images, real.held.labels)
+    for name in ("real held-out", "collapsed (8 images repeated)"):
+        images = calibration[name][0]
         print(f"| {name} | | {len(images)} | {cells(real.score(images), floor)} "
               f"| {class_mix_distance(real, images):.2f} | |")
     rows = []
