@@ -141,9 +141,11 @@ class DistillConfig(JsonConfig):
 
 
 def student_of(teacher: DiffusionPipeline) -> UNet:
-    """The teacher's U-Net with a guidance input, starting from the teacher's weights."""
-    student = UNet(**{**teacher.model._hub_mixin_config, "guidance_embedding": True})
-    missing, unexpected = student.load_state_dict(teacher.model.state_dict(), strict=False)
+    """The teacher's U-Net with a guidance input, starting from the teacher's weights. A flip input
+    (training augmentation only, zero when sampling) is left out: a student never sees mirrored pictures."""
+    student = UNet(**{**teacher.model._hub_mixin_config, "guidance_embedding": True, "flip_condition": False})
+    weights = {k: v for k, v in teacher.model.state_dict().items() if not k.startswith("flip_embedding.")}
+    missing, unexpected = student.load_state_dict(weights, strict=False)
     if unexpected or any(not k.startswith("guidance_mlp.") for k in missing):
         raise ValueError(f"teacher and student differ beyond the guidance input: {missing + unexpected}")
     return student

@@ -95,6 +95,19 @@ def text_note(cfg) -> str:
             f"text dropout {cfg.text_dropout}, independent of the context's.")
 
 
+def sampling_note(cfg) -> str:
+    """What the card says about augmentation and about a guide the defaults use."""
+    note = ""
+    if cfg.hflip:
+        note += (" Half the training pictures are mirrored, and the model is told which (a flip input, zero when"
+                 " sampling; Karras et al. 2022, sec. 5), so its samples are never mirrored." if cfg.flip_condition
+                 else " Half the training pictures are mirrored (random horizontal flips), so samples may be too.")
+    if cfg.default_sampling.get("autoguidance"):
+        note += (f" Unconditional requests are autoguided (Karras et al. 2024) by the small model in `guide/` (its"
+                 f" own card there) at w {cfg.default_sampling['autoguidance']:g}.")
+    return note
+
+
 def training_card(cfg, step: int, log_path: Path, evaluation: str | None = None) -> str:
     """The card of an export at ``step``, with the evaluation tables of these weights if there are any."""
     wall, ips, loss = log_facts(log_path, cfg.batch_size)
@@ -110,7 +123,7 @@ A U-Net ({cfg.base_channels} base channels, multipliers {list(cfg.channel_mults)
 ({cfg.prediction_type}) on a {cfg.schedule} schedule of {cfg.num_timesteps} steps, with context dropout
 {cfg.context_dropout} so one model serves guided and unguided sampling.{text_note(cfg)} Weights are the EMA
 (decay {cfg.ema_decay}). `generate` defaults to `default_sampling` in config.json:
-{cfg.default_sampling}.
+{cfg.default_sampling}.{sampling_note(cfg)}
 
 ## Data
 `{cfg.data}`: for "emoji", the project's emoji sprites in five styles (Noto Color Emoji, OFL-1.1 /

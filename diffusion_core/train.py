@@ -63,6 +63,7 @@ class TrainConfig(JsonConfig):
     data: str = "emoji"                    # "emoji", "course:IMAGES.npy,LABELS.npy" or "folder:PATH"
     image_size: int = 32
     hflip: bool = False                    # random horizontal flips (augmentation)
+    flip_condition: bool = False           # tell the model which pictures hflip mirrored; samples are never mirrored
     # model (the U-Net's arguments)
     base_channels: int = 32
     channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
@@ -111,7 +112,8 @@ class TrainConfig(JsonConfig):
         return dict(image_size=self.image_size, in_channels=3, base_channels=self.base_channels,
                     channel_mults=list(self.channel_mults), num_res_blocks=self.num_res_blocks,
                     attention_resolutions=list(self.attention_resolutions), context_dim=context_dim,
-                    num_heads=self.num_heads, num_groups=self.num_groups, dropout=self.dropout, **text)
+                    num_heads=self.num_heads, num_groups=self.num_groups, dropout=self.dropout,
+                    **text, **(dict(flip_condition=True) if self.flip_condition else {}))
 
     def validate(self) -> None:
         checks = [
@@ -120,6 +122,7 @@ class TrainConfig(JsonConfig):
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.context_dropout < 1, "context_dropout must be in [0, 1)"),
             (0 <= self.text_dropout < 1, "text_dropout must be in [0, 1)"),
+            (self.hflip or not self.flip_condition, "flip_condition needs hflip (it labels the mirrored pictures)"),
             (self.min_snr_gamma >= 0, "min_snr_gamma must be >= 0 (0 turns the weighting off)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
@@ -141,12 +144,15 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def diffusion_loss(model, schedule: NoiseSchedule, x0, context, t, noise, prediction_type: str,
-                   tokens: torch.Tensor | None = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
+                   tokens: torch.Tensor | None = None, min_snr_gamma: float = 0.0,
+                   flipped: torch.Tensor | None = None) -> torch.Tensor:
     """DDPM eq. 14, L_simple = E‖ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)‖², or the same with the v target;
-    with ``min_snr_gamma`` = γ > 0, each picture's error is weighted by min_snr_weight."""
+    with ``min_snr_gamma`` = γ > 0, each picture's error is weighted by min_snr_weight. ``flipped`` (N,)
+    tells a flip-conditioned model which x_0 were mirrored (EDM's non-leaky augmentation)."""
     x_t = schedule.add_noise(x0, noise, t)
     target = noise if prediction_type == "epsilon" else schedule.velocity(x0, noise, t)
-    prediction = model(x_t, t, context) if tokens is None else model(x_t, t, context, tokens)
+    extra = {} if flipped is None else {"flipped": flipped}
+    prediction = model(x_t, t, context, **extra) if tokens is None else model(x_t, t, context, tokens, **extra)
     if not min_snr_gamma:
         return F.mse_loss(prediction.float(), target)
     per_picture = (prediction.float() - target).pow(2).mean(dim=(1, 2, 3))
@@ -229,7 +235,7 @@ def load_training_state(path: Path, model, ema, optimizer) -> int:
     return int(meta["step"])
 
 
-GROWABLE = {"context_dim", "vocab_size", "text_dim", "text_layers", "max_tokens"}
+GROWABLE = {"context_dim", "vocab_size", "text_dim", "text_layers", "max_tokens", "flip_condition"}
 
 
 def init_weights(model: UNet, cfg: TrainConfig, data) -> list[str]:
@@ -438,7 +444,8 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
                        if kept else "" for i, kept in zip(batch.tolist(), keep_text.tolist())]
             tokens = vocabulary.encode_batch(prompts)[shard].to(device)
         return diffusion_loss(net, schedule, x0.contiguous(memory_format=torch.channels_last), context, t,
-                              noise, cfg.prediction_type, tokens, cfg.min_snr_gamma)
+                              noise, cfg.prediction_type, tokens, cfg.min_snr_gamma,
+                              flipped=flip.float() if cfg.flip_condition else None)
 
     def save(step: int) -> None:
         save_training_state(state_path, model, ema, optimizer, step, cfg)

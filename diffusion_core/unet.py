@@ -159,6 +159,7 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         text_layers: int = 2,
         max_tokens: int = 16,
         guidance_embedding: bool = False,
+        flip_condition: bool = False,
     ):
         super().__init__()
         if image_size % (2 ** (len(channel_mults) - 1)):
@@ -174,6 +175,9 @@ class UNet(nn.Module, PyTorchModelHubMixin):
             self.guidance_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             nn.init.zeros_(self.guidance_mlp[-1].weight)
             nn.init.zeros_(self.guidance_mlp[-1].bias)
+        self.flip_condition = flip_condition
+        if flip_condition:  # augmentation as a condition (Karras et al. 2022, EDM sec. 5): no bias, so unmirrored = 0
+            self.flip_embedding = nn.Linear(1, base_channels, bias=False)
         if vocab_size:
             self.text_encoder = TextEncoder(vocab_size, text_dim, text_layers, num_heads, max_tokens)
             self.text_mlp = nn.Sequential(nn.Linear(text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -236,7 +240,8 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         return model
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
-                tokens: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+                tokens: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
+                flipped: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2] != self.image_size or x.shape[3] != self.image_size:
             raise ValueError(f"x_t must have shape (N, {self.in_channels}, {self.image_size}, {self.image_size}), "
                              f"got {tuple(x.shape)}")
@@ -244,7 +249,14 @@ class UNet(nn.Module, PyTorchModelHubMixin):
             context = x.new_zeros(x.shape[0], self.context_dim)
         elif context.dim() != 2 or context.shape != (x.shape[0], self.context_dim):
             raise ValueError(f"context must have shape (N={x.shape[0]}, {self.context_dim}), got {tuple(context.shape)}")
-        emb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype)) + self.context_mlp(context.to(x.dtype))
+        time_features = timestep_embedding(t, self.base_channels).to(x.dtype)
+        if flipped is not None:  # training only: sampling asks for unmirrored pictures, whose term is zero
+            if not self.flip_condition:
+                raise ValueError("this model takes no flip input (flip_condition False)")
+            if flipped.shape != (x.shape[0],):
+                raise ValueError(f"flipped must have shape (N={x.shape[0]},), got {tuple(flipped.shape)}")
+            time_features = time_features + self.flip_embedding(flipped.to(x.dtype)[:, None])  # as EDM's augment labels
+        emb = self.time_mlp(time_features) + self.context_mlp(context.to(x.dtype))
         if self.guidance_embedding:
             if guidance is None or guidance.shape != (x.shape[0],):
                 raise ValueError(f"this guidance-distilled model needs guidance: a float tensor of shape (N={x.shape[0]},)")

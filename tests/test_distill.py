@@ -54,6 +54,21 @@ def test_the_student_starts_as_its_teacher_whatever_w(teacher_dir):
         teacher.model(x, t, c, guidance=torch.ones(3))
 
 
+def test_a_flip_conditioned_teachers_student_drops_the_flip_input():
+    from diffusion_core.unet import UNet
+
+    model = UNet(image_size=16, base_channels=8, channel_mults=[1, 2], attention_resolutions=[8], num_heads=2,
+                 num_groups=4, context_dim=5, flip_condition=True)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    teacher = DiffusionPipeline(model, NoiseSchedule("cosine", 50), ["a", "b", "c", "d", "e"], [])
+    student = student_of(teacher)
+    assert not student.flip_condition and not hasattr(student, "flip_embedding")
+    x, t, c = torch.randn(2, 3, 16, 16), torch.tensor([3, 40]), torch.eye(5)[:2]
+    with torch.no_grad():
+        assert torch.equal(student(x, t, c, guidance=torch.full((2,), 3.0)), model(x, t, c))
+
+
 def test_the_teachers_step_is_the_guided_ddim_step_of_the_sampler(teacher_dir):
     teacher = DiffusionPipeline.from_pretrained(teacher_dir, device="cpu").model
     schedule = NoiseSchedule("cosine", 50)

@@ -127,6 +127,17 @@ def test_a_card_carries_the_whole_chain_of_earlier_runs(tmp_path):
     assert "The log is" not in story and "Evaluation" not in story
 
 
+def test_a_card_names_the_guide_its_defaults_autoguide_with(tmp_path):
+    from diffusion_core.model_card import training_card
+
+    plain = TrainConfig(out_dir=str(tmp_path / "r"))
+    guided = TrainConfig(out_dir=str(tmp_path / "r"), default_sampling={"sampler": "ddim", "steps": 20, "guidance": 4.0,
+                                                                        "autoguidance": 1.5})
+    assert "autoguided" not in training_card(plain, 10, tmp_path / "none.csv")
+    assert "autoguided (Karras et al. 2024) by the small model in `guide/`" in training_card(guided, 10, tmp_path / "none.csv")
+    assert "at w 1.5." in training_card(guided, 10, tmp_path / "none.csv")
+
+
 def test_kill_9_at_any_moment_never_leaves_a_corrupt_checkpoint(course_files, tmp_path):
     cfg = tiny_config(course_files, tmp_path, "killed", max_steps=10_000, checkpoint_every=1, log_every=1)
     config_path = tmp_path / "killed.json"
@@ -198,6 +209,57 @@ def test_min_snr_weighting_down_weights_only_the_easy_low_noise_steps():
     assert plain == pytest.approx(errors.mean().item()) and weighted == pytest.approx((weight * errors).mean().item())
     with pytest.raises(ValueError, match="min_snr_gamma must be >= 0"):
         TrainConfig(min_snr_gamma=-1).validate()
+
+
+def test_flip_condition_tells_the_model_exactly_which_pictures_were_mirrored(tmp_path, monkeypatch):
+    """EDM's non-leaky augmentation (sec. 5): every training picture comes with flipped = 1 when hflip
+    mirrored it and 0 when not; the export is a flip-conditioned model (sampling gives it nothing = 0)."""
+    picture = np.zeros((8, 16, 16, 3), dtype=np.uint8)
+    picture[:, :, :6] = 255  # white on the left only
+    np.save(tmp_path / "sprites.npy", picture)
+    np.save(tmp_path / "labels.npy", np.ones((8, 1)))
+    data = f"course:{tmp_path / 'sprites.npy'},{tmp_path / 'labels.npy'}"
+    seen = []
+
+    def spy(model, schedule, x0, *args, flipped=None, **kwargs):
+        seen.append((x0[..., :8].mean(dim=(1, 2, 3)) > 0, flipped))  # True: white on the left, as drawn
+        return diffusion_loss(model, schedule, x0, *args, flipped=flipped, **kwargs)
+
+    monkeypatch.setattr("diffusion_core.train.diffusion_loss", spy)
+    cfg = tiny_config(data, tmp_path, "c", hflip=True, flip_condition=True)
+    train(cfg, show_progress=False)
+    as_drawn = torch.cat([left for left, _ in seen])
+    flipped = torch.cat([f for _, f in seen])
+    assert len(seen) == cfg.max_steps and 0 < flipped.sum() < len(flipped)  # both kinds seen
+    assert torch.equal(flipped, (~as_drawn).float())
+    pipe = DiffusionPipeline.from_pretrained(cfg.export_dir)
+    assert pipe.model.flip_condition and pipe.generate(num_images=2, steps=2).images.shape == (2, 16, 16, 3)
+    assert "the model is told which" in (Path(cfg.export_dir) / "README.md").read_text()
+
+    seen.clear()
+    train(tiny_config(data, tmp_path, "p", hflip=True), show_progress=False)
+    assert all(f is None for _, f in seen)  # plain flips: the model is not told
+    assert "so samples may be too" in (tmp_path / "p" / "export" / "README.md").read_text()
+
+
+def test_flip_input_is_checked():
+    from diffusion_core.unet import UNet
+
+    model = UNet(image_size=16, base_channels=8, channel_mults=[1, 2], attention_resolutions=[8], num_heads=2,
+                 num_groups=4, flip_condition=True)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 7])
+    with torch.no_grad():
+        for parameter in model.parameters():  # zero-started layers would hide any input
+            torch.nn.init.normal_(parameter, std=0.2)
+        assert torch.equal(model(x, t), model(x, t, flipped=torch.zeros(2)))  # sampling = not flipped
+        assert not torch.equal(model(x, t), model(x, t, flipped=torch.ones(2)))
+    with pytest.raises(ValueError, match=r"flipped must have shape \(N=2,\)"):
+        model(x, t, flipped=torch.zeros(3))
+    model.flip_condition = False
+    with pytest.raises(ValueError, match="no flip input"):
+        model(x, t, flipped=torch.zeros(2))
+    with pytest.raises(ValueError, match="flip_condition needs hflip"):
+        TrainConfig(flip_condition=True).validate()
 
 
 def test_bad_training_settings_are_clear_errors(tmp_path):
