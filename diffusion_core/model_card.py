@@ -100,7 +100,8 @@ def sampling_note(cfg) -> str:
     note = ""
     if cfg.hflip:
         note += (" Half the training pictures are mirrored, and the model is told which (a flip input, zero when"
-                 " sampling; Karras et al. 2022, sec. 5), so its samples are never mirrored." if cfg.flip_condition
+                 " sampling, Karras et al. 2022, sec. 5; `benchmarks/flip_response.py` shows whether it learned it)."
+                 if cfg.flip_condition
                  else " Half the training pictures are mirrored (random horizontal flips), so samples may be too.")
     if cfg.default_sampling.get("autoguidance"):
         note += (f" Unconditional requests are autoguided (Karras et al. 2024) by the small model in `guide/` (its"

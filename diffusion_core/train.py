@@ -63,7 +63,7 @@ class TrainConfig(JsonConfig):
     data: str = "emoji"                    # "emoji", "course:IMAGES.npy,LABELS.npy" or "folder:PATH"
     image_size: int = 32
     hflip: bool = False                    # random horizontal flips (augmentation)
-    flip_condition: bool = False           # tell the model which pictures hflip mirrored; samples are never mirrored
+    flip_condition: bool = False           # tell the model which pictures hflip mirrored (sampling: none)
     # model (the U-Net's arguments)
     base_channels: int = 32
     channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
