@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="auto", help="float32, bfloat16 or auto")
     e.add_argument("--quick", action="store_true", help="only the default sampler (DPM-Solver++ 2M SDE) at 20 steps, guidance 3 and 4")
     e.add_argument("--setting", action="append", metavar="SAMPLER:STEPS:GUIDANCE",
-                   help="evaluate only this setting (repeatable), e.g. dpmpp_2m_sde:25:4")
+                   help="evaluate only this setting (repeatable), e.g. dpmpp_2m_sde:25:4, dpmpp_2m_sde:20:5:0.5:30 "
+                        "(guidance for σ in (0.5, 30] only) or dpmpp_2m_sde:20:ag2 (autoguidance w 2 by the checkpoint's guide)")
     e.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="noise seeds: each setting is sampled once per seed, rows show the mean")
     e.add_argument("--no-write", action="store_true", help="print the tables only; leave the model card alone")

@@ -36,11 +36,22 @@ class Setting:
     steps: int
     guidance: float
     guidance_interval: tuple[float, float] | None = None  # (σ_lo, σ_hi): guide only there (samplers.sample)
+    autoguidance: float | None = None  # w of autoguidance by the checkpoint's guide, instead of CFG (guidance 1)
 
     def describe(self) -> str:
-        """The guidance cell of a table: "5", or "5 in σ ∈ (0.3, 3]"."""
+        """The guidance cell of a table: "5", "5 in σ ∈ (0.3, 3]" or "autoguidance 1.5"."""
+        if self.autoguidance is not None:
+            return f"autoguidance {self.autoguidance:g}"
         interval = self.guidance_interval
         return f"{self.guidance:g}" + (f" in σ ∈ ({interval[0]:g}, {interval[1]:g}]" if interval else "")
+
+    def describe_in_words(self) -> str:
+        return self.describe() if self.autoguidance is not None else f"guidance {self.describe()}"
+
+    def sampling(self) -> dict:
+        """The keyword arguments of ``DiffusionPipeline.generate`` for this setting."""
+        return dict(sampler=self.sampler, steps=self.steps, guidance=self.guidance,
+                    guidance_interval=self.guidance_interval, autoguidance=self.autoguidance)
 
 
 def default_settings(pipe=None) -> list[Setting]:
@@ -71,20 +82,26 @@ def mean_over(runs: list[dict], keys) -> dict:
 def setting_of(row: dict) -> Setting:
     """The setting of a table row or of a result's headline (JSON gives the interval as a list)."""
     interval = row.get("guidance_interval")
-    return Setting(row["sampler"], row["steps"], row["guidance"], tuple(interval) if interval else None)
+    return Setting(row["sampler"], row["steps"], row["guidance"], tuple(interval) if interval else None,
+                   row.get("autoguidance"))
 
 
 def parse_setting(text: str) -> Setting:
     """'SAMPLER:STEPS:GUIDANCE[:SIGMA_LO:SIGMA_HI]', e.g. 'dpmpp_2m_sde:25:4' or 'dpmpp_2m_sde:20:5:0.3:3'
-    (guidance only for noise levels σ in (0.3, 3]); the sampler checks the ranges."""
+    (guidance only for noise levels σ in (0.3, 3]), or 'SAMPLER:STEPS:agW', e.g. 'dpmpp_2m_sde:20:ag2'
+    (autoguidance by the checkpoint's guide at w 2 instead of classifier-free guidance); the sampler
+    checks the ranges."""
     try:
         sampler, steps, guidance, *interval = text.split(":")
-        if len(interval) not in (0, 2):
+        if len(interval) not in (0, 2) or (guidance.startswith("ag") and interval):
             raise ValueError
-        setting = Setting(sampler, int(steps), float(guidance), tuple(map(float, interval)) if interval else None)
+        if guidance.startswith("ag"):
+            setting = Setting(sampler, int(steps), 1.0, autoguidance=float(guidance[2:]))
+        else:
+            setting = Setting(sampler, int(steps), float(guidance), tuple(map(float, interval)) if interval else None)
     except ValueError:
-        raise ValueError(f"a setting is SAMPLER:STEPS:GUIDANCE[:SIGMA_LO:SIGMA_HI], e.g. dpmpp_2m_sde:25:4; "
-                         f"got {text!r}") from None
+        raise ValueError(f"a setting is SAMPLER:STEPS:GUIDANCE[:SIGMA_LO:SIGMA_HI] or SAMPLER:STEPS:agW, e.g. "
+                         f"dpmpp_2m_sde:25:4 or dpmpp_2m_sde:20:ag2; got {text!r}") from None
     if setting.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {setting.sampler!r} in setting {text!r}; samplers are {SAMPLERS}")
     return setting
@@ -187,8 +204,7 @@ def generate_like(pipe: DiffusionPipeline, labels: np.ndarray, styles: list[str 
         for start in range(0, len(index), MAX_IMAGES):
             part = index[start:start + MAX_IMAGES]
             out = pipe.generate(num_images=len(part), classes=[pipe.labels[i] for i in labels[part]], style=style,
-                                sampler=setting.sampler, steps=setting.steps, guidance=setting.guidance,
-                                guidance_interval=setting.guidance_interval, seed=1000 * seed + chunk)
+                                **setting.sampling(), seed=1000 * seed + chunk)
             images[part] = out.images
             chunk += 1
     return images
@@ -236,7 +252,7 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
                                        for s, r in by_style.items()}})
         row = {"sampler": setting.sampler, "steps": setting.steps, "guidance": setting.guidance,
                "guidance_interval": list(setting.guidance_interval) if setting.guidance_interval else None,
-               "n": int(len(labels)),
+               "autoguidance": setting.autoguidance, "n": int(len(labels)),
                **mean_over(runs, (*MEASURES, "seconds_per_image")),
                "per_style": {s: {"n": runs[0]["per_style"][s]["n"],
                                  **mean_over([r["per_style"][s] for r in runs], MEASURES)} for s in by_style},
@@ -298,8 +314,7 @@ def save_comparison(pipe: DiffusionPipeline, real: RealData, setting: Setting, p
     for c, name in enumerate(pipe.labels):
         index = np.flatnonzero(real.held.labels == c)
         real_row = real.held.images[rng.choice(index, size=min(per_class, len(index)), replace=False)]
-        out = pipe.generate(num_images=per_class, classes=[name], sampler=setting.sampler, steps=setting.steps,
-                            guidance=setting.guidance, guidance_interval=setting.guidance_interval, seed=c)
+        out = pipe.generate(num_images=per_class, classes=[name], **setting.sampling(), seed=c)
         rows += [np.concatenate([real_row, np.full((per_class - len(real_row), 32, 32, 3), 255, np.uint8)]), out.images]
     save_grid(np.concatenate(rows), path, nrow=per_class, scale=2)
 
@@ -379,7 +394,7 @@ def per_style_table(result: dict) -> list[str]:
     headline = setting_of(result["headline"])
     row = next((r for r in rows if setting_of(r) == headline), rows[0])
     setting = setting_of(row)
-    lines = ["", f"Per style at {row['sampler']}, {row['steps']} steps, guidance {setting.describe()}: each style's "
+    lines = ["", f"Per style at {row['sampler']}, {row['steps']} steps, {setting.describe_in_words()}: each style's "
              "samples against that style's reference, with its real held-out images (floor) on the row above.", "",
              f"| style | set | n | {HEADER} |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for style, floor in floors.items():

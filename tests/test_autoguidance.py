@@ -72,6 +72,23 @@ def test_generate_autoguides_unconditional_requests_by_default_and_conditional_o
     assert not np.array_equal(auto_class, cfg)
 
 
+def test_an_evaluation_setting_may_autoguide_class_requests(tiny_pipeline):
+    from diffusion_core.evaluate import Setting, generate_like, parse_setting
+
+    setting = parse_setting("ddim:4:ag2")
+    assert setting == Setting("ddim", 4, 1.0, None, 2.0) and setting.describe() == "autoguidance 2"
+    pipe, labels, styles = tiny_pipeline, np.array([0, 1, 0]), [TINY_STYLES[0]] * 3
+    pipe.set_guide(tiny_guide())
+    drawn = generate_like(pipe, labels, styles, setting, seed=0)
+    asked = pipe.generate(num_images=3, classes=[TINY_LABELS[i] for i in labels], style=TINY_STYLES[0], sampler="ddim",
+                          steps=4, autoguidance=2.0, seed=0).images
+    assert np.array_equal(drawn, asked)
+    assert not np.array_equal(drawn, generate_like(pipe, labels, styles, parse_setting("ddim:4:3"), seed=0))
+    for bad in ("ddim:4:ag2:0.5:30", "ddim:4:agx"):
+        with pytest.raises(ValueError, match="SAMPLER:STEPS:agW"):
+            parse_setting(bad)
+
+
 def test_the_guide_is_saved_in_its_own_folder_and_loaded_with_the_checkpoint(tiny_pipeline, tmp_path):
     pipe, guide = tiny_pipeline, tiny_guide()
     pipe.set_guide(guide)
