@@ -136,7 +136,9 @@ class Upsample(nn.Module):
 class UNet(nn.Module, PyTorchModelHubMixin):
     """ε- (or v-) prediction network: ``model(x_t, t, context, tokens) -> prediction`` with x_t (N,C,H,W),
     t (N,) long, context (N, context_dim) float or None (None = all zeros = no context), and for a
-    text model tokens (N, max_tokens) long or None (None = all padding = no text).
+    text model tokens (N, max_tokens) long or None (None = all padding = no text). A distilled student
+    (guidance_embedding) also takes guidance (N,) = w; a flip-conditioned model (flip_condition) may be
+    told flipped (N,) in 0/1 during training (None = 0 = not mirrored, what sampling asks for).
 
     Every argument is JSON-serialisable, so ``save_pretrained``/``from_pretrained`` (from
     huggingface_hub's PyTorchModelHubMixin) store it as config.json beside model.safetensors.
