@@ -14,6 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
+from diffusion_core.unet import UNet
+
+from conftest import TINY_UNET
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +44,24 @@ def test_same_seed_same_images_and_image_i_independent_of_batch_size(tiny_pipeli
     one = tiny_pipeline.generate(num_images=1, classes=["b"], steps=6, sampler="ddpm", seed=5)
     assert np.array_equal(big.images, again.images)
     assert np.array_equal(big.images[0], one.images[0])
+
+
+def test_denoise_runs_channels_last_with_the_numbers_of_nchw(tiny_pipeline):
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 16, 16)
+    t = torch.tensor([0, 20, 49])
+    ctx, _, _ = tiny_pipeline.context_for(3, classes=["a", "b", "c"])
+    seen = []
+    hook = tiny_pipeline.model.conv_in.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        out = tiny_pipeline.denoise(x, t, ctx)
+    finally:
+        hook.remove()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    nchw = UNet(**TINY_UNET)
+    nchw.load_state_dict(tiny_pipeline.model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(out, nchw.eval()(x, t, ctx), atol=1e-5)
 
 
 def test_trajectory_has_one_frame_per_step(tiny_pipeline):
