@@ -217,7 +217,7 @@ class DiffusionPipeline:
     def set_dtype(self, dtype: str) -> None:
         """"float32", "bfloat16" (autocast), or "auto": bf16 only where the hardware has it natively and
         a quick timing of the network says it is faster. Both run channels_last (oneDNN's preferred
-        layout: 17% faster than NCHW in fp32 on 2 CPU cores, ``benchmarks/memory_format.py``)."""
+        layout: 17% faster than NCHW in fp32 on 2 CPU cores, ``benchmarks/cpu_tuning.py``)."""
         if dtype not in ("float32", "bfloat16", "auto"):
             raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'auto', got {dtype!r}")
         if dtype == "auto":
@@ -363,10 +363,13 @@ class DiffusionPipeline:
             guidance = 1.0
         size = self.model.image_size
         start = time.perf_counter()
-        x0 = sample(denoiser, self.schedule, (int(num_images), self.model.in_channels, size, size),
-                    sampler=sampler, steps=steps, eta=eta, guidance=guidance, context=context,
-                    prediction_type=self.prediction_type, seed=int(seed), callback=on_step,
-                    clip_x0=True, device=self.device, guidance_interval=guidance_interval)
+        # one autocast around the whole request: the weights' bf16 copies are cached until it ends, not
+        # remade at every step (the sampler's own arithmetic is elementwise and stays fp32)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
+            x0 = sample(denoiser, self.schedule, (int(num_images), self.model.in_channels, size, size),
+                        sampler=sampler, steps=steps, eta=eta, guidance=guidance, context=context,
+                        prediction_type=self.prediction_type, seed=int(seed), callback=on_step,
+                        clip_x0=True, device=self.device, guidance_interval=guidance_interval)
         return GenerationOutput(to_uint8(x0), class_index, time.perf_counter() - start, trajectory, unknown,
                                 None if autoguidance is None else float(autoguidance))
 

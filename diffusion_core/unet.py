@@ -46,7 +46,7 @@ def embed_guidance(w: torch.Tensor, dim: int) -> torch.Tensor:
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` (Wu & He 2018) that normalises a contiguous copy of a small channels-last bf16
     input on the CPU: there PyTorch's channels-last bf16 kernel is 3-5x slower than the contiguous one
-    at 16x16 and below (and faster above). Same result, same state dict; ``benchmarks/memory_format.py``
+    at 16x16 and below (and faster above). Same result, same state dict; ``benchmarks/cpu_tuning.py``
     measures it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

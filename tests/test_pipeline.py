@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
+from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline, to_uint8
+from diffusion_core.samplers import sample
 from diffusion_core.unet import UNet
 
 from conftest import TINY_UNET
@@ -62,6 +63,18 @@ def test_denoise_runs_channels_last_with_the_numbers_of_nchw(tiny_pipeline):
     nchw.load_state_dict(tiny_pipeline.model.state_dict())
     with torch.no_grad():
         assert torch.allclose(out, nchw.eval()(x, t, ctx), atol=1e-5)
+
+
+def test_bf16_requests_autocast_once_and_draw_what_per_call_autocast_draws(tiny_pipeline):
+    tiny_pipeline.set_dtype("bfloat16")  # autocast runs on any CPU, natively or not
+    out = tiny_pipeline.generate(num_images=3, classes=["a", "b", "c"], sampler="dpmpp_2m", steps=4, guidance=3.0, seed=2)
+    context, _, _ = tiny_pipeline.context_for(3, classes=["a", "b", "c"])
+    x0 = sample(tiny_pipeline.denoise, tiny_pipeline.schedule, (3, 3, 16, 16), sampler="dpmpp_2m", steps=4,
+                guidance=3.0, context=context, seed=2, clip_x0=True)  # denoise's own autocast, entered per call
+    assert np.array_equal(out.images, to_uint8(x0))
+    tiny_pipeline.set_dtype("float32")
+    assert not np.array_equal(tiny_pipeline.generate(num_images=3, classes=["a", "b", "c"], sampler="dpmpp_2m", steps=4,
+                                                     guidance=3.0, seed=2).images, out.images)  # bf16 was on
 
 
 def test_trajectory_has_one_frame_per_step(tiny_pipeline):
