@@ -217,7 +217,7 @@ class DiffusionPipeline:
     def set_dtype(self, dtype: str) -> None:
         """"float32", "bfloat16" (autocast), or "auto": bf16 only where the hardware has it natively and
         a quick timing of the network says it is faster. Both run channels_last (oneDNN's preferred
-        layout: 17% faster than NCHW in fp32 on 2 CPU cores, ``benchmarks/cpu_tuning.py``)."""
+        layout: 16-19% faster than NCHW in fp32 on 2 CPU cores, ``benchmarks/cpu_tuning.py``)."""
         if dtype not in ("float32", "bfloat16", "auto"):
             raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'auto', got {dtype!r}")
         if dtype == "auto":
