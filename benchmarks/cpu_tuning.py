@@ -113,7 +113,7 @@ def main() -> None:
         print("bf16 channels_last, torch's GroupNorm (old) vs unet.GroupNorm (new):",
               paired(in_layout(pipe, run, memory_format=torch.channels_last, group_norm_workaround=False),
                      in_layout(pipe, run, memory_format=torch.channels_last), args.pairs))
-        once = request(pipe, lambda: torch.autocast(pipe.device.type, dtype=torch.bfloat16))
+        once = request(pipe, pipe.autocast)
         print("bf16, autocast per network call (old) vs once per request (new):", paired(run, once, args.pairs))
         group_norm_rows()
 

@@ -256,8 +256,13 @@ class DiffusionPipeline:
         if context is not None and context.shape[1] > self.model.context_dim:
             context, tokens = context[:, :self.model.context_dim], context[:, self.model.context_dim:].round().long()
         x_t = x_t.contiguous(memory_format=self.memory_format)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
+        with self.autocast():
             return self.model(x_t, t, context, tokens, guidance).float()
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast when this pipeline runs in bf16 (a no-op context otherwise). Entered around a whole
+        request, its bf16 copies of the weights are cached until it ends instead of remade at every call."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16")
 
     # ---- context -----------------------------------------------------------------------------
     def context_for(self, num_images: int, classes=None, blend=None, style=None,
@@ -363,9 +368,7 @@ class DiffusionPipeline:
             guidance = 1.0
         size = self.model.image_size
         start = time.perf_counter()
-        # one autocast around the whole request: the weights' bf16 copies are cached until it ends, not
-        # remade at every step (the sampler's own arithmetic is elementwise and stays fp32)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
+        with self.autocast():  # once per request (the sampler's own arithmetic is elementwise and stays fp32)
             x0 = sample(denoiser, self.schedule, (int(num_images), self.model.in_channels, size, size),
                         sampler=sampler, steps=steps, eta=eta, guidance=guidance, context=context,
                         prediction_type=self.prediction_type, seed=int(seed), callback=on_step,
