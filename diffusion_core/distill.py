@@ -62,7 +62,8 @@ from .data import load_dataset
 from .pipeline import DiffusionPipeline
 from .samplers import predict_x0_and_eps
 from .schedule import NoiseSchedule
-from .train import JsonConfig, load_training_state, run_optimisation, save_training_state, start_processes, training_prompt
+from .train import (JsonConfig, adamw_with_scaled_group, load_training_state, run_optimisation, save_training_state,
+                    start_processes, training_prompt)
 from .unet import UNet, round_weights, weights_torch_dtype
 
 
@@ -175,16 +176,10 @@ def student_sampling(objective: str, teacher_sampling: dict, skeleton_steps: int
 
 
 def student_optimizer(student: UNet, cfg: DistillConfig) -> torch.optim.AdamW:
-    """AdamW; with cfg.guidance_lr_scale != 1 the w embedding gets a group of its own whose lr is that
-    multiple of the schedule's (``train.run_optimisation`` reads a group's "lr_scale"). Zero-started,
-    under the consistency objective it learns only from how the teacher's path bends with w, a faint,
-    noisy signal that Adam's steps at the common lr barely move."""
-    if cfg.guidance_lr_scale == 1:
-        return torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    guidance = list(student.guidance_mlp.parameters())
-    rest = [p for name, p in student.named_parameters() if not name.startswith("guidance_mlp.")]
-    return torch.optim.AdamW([{"params": rest}, {"params": guidance, "lr_scale": cfg.guidance_lr_scale}],
-                             lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """AdamW, the w embedding at cfg.guidance_lr_scale times the lr: zero-started, under the
+    consistency objective it learns only from how the teacher's path bends with w."""
+    return adamw_with_scaled_group(student, list(student.guidance_mlp.parameters()), cfg.guidance_lr_scale,
+                                   cfg.lr, cfg.weight_decay)
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -34,7 +35,7 @@ from .pipeline import FALLBACK_SAMPLING, DiffusionPipeline, cpu_has_native_bf16
 from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
 from .text import Vocabulary, words
-from .unet import UNet, round_weights, weights_torch_dtype
+from .unet import CrossAttention, UNet, round_weights, weights_torch_dtype
 
 LOG_FIELDS = ("step", "loss", "lr", "images_per_s", "elapsed_s")
 
@@ -84,6 +85,7 @@ class TrainConfig(JsonConfig):
     text_layers: int = 2
     max_tokens: int = 16
     text_dropout: float = 0.15             # p of the empty prompt, drawn independently of context_dropout
+    text_lr_scale: float = 1.0             # the text path's lr (encoder, text_mlp, cross-attention) as a multiple of lr
     min_snr_gamma: float = 0.0             # loss weight min(SNR, γ) (Hang et al. 2023, γ = 5); 0 = plain L_simple
     default_sampling: dict = field(default_factory=lambda: dict(FALLBACK_SAMPLING))  # written to config.json
     # optimisation
@@ -122,6 +124,8 @@ class TrainConfig(JsonConfig):
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.context_dropout < 1, "context_dropout must be in [0, 1)"),
             (0 <= self.text_dropout < 1, "text_dropout must be in [0, 1)"),
+            (self.text_lr_scale > 0, "text_lr_scale must be > 0"),
+            (self.text or self.text_lr_scale == 1, "text_lr_scale needs a text model (\"text\": true)"),
             (self.hflip or not self.flip_condition, "flip_condition needs hflip (it labels the mirrored pictures)"),
             (self.min_snr_gamma >= 0, "min_snr_gamma must be >= 0 (0 turns the weighting off)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
@@ -133,6 +137,26 @@ class TrainConfig(JsonConfig):
             if not ok:
                 raise ValueError(message)
         weights_torch_dtype(self.weights_dtype)
+
+
+def adamw_with_scaled_group(model: nn.Module, scaled: list[nn.Parameter], scale: float, lr: float,
+                            weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; when scale != 1 the ``scaled`` parameters get a group of their own whose lr is that multiple
+    of the schedule's (``run_optimisation`` reads a group's "lr_scale"). For parts that start at zero
+    and learn from a faint signal, which Adam's steps at the common lr barely move."""
+    if scale == 1 or not scaled:
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    chosen = {id(p) for p in scaled}
+    rest = [p for p in model.parameters() if id(p) not in chosen]
+    return torch.optim.AdamW([{"params": rest}, {"params": scaled, "lr_scale": scale}], lr=lr, weight_decay=weight_decay)
+
+
+def text_parameters(model: UNet) -> list[nn.Parameter]:
+    """The text path: the text encoder, its projection into the time embedding and every
+    cross-attention block (all new in a text model, and zero-started where they join the U-Net)."""
+    parts = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    parts += [model.text_encoder, model.text_mlp] if getattr(model, "text_encoder", None) is not None else []
+    return [p for part in parts for p in part.parameters()]
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -399,7 +423,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
     ema = UNet(**cfg.unet_kwargs(contexts.shape[1], vocab_size)).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw_with_scaled_group(model, text_parameters(model), cfg.text_lr_scale, cfg.lr, cfg.weight_decay)
 
     step = 0
     if export_only:

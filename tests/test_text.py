@@ -1,5 +1,6 @@
 """Text prompts: the vocabulary, the text-conditioned U-Net, the pipeline's prompt path and training
 a text model (from scratch and grown from a model without text)."""
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -180,3 +181,28 @@ def test_sample_cli_draws_several_prompts_into_a_titled_grid_and_an_npz(vocab, t
     assert main(["sample", "--model", str(folder), "--num", "1", "--prompt", "a", "--prompt", "b", "--out",
                  str(tmp_path / "few.png")]) == 2
     assert "fewer than the 2 prompts" in capsys.readouterr().err
+
+
+def test_text_lr_scale_trains_the_text_path_at_a_multiple_of_the_lr(emoji_subset, tmp_path):
+    from safetensors import safe_open
+
+    from diffusion_core.train import TrainConfig, text_parameters
+
+    cfg = text_config(tmp_path, "scaled", data=emoji_subset, text=True, text_lr_scale=5.0)
+    model = UNet(**cfg.unet_kwargs(13, vocab_size=50))
+    chosen = {id(p) for p in text_parameters(model)}
+    names = [n for n, p in model.named_parameters() if id(p) in chosen]
+    assert names and all(n.startswith(("text_encoder.", "text_mlp.")) or ".cross." in n for n in names)
+    assert all(id(p) in chosen for n, p in model.named_parameters() if n.startswith("text_") or ".cross." in n)
+
+    train(cfg, show_progress=False)
+    with safe_open(str(Path(cfg.out_dir) / "state.safetensors"), "pt") as f:
+        rest, text = json.loads(f.metadata()["param_groups"])
+    assert text["lr_scale"] == 5.0 and text["lr"] == pytest.approx(5.0 * rest["lr"])
+    assert len(text["params"]) == len(names)
+    with pytest.raises(ValueError, match="resume with the settings it was saved with"):
+        train(dataclasses.replace(cfg, text_lr_scale=1.0, max_steps=4), resume=True, show_progress=False)
+    for bad, message in (({"text": True, "text_lr_scale": 0.0}, "text_lr_scale must be > 0"),
+                         ({"text_lr_scale": 2.0}, "text_lr_scale needs a text model")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**bad).validate()
