@@ -504,7 +504,9 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
     save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
     folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: training_card(cfg, step, out_dir / "log.csv", evaluation),
                             cfg.weights_dtype)
-    pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}", weights_dtype=cfg.weights_dtype)  # for learning curves
+    # every step's export, for learning curves, with its card: a run started from one keeps the whole story
+    pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}", weights_dtype=cfg.weights_dtype,
+                         model_card=training_card(cfg, step, out_dir / "log.csv", None))
     save_grid(grid.images, folder / "samples.png", nrow=per_class)
     import shutil
 
