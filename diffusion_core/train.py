@@ -155,7 +155,7 @@ def text_parameters(model: UNet) -> list[nn.Parameter]:
     """The text path: the text encoder, its projection into the time embedding and every
     cross-attention block (all new in a text model, and zero-started where they join the U-Net)."""
     parts = [m for m in model.modules() if isinstance(m, CrossAttention)]
-    parts += [model.text_encoder, model.text_mlp] if getattr(model, "text_encoder", None) is not None else []
+    parts += [model.text_encoder, model.text_mlp] if model.vocab_size else []
     return [p for part in parts for p in part.parameters()]
 
 
