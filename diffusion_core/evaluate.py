@@ -28,6 +28,7 @@ from .samplers import DEFAULT_SAMPLER, SAMPLERS
 COMPARISON_FILE = "real_vs_samples.png"
 HEADLINE = ("dpmpp_2m_sde", 20, 5.0)  # the app's setting, for the picture of a checkpoint without default_sampling
 MEASURES = ("class_accuracy", "fd", "kid", "precision", "recall", "copies")
+RETRIEVAL_K = 10  # the prompt check also asks whether the named emoji is among a sample's 10 nearest sprites
 
 
 @dataclass
@@ -277,27 +278,48 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
 
 def prompt_check(pipe: DiffusionPipeline, real: RealData, num: int = 200, seed: int = 0) -> dict:
     """For ``num`` training emoji names (drawn at random), one sample with the name as prompt: the
-    share whose nearest training sprite (Euclidean, in the classifier's features) is that emoji,
-    and the class accuracy of samples prompted with held-out names (emoji the model never saw)."""
+    share whose nearest training sprite (Euclidean, in the classifier's features) is that emoji, and
+    whose ``RETRIEVAL_K`` nearest include it; and the class accuracy of samples prompted with held-out
+    names (emoji the model never saw). Each beside its real-data value: for the names, a real sprite
+    of the emoji asked the same of the other training sprites (its other styles are the only way to
+    hit); for the held-out names, the classifier on real held-out sprites."""
     rng = np.random.default_rng(seed)
-    train_names = sorted(set(real.train.names.tolist()))
+    names = real.train.names
+    train_names = sorted(set(names.tolist()))
     held_names = sorted(set(real.held.names.tolist()))
     features = torch.from_numpy(predict(real.classifier, real.train.images)[1])
 
-    def draw(names):
-        chunks = [names[i:i + MAX_IMAGES] for i in range(0, len(names), MAX_IMAGES)]
+    def draw(prompts):
+        chunks = [prompts[i:i + MAX_IMAGES] for i in range(0, len(prompts), MAX_IMAGES)]
         return np.concatenate([pipe.generate(num_images=len(c), prompt=c, seed=k).images for k, c in enumerate(chunks)])
 
     picked = rng.choice(train_names, size=min(num, len(train_names)), replace=False).tolist()
     pred, sample_features = predict(real.classifier, draw(picked))
-    nearest = torch.cdist(torch.from_numpy(sample_features), features).argmin(1).numpy()
-    hits = [real.train.names[j] == name for j, name in zip(nearest, picked)]
+    hits, hits_k, nearest = name_retrieval(torch.from_numpy(sample_features), features, names, picked)
+    own_rng = np.random.default_rng(seed + 1)  # its own draws: the held-out names below stay those of earlier runs
+    own = np.array([own_rng.choice(np.flatnonzero(names == name)) for name in picked])
+    real_hits, real_hits_k, _ = name_retrieval(features[own], features, names, picked, exclude=own)
     held = rng.choice(held_names, size=min(num, len(held_names)), replace=False).tolist()
     held_labels = np.array([real.held.labels[real.held.names == name][0] for name in held])
     held_pred, _ = predict(real.classifier, draw(held))
-    return {"train_names": len(picked), "nearest_is_that_emoji": float(np.mean(hits)),
+    return {"train_names": len(picked), "nearest_is_that_emoji": hits, f"within_{RETRIEVAL_K}_nearest": hits_k,
+            "real_nearest_is_that_emoji": real_hits, f"real_within_{RETRIEVAL_K}_nearest": real_hits_k,
             "held_out_names": len(held), "held_out_class_accuracy": float((held_pred == held_labels).mean()),
-            "examples": [{"prompt": p, "nearest": str(real.train.names[j])} for p, j in zip(picked[:12], nearest[:12])]}
+            "held_out_class_accuracy_real": real.floor["class_accuracy"],
+            "examples": [{"prompt": p, "nearest": n} for p, n in zip(picked[:12], nearest[:12])]}
+
+
+def name_retrieval(queries: torch.Tensor, features: torch.Tensor, names: np.ndarray, wanted: list[str],
+                   exclude: np.ndarray | None = None, k: int = RETRIEVAL_K) -> tuple[float, float, list[str]]:
+    """Query i wants emoji ``wanted[i]``: the share whose nearest row of ``features`` is named so,
+    the share with it among the k nearest, and each query's nearest name. ``exclude[i]``, a row that
+    query i may not match (itself, when the queries are rows of ``features``)."""
+    distances = torch.cdist(queries.float(), features.float())
+    if exclude is not None:
+        distances[torch.arange(len(queries)), torch.as_tensor(exclude)] = float("inf")
+    top = names[distances.topk(k, dim=1, largest=False).indices.numpy()]
+    found = top == np.asarray(wanted)[:, None]
+    return float(found[:, 0].mean()), float(found.any(1).mean()), [str(n) for n in top[:, 0]]
 
 
 def roles_of(real: RealData) -> dict:
@@ -372,10 +394,7 @@ def to_markdown(result: dict, picture: str | None = None) -> str:
     lines += [f"| {name} | {s['n']} | {cells(s, floor)} |" for name, s in result["calibration"].items()]
     if result.get("prompts"):
         p = result["prompts"]
-        lines += ["", f"Prompts (one sample each at the default setting): for {p['train_names']} training emoji names "
-                  f"the nearest training sprite is that emoji in {100 * p['nearest_is_that_emoji']:.0f}% of cases; "
-                  f"samples prompted with {p['held_out_names']} held-out names (never seen) are recognised as the "
-                  f"right class in {100 * p['held_out_class_accuracy']:.0f}%."]
+        lines += ["", prompt_summary(p)]
     if picture:
         h = result["headline"]
         lines += ["", f"Real held-out sprites (odd rows) above samples of the same class (even rows), one class per "
@@ -383,6 +402,21 @@ def to_markdown(result: dict, picture: str | None = None) -> str:
                   f"{setting_of(h).describe()}:", "",
                   f"![real vs samples]({picture})"]
     return "\n".join(lines) + "\n"
+
+
+def prompt_summary(p: dict) -> str:
+    k = RETRIEVAL_K
+    line = (f"Prompts (one sample each at the default setting): for {p['train_names']} training emoji names the "
+            f"nearest training sprite is that emoji in {100 * p['nearest_is_that_emoji']:.0f}% of cases")
+    if "real_nearest_is_that_emoji" in p:  # results written before the real-data scale lack it
+        line += (f" and among the {k} nearest in {100 * p[f'within_{k}_nearest']:.0f}% (a real sprite of the emoji, "
+                 f"against the other training sprites: {100 * p['real_nearest_is_that_emoji']:.0f}% and "
+                 f"{100 * p[f'real_within_{k}_nearest']:.0f}%)")
+    line += (f"; samples prompted with {p['held_out_names']} held-out names (never seen) are recognised as the right "
+             f"class in {100 * p['held_out_class_accuracy']:.0f}%")
+    if "held_out_class_accuracy_real" in p:
+        line += f" (real held-out sprites: {100 * p['held_out_class_accuracy_real']:.0f}%)"
+    return line + "."
 
 
 def per_style_table(result: dict) -> list[str]:

@@ -92,7 +92,16 @@ def text_note(cfg) -> str:
             f"keywords and class names) and a {cfg.text_layers}-layer transformer text encoder ({cfg.text_dim}-d), "
             f"trained with the U-Net; token features enter by cross-attention at {list(cfg.attention_resolutions)} px "
             f"and the middle. Prompts during training: the emoji's name, some of its keywords or its class; "
-            f"text dropout {cfg.text_dropout}, independent of the context's.")
+            f"text dropout {cfg.text_dropout}, independent of the context's."
+            + (f" The text path (encoder, its projection and the cross-attention) learned at {cfg.text_lr_scale:g}x "
+               f"the lr." if cfg.text_lr_scale != 1 else ""))
+
+
+def loss_note(cfg) -> str:
+    if not cfg.min_snr_gamma:
+        return ""
+    return (f" The loss weights the noise levels by min-SNR-γ, γ = {cfg.min_snr_gamma:g} (Hang et al. 2023: "
+            f"the x_0 error weighted by min(SNR, γ), so the easy low-noise steps count less).")
 
 
 def sampling_note(cfg) -> str:
@@ -122,7 +131,7 @@ tags: [diffusion, ddpm, emoji, pixel-art, unconditional-image-generation]
 A U-Net ({cfg.base_channels} base channels, multipliers {list(cfg.channel_mults)}, attention at
 {list(cfg.attention_resolutions)} px) trained with `diffusion_core` to predict the noise
 ({cfg.prediction_type}) on a {cfg.schedule} schedule of {cfg.num_timesteps} steps, with context dropout
-{cfg.context_dropout} so one model serves guided and unguided sampling.{text_note(cfg)} Weights are the EMA
+{cfg.context_dropout} so one model serves guided and unguided sampling.{loss_note(cfg)}{text_note(cfg)} Weights are the EMA
 (decay {cfg.ema_decay}). `generate` defaults to `default_sampling` in config.json:
 {cfg.default_sampling}.{sampling_note(cfg)}
 

@@ -174,3 +174,15 @@ def test_a_bad_evaluation_setting_is_a_clear_error(text, message):
 def test_styles_unknown_to_the_data_are_a_clear_error():
     with pytest.raises(ValueError, match=r"styles \['comic'\] are not in the emoji data"):
         RealData(styles=["comic", *EMOJI_STYLES[:1]])
+
+
+def test_name_retrieval_finds_the_wanted_emoji_first_or_among_the_k_nearest_and_can_exclude_a_row():
+    from diffusion_core.evaluate import name_retrieval
+    features = torch.tensor([[0.0], [1.0], [2.0], [10.0]])
+    names = np.array(["apple", "apple", "cat", "dog"])
+    queries = torch.tensor([[0.1], [1.9], [9.0]])
+    first, within, nearest = name_retrieval(queries, features, names, ["apple", "apple", "apple"], k=2)
+    assert nearest == ["apple", "cat", "dog"] and first == pytest.approx(1 / 3) and within == pytest.approx(2 / 3)
+    # a row asked about itself: excluded, its nearest is the other sprite of the same emoji
+    first, _, nearest = name_retrieval(features[[0, 2]], features, names, ["apple", "cat"], exclude=np.array([0, 2]), k=1)
+    assert nearest == ["apple", "apple"] and first == pytest.approx(0.5)

@@ -143,6 +143,15 @@ def test_a_card_names_the_guide_its_defaults_autoguide_with(tmp_path):
     assert "at w 1.5." in training_card(guided, 10, tmp_path / "none.csv")
 
 
+def test_a_card_names_the_loss_weighting_and_the_text_paths_lr():
+    from diffusion_core.model_card import training_card
+
+    plain = training_card(TrainConfig(text=True), 10, ROOT / "none.csv")
+    assert "min-SNR" not in plain and "learned at" not in plain
+    tuned = training_card(TrainConfig(text=True, min_snr_gamma=5.0, text_lr_scale=10.0), 10, ROOT / "none.csv")
+    assert "min-SNR-γ, γ = 5 (Hang et al. 2023" in tuned and "cross-attention) learned at 10x the lr." in tuned
+
+
 def test_kill_9_at_any_moment_never_leaves_a_corrupt_checkpoint(course_files, tmp_path):
     cfg = tiny_config(course_files, tmp_path, "killed", max_steps=10_000, checkpoint_every=1, log_every=1)
     config_path = tmp_path / "killed.json"
