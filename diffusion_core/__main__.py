@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="noise seeds: each setting is sampled once per seed, rows show the mean")
     e.add_argument("--no-write", action="store_true", help="print the tables only; leave the model card alone")
+    e.add_argument("--prompts-only", action="store_true",
+                   help="with --prompts N: only the prompt check (2N samples, printed; the card is left alone)")
     e.set_defaults(func=cmd_evaluate)
 
     x = sub.add_parser("export-dataset", help="draw a labelled data set: a zip of class folders, labels.csv, model card")

@@ -227,15 +227,9 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
     a row holds the means over seeds and, under "seeds", each seed's own scores."""
     if not seeds or any(not 0 <= seed < 2**40 for seed in seeds):
         raise ValueError(f"seeds must be one or more integers in 0..2^40-1, got {list(seeds)}")
-    pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
-    if pipe.model.image_size != 32:
-        raise ValueError("evaluation uses the 32x32 emoji feature network; this model makes "
-                         f"{pipe.model.image_size}x{pipe.model.image_size} images")
-    if styles and not set(styles) <= set(pipe.styles):
-        raise ValueError(f"styles {sorted(set(styles) - set(pipe.styles))} are not among the model's {pipe.styles}")
-    real = RealData(classifier, styles=styles or pipe.styles or None)
-    if list(pipe.labels) != real.class_names:
-        raise ValueError(f"the model's labels {pipe.labels} differ from the data's {real.class_names}")
+    pipe, real = load_for_evaluation(model, dtype, classifier, styles)
+    if prompts:  # before minutes of sampling, not after
+        check_prompt_request(pipe, prompts)
     labels = real.held.labels
     styles = [real.held.style_names[s] for s in real.held.style_index()] if pipe.styles else [None] * len(labels)
     log(f"real held-out vs reference (n={len(labels)}): " + format_scores(real.floor))
@@ -265,8 +259,6 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
         save_comparison(pipe, real, headline, picture)
     checked = None
     if prompts:
-        if pipe.vocabulary is None:
-            raise ValueError("--prompts needs a text model; this one has none")
         checked = prompt_check(pipe, real, prompts)
         log(f"prompts: {checked}")
     return {"prompts": checked, "model": str(model), "weights_fingerprint": weights_fingerprint(pipe.model.state_dict()),
@@ -276,6 +268,28 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
             "headline": vars(headline), "copy_threshold_rmse": COPY_RMSE, "neighbours": NEIGHBOURS}
 
 
+def load_for_evaluation(model: str, dtype: str = "auto", classifier: str | None = None,
+                        styles: list[str] | None = None) -> tuple[DiffusionPipeline, RealData]:
+    """The checkpoint and the real data of its styles (or of ``styles``), checked to fit each other."""
+    pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
+    if pipe.model.image_size != 32:
+        raise ValueError("evaluation uses the 32x32 emoji feature network; this model makes "
+                         f"{pipe.model.image_size}x{pipe.model.image_size} images")
+    if styles and not set(styles) <= set(pipe.styles):
+        raise ValueError(f"styles {sorted(set(styles) - set(pipe.styles))} are not among the model's {pipe.styles}")
+    real = RealData(classifier, styles=styles or pipe.styles or None)
+    if list(pipe.labels) != real.class_names:
+        raise ValueError(f"the model's labels {pipe.labels} differ from the data's {real.class_names}")
+    return pipe, real
+
+
+def check_prompt_request(pipe: DiffusionPipeline, num: int) -> None:
+    if pipe.vocabulary is None:
+        raise ValueError("--prompts needs a text model; this one has none")
+    if num < 1:
+        raise ValueError(f"--prompts needs a number of names >= 1, got {num}")
+
+
 def prompt_check(pipe: DiffusionPipeline, real: RealData, num: int = 200, seed: int = 0) -> dict:
     """For ``num`` training emoji names (drawn at random), one sample with the name as prompt: the
     share whose nearest training sprite (Euclidean, in the classifier's features) is that emoji, and
@@ -283,6 +297,7 @@ def prompt_check(pipe: DiffusionPipeline, real: RealData, num: int = 200, seed: 
     names (emoji the model never saw). Each beside its real-data value: for the names, a real sprite
     of the emoji asked the same of the other training sprites (its other styles are the only way to
     hit); for the held-out names, the classifier on real held-out sprites."""
+    check_prompt_request(pipe, num)
     rng = np.random.default_rng(seed)
     names = real.train.names
     train_names = sorted(set(names.tolist()))
@@ -471,6 +486,14 @@ def evaluate_samples(path: str | os.PathLike, classifier: str | None = None, sty
 def evaluate_command(args) -> None:
     if args.samples:
         print(json.dumps(evaluate_samples(args.samples, args.classifier, args.styles), indent=2))
+        return
+    if args.prompts_only:
+        if not args.prompts:
+            raise ValueError("--prompts-only needs --prompts N (the number of names)")
+        pipe, real = load_for_evaluation(args.model, args.dtype, args.classifier, args.styles)
+        checked = prompt_check(pipe, real, args.prompts)
+        print(prompt_summary(checked))
+        print(json.dumps(checked, indent=2, ensure_ascii=False))
         return
     settings = [parse_setting(text) for text in args.setting] if args.setting else None
     if args.quick:

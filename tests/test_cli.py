@@ -1,4 +1,5 @@
 """The command line, run as a user runs it."""
+import json
 import os
 import subprocess
 import sys
@@ -79,3 +80,26 @@ def test_bad_evaluate_arguments_print_the_message_and_exit_non_zero(args, messag
     code = main(["evaluate", "--model", str(ROOT / "checkpoints" / "emoji32"), "--no-write", *args])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--prompts-only"], "--prompts-only needs --prompts N"),
+    (["--prompts", "-2", "--prompts-only"], "--prompts needs a number of names >= 1, got -2"),
+    (["--prompts", "-2", "--setting", "ddim:2:3"], "--prompts needs a number of names >= 1, got -2"),
+])
+def test_bad_prompt_check_arguments_are_clear_errors_before_any_sampling(args, message, capsys):
+    code = main(["evaluate", "--model", str(ROOT / "checkpoints" / "emoji32"), "--no-write", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err
+
+
+def test_prompts_only_prints_the_prompt_check_beside_its_real_values(capsys):
+    assert main(["evaluate", "--model", str(ROOT / "checkpoints" / "emoji32"), "--prompts", "2", "--prompts-only",
+                 "--dtype", "bfloat16"]) in (0, None)
+    out = capsys.readouterr().out
+    summary, report = out.split("\n", 1)
+    assert summary.startswith("Prompts (one sample each at the default setting): for 2 training emoji names")
+    assert "a real sprite of the emoji, against the other training sprites" in summary and "(real held-out sprites:" in summary
+    checked = json.loads(report)
+    assert checked["train_names"] == checked["held_out_names"] == 2 and len(checked["examples"]) == 2
+    assert 0 <= checked["within_10_nearest"] <= 1 and checked["held_out_class_accuracy_real"] == pytest.approx(0.715, abs=0.01)
