@@ -24,6 +24,7 @@ from .metrics import (COPY_RMSE, MIN_IMAGES, NEIGHBOURS, check_images, copy_shar
 from .model_card import EVALUATION_FILE, EVALUATION_JSON, weights_fingerprint
 from .pipeline import MAX_IMAGES, DiffusionPipeline
 from .samplers import DEFAULT_SAMPLER, SAMPLERS
+from .text import words
 
 COMPARISON_FILE = "real_vs_samples.png"
 HEADLINE = ("dpmpp_2m_sde", 20, 5.0)  # the app's setting, for the picture of a checkpoint without default_sampling
@@ -317,10 +318,14 @@ def prompt_check(pipe: DiffusionPipeline, real: RealData, num: int = 200, seed: 
     held = rng.choice(held_names, size=min(num, len(held_names)), replace=False).tolist()
     held_labels = np.array([real.held.labels[real.held.names == name][0] for name in held])
     held_pred, _ = predict(real.classifier, draw(held))
+    right = held_pred == held_labels
+    knows_a_word = np.array([any(w in pipe.vocabulary.index for w in words(name)) for name in held])
     return {"train_names": len(picked), "nearest_is_that_emoji": hits, f"within_{RETRIEVAL_K}_nearest": hits_k,
             "real_nearest_is_that_emoji": real_hits, f"real_within_{RETRIEVAL_K}_nearest": real_hits_k,
-            "held_out_names": len(held), "held_out_class_accuracy": float((held_pred == held_labels).mean()),
+            "held_out_names": len(held), "held_out_class_accuracy": float(right.mean()),
             "held_out_class_accuracy_real": real.floor["class_accuracy"],
+            "held_out_names_without_a_known_word": float(1 - knows_a_word.mean()),
+            "held_out_class_accuracy_with_a_known_word": float(right[knows_a_word].mean()) if knows_a_word.any() else None,
             "examples": [{"prompt": p, "nearest": n} for p, n in zip(picked[:12], nearest[:12])]}
 
 
@@ -431,6 +436,9 @@ def prompt_summary(p: dict) -> str:
              f"class in {100 * p['held_out_class_accuracy']:.0f}%")
     if "held_out_class_accuracy_real" in p:
         line += f" (real held-out sprites: {100 * p['held_out_class_accuracy_real']:.0f}%)"
+    if p.get("held_out_class_accuracy_with_a_known_word") is not None:
+        line += (f"; {100 * p['held_out_names_without_a_known_word']:.0f}% of those names hold no word the model "
+                 f"knows, and the others come out right in {100 * p['held_out_class_accuracy_with_a_known_word']:.0f}%")
     return line + "."
 
 

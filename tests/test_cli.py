@@ -103,3 +103,6 @@ def test_prompts_only_prints_the_prompt_check_beside_its_real_values(capsys):
     checked = json.loads(report)
     assert checked["train_names"] == checked["held_out_names"] == 2 and len(checked["examples"]) == 2
     assert 0 <= checked["within_10_nearest"] <= 1 and checked["held_out_class_accuracy_real"] == pytest.approx(0.715, abs=0.01)
+    if checked["held_out_names_without_a_known_word"] == 0:  # then the split is the whole
+        assert checked["held_out_class_accuracy_with_a_known_word"] == checked["held_out_class_accuracy"]
+    assert checked["held_out_names_without_a_known_word"] in (0, 0.5, 1)
