@@ -52,7 +52,6 @@ atomic checkpoints with exact resume, DDP under torchrun, the CSV log.
 from __future__ import annotations
 
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -390,7 +389,7 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     """The EMA student as a checkpoint folder that ``DiffusionPipeline.from_pretrained`` loads like any
     other (config.json says it predicts v, takes w and samples by ``default_sampling``), with its
     card, the distillation log and a sample grid (8 per class at the default sampling)."""
-    from .model_card import distillation_card, save_with_card
+    from .model_card import distillation_card, save_exported_log, save_with_card
     from .viz import save_grid
 
     student = UNet(**ema._hub_mixin_config)
@@ -409,5 +408,5 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     # every export, for learning curves, with its card: a later stage started from it names its cost
     pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}", model_card=card(None), weights_dtype=cfg.weights_dtype)
     save_grid(grid.images, folder / "samples.png", nrow=per_class)
-    shutil.copy2(out_dir / "log.csv", folder / "training_log.csv")
+    save_exported_log(out_dir / "log.csv", step, folder)
     return folder

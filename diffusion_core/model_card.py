@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -66,12 +67,25 @@ def save_with_card(pipe, folder, card_for, weights_dtype: str = "float32") -> Pa
     return folder
 
 
-def log_facts(log_path: Path, batch_size: int) -> tuple[float, float, float]:
-    """(wall seconds, images/s, final loss) of a training log. Wall time is summed over the logged
-    intervals, so it spans resumed runs (elapsed_s restarts at 0)."""
+def exported_log(log_path: Path, step: int):
+    """The training log's rows up to ``step``: a run stopped after its last checkpoint logged steps
+    that no saved state holds (a resume drops them; an export of that state must not count them)."""
     import pandas as pd
 
     log = pd.read_csv(log_path) if Path(log_path).exists() else pd.DataFrame()
+    return log[log["step"] <= step] if len(log) else log
+
+
+def save_exported_log(log_path: Path, step: int, folder: Path) -> None:
+    """``folder/training_log.csv``: the log up to ``step``, written atomically."""
+    exported_log(log_path, step).to_csv(Path(folder) / "training_log.tmp", index=False)
+    os.replace(Path(folder) / "training_log.tmp", Path(folder) / "training_log.csv")
+
+
+def log_facts(log_path: Path, batch_size: int, step: int) -> tuple[float, float, float]:
+    """(wall seconds, images/s, final loss) of a training log up to ``step``. Wall time is summed over
+    the logged intervals, so it spans resumed runs (elapsed_s restarts at 0)."""
+    log = exported_log(log_path, step)
     if not len(log):
         return 0.0, 0.0, float("nan")
     images_per_row = log["step"].diff().fillna(log["step"]) * batch_size
@@ -120,7 +134,7 @@ def sampling_note(cfg) -> str:
 
 def training_card(cfg, step: int, log_path: Path, evaluation: str | None = None) -> str:
     """The card of an export at ``step``, with the evaluation tables of these weights if there are any."""
-    wall, ips, loss = log_facts(log_path, cfg.batch_size)
+    wall, ips, loss = log_facts(log_path, cfg.batch_size, step)
     return f"""---
 license: cc-by-sa-4.0
 library_name: diffusion_core
@@ -176,7 +190,7 @@ out = pipe.generate(num_images=16, classes=["food_drink"], seed=0)   # sampler, 
 
 def distillation_card(cfg, step: int, log_path: Path, evaluation: str | None = None) -> str:
     """The card of a distilled student (distill.py): its teacher, objective, cost and measured quality."""
-    wall, ips, loss = log_facts(log_path, cfg.batch_size)
+    wall, ips, loss = log_facts(log_path, cfg.batch_size, step)
     name, sampling = Path(cfg.export_dir).name, cfg.default_sampling
     if cfg.objective == "guidance":
         title, tag = "guidance distilled into it", "guidance-distillation"

@@ -491,7 +491,7 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
            vocabulary: Vocabulary | None = None) -> Path:
     """Write the EMA weights as a Hub-layout checkpoint (config.json, model.safetensors, model card,
     training log) to cfg.export_dir, and a sample grid (8 per class, drawn on ``device``) to out_dir."""
-    from .model_card import save_with_card, training_card
+    from .model_card import save_exported_log, save_with_card, training_card
     from .viz import save_grid
 
     pipe = DiffusionPipeline(ema_copy(ema, cfg), NoiseSchedule(cfg.schedule, cfg.num_timesteps),
@@ -508,9 +508,7 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
     pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}", weights_dtype=cfg.weights_dtype,
                          model_card=training_card(cfg, step, out_dir / "log.csv", None))
     save_grid(grid.images, folder / "samples.png", nrow=per_class)
-    import shutil
-
-    shutil.copy2(out_dir / "log.csv", folder / "training_log.csv")
+    save_exported_log(out_dir / "log.csv", step, folder)
     return folder
 
 
