@@ -389,7 +389,7 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     """The EMA student as a checkpoint folder that ``DiffusionPipeline.from_pretrained`` loads like any
     other (config.json says it predicts v, takes w and samples by ``default_sampling``), with its
     card, the distillation log and a sample grid (8 per class at the default sampling)."""
-    from .model_card import distillation_card, save_exported_log, save_with_card
+    from .model_card import distillation_card, save_with_card, write_log_up_to
     from .viz import save_grid
 
     student = UNet(**ema._hub_mixin_config)
@@ -408,5 +408,5 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     # every export, for learning curves, with its card: a later stage started from it names its cost
     pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}", model_card=card(None), weights_dtype=cfg.weights_dtype)
     save_grid(grid.images, folder / "samples.png", nrow=per_class)
-    save_exported_log(out_dir / "log.csv", step, folder)
+    write_log_up_to(out_dir / "log.csv", step, folder / "training_log.csv")
     return folder

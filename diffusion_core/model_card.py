@@ -76,10 +76,17 @@ def exported_log(log_path: Path, step: int):
     return log[log["step"] <= step] if len(log) else log
 
 
-def save_exported_log(log_path: Path, step: int, folder: Path) -> None:
-    """``folder/training_log.csv``: the log up to ``step``, written atomically."""
-    exported_log(log_path, step).to_csv(Path(folder) / "training_log.tmp", index=False)
-    os.replace(Path(folder) / "training_log.tmp", Path(folder) / "training_log.csv")
+def log_up_to(log_path: Path, step: int) -> str:
+    """The CSV log's header and its rows up to ``step`` (the first column), line for line."""
+    header, *rows = Path(log_path).read_text().splitlines(keepends=True)
+    return header + "".join(row for row in rows if int(row.split(",", 1)[0]) <= step)
+
+
+def write_log_up_to(log_path: Path, step: int, out_path: Path) -> None:
+    """``log_up_to`` written atomically to ``out_path`` (which may be ``log_path`` itself)."""
+    text = log_up_to(log_path, step)
+    Path(out_path).with_suffix(".tmp").write_text(text)
+    os.replace(Path(out_path).with_suffix(".tmp"), out_path)
 
 
 def log_facts(log_path: Path, batch_size: int, step: int) -> tuple[float, float, float]:

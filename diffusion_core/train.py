@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .data import load_dataset
+from .model_card import write_log_up_to
 from .pipeline import FALLBACK_SAMPLING, DiffusionPipeline, cpu_has_native_bf16
 from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
@@ -358,7 +359,7 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(LOG_FIELDS)
     if procs.is_main and step > 0:
-        truncate_log(log_path, step)
+        write_log_up_to(log_path, step, log_path)  # rows past the checkpoint will be written again
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (procs.is_main and show_progress), unit="step", dynamic_ncols=True)
     losses, t_last, images_since, start_time = [], time.perf_counter(), 0, time.perf_counter()
@@ -478,20 +479,11 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
     return run_optimisation(cfg, procs, model, ema, optimizer, step, batch_loss, save, show_progress)
 
 
-def truncate_log(log_path: Path, step: int) -> None:
-    """After a resume, drop log rows past the checkpoint's step (they will be written again)."""
-    import pandas as pd
-
-    log = pd.read_csv(log_path)
-    log[log["step"] <= step].to_csv(log_path.with_suffix(".tmp"), index=False)
-    os.replace(log_path.with_suffix(".tmp"), log_path)
-
-
 def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: torch.device | str = "cpu",
            vocabulary: Vocabulary | None = None) -> Path:
     """Write the EMA weights as a Hub-layout checkpoint (config.json, model.safetensors, model card,
     training log) to cfg.export_dir, and a sample grid (8 per class, drawn on ``device``) to out_dir."""
-    from .model_card import save_exported_log, save_with_card, training_card
+    from .model_card import save_with_card, training_card
     from .viz import save_grid
 
     pipe = DiffusionPipeline(ema_copy(ema, cfg), NoiseSchedule(cfg.schedule, cfg.num_timesteps),
@@ -508,7 +500,7 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
     pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}", weights_dtype=cfg.weights_dtype,
                          model_card=training_card(cfg, step, out_dir / "log.csv", None))
     save_grid(grid.images, folder / "samples.png", nrow=per_class)
-    save_exported_log(out_dir / "log.csv", step, folder)
+    write_log_up_to(out_dir / "log.csv", step, folder / "training_log.csv")
     return folder
 
 

@@ -1,6 +1,5 @@
 """Training: resume is exact, a kill -9 never corrupts a file, DDP agrees with one process."""
 import inspect
-import io
 import json
 import os
 import signal
@@ -59,8 +58,7 @@ def test_export_only_rewrites_the_saved_states_ema_without_training(course_files
     # a run killed after its last checkpoint logged steps no state holds: the export leaves them out
     (Path(cfg.out_dir) / "log.csv").write_text(log_before + "7,9.9,0.001,1.0,1.0\n")
     train(again, export_only=True, show_progress=False)
-    exported = pd.read_csv(tmp_path / "again" / "training_log.csv")
-    assert exported["step"].tolist() == pd.read_csv(io.StringIO(log_before))["step"].tolist() and exported["step"].max() == 6
+    assert (tmp_path / "again" / "training_log.csv").read_text() == log_before
     assert "9.9" not in (tmp_path / "again" / "README.md").read_text()
     half = tiny_config(course_files, tmp_path, "a", export_dir=str(tmp_path / "half"), weights_dtype="float16")
     train(half, export_only=True, show_progress=False)
