@@ -3,6 +3,7 @@ once ``evaluate`` has run, its tables."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -67,15 +68,6 @@ def save_with_card(pipe, folder, card_for, weights_dtype: str = "float32") -> Pa
     return folder
 
 
-def exported_log(log_path: Path, step: int):
-    """The training log's rows up to ``step``: a run stopped after its last checkpoint logged steps
-    that no saved state holds (a resume drops them; an export of that state must not count them)."""
-    import pandas as pd
-
-    log = pd.read_csv(log_path) if Path(log_path).exists() else pd.DataFrame()
-    return log[log["step"] <= step] if len(log) else log
-
-
 def log_up_to(log_path: Path, step: int) -> str:
     """The CSV log's header and its rows up to ``step`` (the first column), line for line."""
     header, *rows = Path(log_path).read_text().splitlines(keepends=True)
@@ -92,7 +84,9 @@ def write_log_up_to(log_path: Path, step: int, out_path: Path) -> None:
 def log_facts(log_path: Path, batch_size: int, step: int) -> tuple[float, float, float]:
     """(wall seconds, images/s, final loss) of a training log up to ``step``. Wall time is summed over
     the logged intervals, so it spans resumed runs (elapsed_s restarts at 0)."""
-    log = exported_log(log_path, step)
+    import pandas as pd
+
+    log = pd.read_csv(io.StringIO(log_up_to(log_path, step))) if Path(log_path).exists() else pd.DataFrame()
     if not len(log):
         return 0.0, 0.0, float("nan")
     images_per_row = log["step"].diff().fillna(log["step"]) * batch_size
