@@ -24,6 +24,18 @@ The student predicts v (Salimans & Ho 2022, sec. 4), not ε: x̂_0 = √ᾱ_t x_
 well-conditioned at the noisiest step, where an ε-model's x̂_0 = (x_t - √(1-ᾱ_t) ε̂)/√ᾱ_t divides by
 √ᾱ_T ≈ 5e-5 (cosine schedule). It starts from the teacher's weights, plus a zero-started embedding of w.
 
+With ``segments`` S > 1 (multistep consistency distillation, Heek et al. 2024, "Multistep Consistency
+Models", sec. 3) the skeleton is cut into S segments of N/S points, and f maps a point to the end e of its
+own segment instead of to the path's end, as one DDIM step of the student: for t in a segment ending at e,
+
+    x_e   = the EMA student's DDIM step from (x_s, s) to e            (the teacher's x_s itself when s = e)
+    x̃_0   = (x_e - (σ_e/σ_t) x_t) / (α_e - (σ_e/σ_t) α_t)           (the x̂_0 whose DDIM step from x_t lands on x_e)
+    L     = d( f_θ(x_t, t, c, w),  x̃_0 )
+
+with α = √ᾱ, σ = √(1-ᾱ). Each segment is a short stretch of the ODE, so the bootstrapped target is fewer
+steps from the teacher's own; the student samples by DDIM in S steps (the segments' starts are exactly
+``respace(S)``). S = 1 is the objective above: e is clean data, x̃_0 = x_e = the EMA's x̂_0.
+
 With ``objective="guidance"`` the student learns stage one of Meng et al. 2023 instead: at every noise
 level (t uniform, x_t from the forward process) its one output, given w, must match the teacher's
 two-branch guided prediction, as v (mean squared error; ``loss_space`` and the skeleton do not apply):
@@ -69,10 +81,12 @@ from .unet import UNet, round_weights, weights_torch_dtype
 OBJECTIVES = ("consistency", "guidance", "progressive")
 
 
-def sampler_fits(objective: str, sampler: str | None) -> bool:
-    """Whether a student of this objective can sample with this sampler."""
+def sampler_fits(objective: str, sampler: str | None, segments: int = 1) -> bool:
+    """Whether a student of this objective (and number of consistency segments) can sample with this sampler."""
     if objective == "guidance":
         return sampler != "consistency"
+    if objective == "consistency" and segments > 1:
+        return sampler == "ddim"
     return sampler == {"consistency": "consistency", "progressive": "ddim"}[objective]
 
 
@@ -83,6 +97,7 @@ class DistillConfig(JsonConfig):
     objective: str = "consistency"         # "consistency" or "progressive": a few-step student; "guidance": one call per step
     # the consistency and progressive objectives
     skeleton_steps: int = 25               # N: the teacher's ODE is walked in N DDIM steps (progressive: N even, student N/2)
+    segments: int = 1                      # consistency: S > 1 cuts the path into S segments, sampled by DDIM in S steps
     guidance_range: list[float] = field(default_factory=lambda: [1.0, 8.0])  # w ~ U[lo, hi] per picture
     guidance_lr_scale: float = 1.0         # the w embedding's lr, as a multiple of lr (it starts at zero, its signal is faint)
     huber_c: float = 0.03                  # pseudo-Huber c = 0.00054·√d for d = 3·32·32 (iCT, sec. 3.3)
@@ -122,12 +137,17 @@ class DistillConfig(JsonConfig):
             (self.guidance_lr_scale > 0, "guidance_lr_scale must be > 0"),
             (self.loss_space in ("x0", "v"), f"loss_space must be 'x0' or 'v', got {self.loss_space!r}"),
             (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}"),
+            (self.segments == 1 or (self.objective == "consistency" and self.segments >= 2
+                                    and self.skeleton_steps % self.segments == 0),
+             f"segments (multistep consistency) must be 1, or, with the consistency objective, >= 2 and a divisor "
+             f"of skeleton_steps ({self.skeleton_steps}), got {self.segments!r}"),
             (self.objective != "progressive" or (self.init_student and self.skeleton_steps % 2 == 0),
              "the progressive objective halves a student that takes w: set init_student, and an even "
              "skeleton_steps (its steps)"),
-            (not self.default_sampling or sampler_fits(self.objective, self.default_sampling.get("sampler")),
+            (not self.default_sampling or sampler_fits(self.objective, self.default_sampling.get("sampler"), self.segments),
              "default_sampling's sampler must be 'consistency' for the consistency objective, 'ddim' for the "
-             "progressive one, and one of the teacher's samplers (e.g. dpmpp_2m_sde) for the guidance objective"),
+             "progressive one and for consistency segments, and one of the teacher's samplers (e.g. "
+             "dpmpp_2m_sde) for the guidance objective"),
             (self.batch_size >= 1 and self.max_steps >= 1 and self.lr > 0, "batch_size, max_steps and lr must be positive"),
             (all(0 <= p < 1 for p in (self.context_dropout, self.style_dropout, self.text_dropout, self.ema_decay)),
              "dropouts and ema_decay must be in [0, 1)"),
@@ -163,11 +183,14 @@ def start_student(teacher: DiffusionPipeline, init_student: str) -> UNet:
     return student
 
 
-def student_sampling(objective: str, teacher_sampling: dict, skeleton_steps: int) -> dict:
-    """A student's default sampling: 4 consistency steps at w 5; DDIM in half the skeleton's steps at the
-    teacher's w (progressive); or the teacher's sampler, steps and w (guidance). A guidance interval and
-    autoguidance do not apply to a student that takes w as an input."""
+def student_sampling(objective: str, teacher_sampling: dict, skeleton_steps: int, segments: int = 1) -> dict:
+    """A student's default sampling: 4 consistency steps at w 5; DDIM in one step per segment at w 5
+    (multistep consistency); DDIM in half the skeleton's steps at the teacher's w (progressive); or the
+    teacher's sampler, steps and w (guidance). A guidance interval and autoguidance do not apply to a
+    student that takes w as an input."""
     if objective == "consistency":
+        if segments > 1:
+            return {"sampler": "ddim", "steps": segments, "guidance": 5.0}
         return {"sampler": "consistency", "steps": 4, "guidance": 5.0}
     if objective == "progressive":
         return {"sampler": "ddim", "steps": skeleton_steps // 2, "guidance": teacher_sampling["guidance"]}
@@ -240,6 +263,18 @@ def student_ode_step(student: UNet, x_t, t, context, tokens, w, alpha_bar_t, alp
     return ddim_jump(*predict_x0_and_eps(v, x_t, alpha_bar_t.view(-1, 1, 1, 1), "v", clip_x0=True), alpha_bar_s)
 
 
+@torch.no_grad()
+def segment_end_target(ema: UNet, x_t, x_s, s, context, tokens, w, alpha_bar_t, alpha_bar_s, alpha_bar_end,
+                       s_is_end: torch.Tensor) -> torch.Tensor:
+    """The consistency target x̃_0 (Heek et al. 2024, sec. 3): the EMA student's DDIM step from x_s to the
+    segment's end e (the teacher's x_s itself where s = e), and the x̂_0 whose one DDIM step from x_t lands
+    there. With e clean data it is the EMA's x̂_0 at x_s (Song et al. 2023, Algorithm 2)."""
+    v = ema(x_s, s, context, tokens, w).float()
+    x_end = ddim_jump(*predict_x0_and_eps(v, x_s, alpha_bar_s.view(-1, 1, 1, 1), "v", clip_x0=False), alpha_bar_end)
+    x_end = torch.where(s_is_end.view(-1, 1, 1, 1), x_s, x_end)
+    return one_step_x0(x_t, x_end, alpha_bar_t, alpha_bar_end)
+
+
 def one_step_x0(x_t: torch.Tensor, x_s: torch.Tensor, alpha_bar_t: torch.Tensor, alpha_bar_s: torch.Tensor) -> torch.Tensor:
     """x̃ = (x_s - (σ_s/σ_t) x_t) / (α_s - (σ_s/σ_t) α_t): the x̂_0 whose one DDIM step from x_t lands on x_s
     (Salimans & Ho 2022, Algorithm 2), with α = √ᾱ, σ = √(1-ᾱ); x̃ = x_s when s is clean."""
@@ -294,7 +329,8 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
     if teacher.prediction_type != "epsilon":
         raise ValueError("the teacher must predict ε (prediction_type 'epsilon')")
     if not cfg.default_sampling:
-        cfg.default_sampling = student_sampling(cfg.objective, teacher.default_sampling, cfg.skeleton_steps)
+        cfg.default_sampling = student_sampling(cfg.objective, teacher.default_sampling, cfg.skeleton_steps,
+                                                cfg.segments)
     walker = progressive_teacher(cfg, device) if cfg.objective == "progressive" else None
     data = load_dataset(cfg.data, teacher.model.image_size)
     images, data_contexts = data.to_tensors()
@@ -326,6 +362,10 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
         print(f"no checkpoint at {state_path}; starting from step 0")
     shard = procs.shard(cfg.batch_size)
     lo, hi = cfg.guidance_range
+    segment_length = cfg.skeleton_steps // cfg.segments
+    if not torch.equal(schedule.respace(cfg.segments).to(device), skeleton[::segment_length]):
+        raise ValueError(f"the {cfg.segments} DDIM steps the student samples in do not start its segments of the "
+                         f"{cfg.skeleton_steps}-step skeleton; choose another skeleton_steps")
 
     def batch_loss(step: int, net) -> torch.Tensor:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # same batches after a resume, under DDP
@@ -366,15 +406,13 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
             target = v_target(*guided_teacher(teacher.model, x_t, t, context, tokens, w, a_t), a_t)
             v = net(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, w).float()
             return torch.nn.functional.mse_loss(v, target)
-        t = skeleton[k]
-        last = k == cfg.skeleton_steps - 1
-        s = skeleton[(k + 1).clamp(max=cfg.skeleton_steps - 1)]
+        t, s = skeleton[k], skeleton[(k + 1).clamp(max=cfg.skeleton_steps - 1)]
+        end = (k // segment_length + 1) * segment_length  # the segment's end (N: clean data)
         a_t, a_s = alphas_cumprod[t], skeleton_alpha_bar(alphas_cumprod, skeleton, k + 1)
+        a_end = skeleton_alpha_bar(alphas_cumprod, skeleton, end)
         x_t = schedule.add_noise(x0, noise, t)
-        x_s, teacher_x0 = teacher_ode_step(teacher.model, x_t, t, context, tokens, w, a_t, a_s)
-        with torch.no_grad():
-            target = x0_from_v(ema(x_s, s, context, tokens, w).float(), x_s, a_s)
-            target = torch.where(last.view(-1, 1, 1, 1), teacher_x0, target)
+        x_s, _ = teacher_ode_step(teacher.model, x_t, t, context, tokens, w, a_t, a_s)
+        target = segment_end_target(ema, x_t, x_s, s, context, tokens, w, a_t, a_s, a_end, k + 1 == end)
         v = net(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, w).float()
         return consistency_distance(x0_from_v(v, x_t, a_t), target, a_t, cfg.huber_c, cfg.loss_space)
 

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from diffusion_core.__main__ import main
 from diffusion_core.distill import (DistillConfig, consistency_distance, distill, guided_teacher, one_step_x0,
-                                    pseudo_huber, start_student, student_ode_step, student_of, teacher_ode_step,
-                                    v_target, x0_from_v)
+                                    pseudo_huber, segment_end_target, start_student, student_ode_step, student_of,
+                                    teacher_ode_step, v_target, x0_from_v)
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.samplers import ddim_step
 from diffusion_core.schedule import NoiseSchedule
@@ -240,6 +240,9 @@ def test_the_guidance_embedding_can_learn_at_a_multiple_of_the_lr_and_resumes_on
     (["--objective", "halving"], "objective must be one of ('consistency', 'guidance', 'progressive'), got 'halving'"),
     (["--objective", "progressive", "--skeleton-steps", "8"], "the progressive objective halves a student that takes w"),
     (["--objective", "progressive", "--skeleton-steps", "5", "--init-student", "x"], "and an even skeleton_steps"),
+    (["--segments", "4", "--skeleton-steps", "25"], "a divisor of skeleton_steps (25), got 4"),
+    (["--segments", "0"], "segments (multistep consistency) must be 1, or"),
+    (["--segments", "2", "--objective", "guidance", "--skeleton-steps", "4"], "with the consistency objective, >= 2"),
 ])
 def test_bad_distill_arguments_print_the_message_and_exit_non_zero(args, message, tmp_path, capsys):
     code = main(["distill", "--quiet", "--out-dir", str(tmp_path / "r"), "--export-dir", str(tmp_path / "e"), *args])
@@ -314,3 +317,52 @@ def test_progressive_distillation_halves_a_w_students_ddim_steps(teacher_dir, co
     with pytest.raises(ValueError, match="is a consistency student"):
         distill(tiny_distill_config(teacher_dir, course_files, tmp_path, "r", objective="progressive", skeleton_steps=4,
                                     init_student=consistency.export_dir), show_progress=False)
+
+
+def test_a_segments_target_is_where_one_ddim_step_reaches_the_segments_end(teacher_dir):
+    """Multistep consistency (Heek et al. 2024): from x_t, one DDIM step with the target x̂_0 lands where the
+    EMA student's DDIM step from x_s lands at the segment's end e, or on x_s itself when s is e; with e clean
+    data the target is the EMA's x̂_0 at x_s, the one-segment objective's target."""
+    teacher = DiffusionPipeline.from_pretrained(teacher_dir, device="cpu")
+    ema = student_of(teacher)
+    for p in ema.parameters():
+        p.data.add_(0.02 * torch.randn_like(p))
+    abar = teacher.schedule.alphas_cumprod.float()
+    torch.manual_seed(0)
+    x_t, x_s = torch.randn(2, 3, 3, 16, 16).unbind(0)
+    t, s, e = torch.tensor([45, 40, 35]), torch.tensor([40, 30, 30]), torch.tensor([20, 20, 30])
+    context, w = torch.eye(5)[:3], torch.tensor([1.0, 3.0, 6.0])
+    s_is_end = s == e
+    target = segment_end_target(ema, x_t, x_s, s, context, None, w, abar[t], abar[s], abar[e], s_is_end)
+    with torch.no_grad():
+        v = ema(x_s, s, context, None, w)
+    for i in range(3):
+        a_t, a_s, a_e = abar[t[i]].item(), abar[s[i]].item(), abar[e[i]].item()
+        x0_s = math.sqrt(a_s) * x_s[i] - math.sqrt(1 - a_s) * v[i]
+        eps_s = math.sqrt(1 - a_s) * x_s[i] + math.sqrt(a_s) * v[i]
+        x_end = x_s[i] if s_is_end[i] else ddim_step(x_s[i], x0_s, eps_s, a_s, a_e, 0.0, None)
+        eps_t = (x_t[i] - math.sqrt(a_t) * target[i]) / math.sqrt(1 - a_t)
+        assert torch.allclose(ddim_step(x_t[i], target[i], eps_t, a_t, a_e, 0.0, None), x_end, atol=1e-4)
+    clean = torch.ones(3)
+    one_segment = segment_end_target(ema, x_t, x_s, s, context, None, w, abar[t], abar[s], clean, torch.zeros(3, dtype=torch.bool))
+    assert torch.allclose(one_segment, x0_from_v(v, x_s, abar[s]), atol=1e-5)
+
+
+def test_multistep_consistency_ships_a_student_that_samples_by_ddim_in_its_segments(teacher_dir, course_files, tmp_path):
+    from diffusion_core.evaluate import Setting, default_settings
+
+    cfg = tiny_distill_config(teacher_dir, course_files, tmp_path, "m", skeleton_steps=6, segments=3, max_steps=2)
+    distill(cfg, show_progress=False)
+    pipe = DiffusionPipeline.from_pretrained(cfg.export_dir, device="cpu")
+    assert pipe.guidance_distilled and pipe.default_sampling == {"sampler": "ddim", "steps": 3, "guidance": 5.0}
+    calls = []
+    forward = pipe.model.forward
+    pipe.model.forward = lambda x, t, c=None, tok=None, g=None: calls.append(t[0].item()) or forward(x, t, c, tok, g)
+    assert pipe.generate(num_images=2, classes=["food"], seed=0).images.shape == (2, 16, 16, 3)
+    assert calls == pipe.schedule.respace(6)[::2].tolist()  # one call at each segment's start
+    assert default_settings(pipe) == [Setting("ddim", 3, w) for w in (5.0, 2.0, 3.0)]
+    card = (Path(cfg.export_dir) / "README.md").read_text()
+    assert "multistep consistency distillation (Heek et al. 2024" in card and "cut into 3 segments" in card
+    with pytest.raises(ValueError, match="'ddim' for the progressive one and for consistency segments"):
+        tiny_distill_config(teacher_dir, course_files, tmp_path, "n", segments=5,
+                            default_sampling={"sampler": "consistency", "steps": 4, "guidance": 5.0}).validate()
