@@ -205,22 +205,22 @@ with the teacher's samplers at one network call per step (the teacher needs two)
 one DDIM step of the student, given w in {list(cfg.guidance_range)}, lands where two of `{cfg.init_student}` land,
 walked in {cfg.skeleton_steps} steps; it samples in {cfg.skeleton_steps // 2}""")
         distance, loss_name = "squared error on v (x̂_0 weighted by SNR+1)", "MSE on v"
-    elif cfg.segments > 1:
-        title, tag = f"distilled to {sampling['steps']} DDIM steps, guidance as an input", "consistency-distillation, guidance-distillation"
-        method = (f"""trained by multistep consistency distillation (Heek et al. 2024; Song et al. 2023; Meng et al. 2023):
+    else:
+        tag = "consistency-distillation, guidance-distillation"
+        distance = f"pseudo-Huber on {'v' if cfg.loss_space == 'v' else 'x̂_0'}"
+        loss_name = f"pseudo-Huber, c = {cfg.huber_c}"
+        if cfg.segments > 1:
+            title = f"distilled to {sampling['steps']} DDIM steps, guidance as an input"
+            method = (f"""trained by multistep consistency distillation (Heek et al. 2024; Song et al. 2023; Meng et al. 2023):
 the teacher's guided ODE, walked in {cfg.skeleton_steps} DDIM steps, is cut into {cfg.segments} segments, and from every
 point one DDIM step of the student must land where the path reaches its segment's end. It samples in
 {cfg.segments} DDIM steps, one network call each, for any w in {list(cfg.guidance_range)} (the teacher needs two)""")
-        distance = f"pseudo-Huber on {'v' if cfg.loss_space == 'v' else 'x̂_0'}"
-        loss_name = f"pseudo-Huber, c = {cfg.huber_c}"
-    else:
-        title, tag = f"distilled to {sampling['steps']} steps, guidance as an input", "consistency-distillation, guidance-distillation"
-        method = (f"""trained by guided consistency distillation (Song et al. 2023, Algorithm 2; Luo et al. 2023; Meng et
+        else:
+            title = f"distilled to {sampling['steps']} steps, guidance as an input"
+            method = (f"""trained by guided consistency distillation (Song et al. 2023, Algorithm 2; Luo et al. 2023; Meng et
 al. 2023): each step of the teacher's guided ODE, walked in {cfg.skeleton_steps} DDIM steps, must lead
 the student to the same clean picture. One network call per step serves any w in
 {list(cfg.guidance_range)} (the teacher needs two)""")
-        distance = f"pseudo-Huber on {'v' if cfg.loss_space == 'v' else 'x̂_0'}"
-        loss_name = f"pseudo-Huber, c = {cfg.huber_c}"
     return f"""---
 license: cc-by-sa-4.0
 library_name: diffusion_core
