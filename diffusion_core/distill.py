@@ -256,11 +256,12 @@ def teacher_ode_step(teacher: UNet, x_t, t, context, tokens, w, alpha_bar_t, alp
 
 
 @torch.no_grad()
-def student_ode_step(student: UNet, x_t, t, context, tokens, w, alpha_bar_t, alpha_bar_s) -> torch.Tensor:
+def student_ode_step(student: UNet, x_t, t, context, tokens, w, alpha_bar_t, alpha_bar_s,
+                     clip_x0: bool = True) -> torch.Tensor:
     """One DDIM step from t to s of a student that takes w (one call, v-prediction, x̂_0 clipped as the
-    sampler clips it)."""
+    sampler clips it unless ``clip_x0`` is False)."""
     v = student(x_t, t, context, tokens, w).float()
-    return ddim_jump(*predict_x0_and_eps(v, x_t, alpha_bar_t.view(-1, 1, 1, 1), "v", clip_x0=True), alpha_bar_s)
+    return ddim_jump(*predict_x0_and_eps(v, x_t, alpha_bar_t.view(-1, 1, 1, 1), "v", clip_x0=clip_x0), alpha_bar_s)
 
 
 @torch.no_grad()
@@ -269,8 +270,7 @@ def segment_end_target(ema: UNet, x_t, x_s, s, context, tokens, w, alpha_bar_t, 
     """The consistency target x̃_0 (Heek et al. 2024, sec. 3): the EMA student's DDIM step from x_s to the
     segment's end e (the teacher's x_s itself where s = e), and the x̂_0 whose one DDIM step from x_t lands
     there. With e clean data it is the EMA's x̂_0 at x_s (Song et al. 2023, Algorithm 2)."""
-    v = ema(x_s, s, context, tokens, w).float()
-    x_end = ddim_jump(*predict_x0_and_eps(v, x_s, alpha_bar_s.view(-1, 1, 1, 1), "v", clip_x0=False), alpha_bar_end)
+    x_end = student_ode_step(ema, x_s, s, context, tokens, w, alpha_bar_s, alpha_bar_end, clip_x0=False)
     x_end = torch.where(s_is_end.view(-1, 1, 1, 1), x_s, x_end)
     return one_step_x0(x_t, x_end, alpha_bar_t, alpha_bar_end)
 
