@@ -56,6 +56,10 @@ three neighbouring points of the N-step skeleton (s clean after the last):
 
 with α = √ᾱ, σ = √(1-ᾱ). The student samples in N/2 DDIM steps; its export starts the next halving.
 
+With ``objective="dmd"`` a consistency student (``init_student``) is tuned by distribution matching
+(``dmd.py``: Yin et al. 2024, DMD and DMD2): its pictures, not its paths, must match the guided teacher's,
+judged by a critic trained beside it. It samples as before, by the consistency sampler.
+
 The loop is ``train.run_optimisation``: AdamW, warm-up and cosine decay, EMA, bf16 where native,
 atomic checkpoints with exact resume, DDP under torchrun, the CSV log.
 
@@ -63,6 +67,7 @@ atomic checkpoints with exact resume, DDP under torchrun, the CSV log.
 """
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,15 +75,16 @@ from pathlib import Path
 import torch
 
 from .data import load_dataset
+from .dmd import StudentAndCritic, backward_simulation, distribution_matching_loss
 from .pipeline import DiffusionPipeline
 from .samplers import predict_x0_and_eps
 from .schedule import NoiseSchedule
-from .train import (JsonConfig, adamw_with_scaled_group, load_training_state, run_optimisation, save_training_state,
+from .train import (JsonConfig, adamw_with_scaled_groups, load_training_state, run_optimisation, save_training_state,
                     start_processes, training_prompt)
 from .unet import UNet, round_weights, weights_torch_dtype
 
 
-OBJECTIVES = ("consistency", "guidance", "progressive")
+OBJECTIVES = ("consistency", "guidance", "progressive", "dmd")
 
 
 def sampler_fits(objective: str, sampler: str | None, segments: int = 1) -> bool:
@@ -87,19 +93,23 @@ def sampler_fits(objective: str, sampler: str | None, segments: int = 1) -> bool
         return sampler != "consistency"
     if objective == "consistency" and segments > 1:
         return sampler == "ddim"
-    return sampler == {"consistency": "consistency", "progressive": "ddim"}[objective]
+    return sampler == {"consistency": "consistency", "progressive": "ddim", "dmd": "consistency"}[objective]
 
 
 @dataclass
 class DistillConfig(JsonConfig):
     teacher: str = "checkpoints/emoji32"   # checkpoint folder or Hub id
     data: str = "emoji"                    # pictures to noise (same classes as the teacher's labels)
-    objective: str = "consistency"         # "consistency" or "progressive": a few-step student; "guidance": one call per step
+    objective: str = "consistency"         # "consistency" or "progressive": a few-step student; "guidance": one call per step;
+                                           # "dmd": a consistency student (init_student) tuned by distribution matching
     # the consistency and progressive objectives
     skeleton_steps: int = 25               # N: the teacher's ODE is walked in N DDIM steps (progressive: N even, student N/2)
     segments: int = 1                      # consistency: S > 1 cuts the path into S segments, sampled by DDIM in S steps
     guidance_range: list[float] = field(default_factory=lambda: [1.0, 8.0])  # w ~ U[lo, hi] per picture
     guidance_lr_scale: float = 1.0         # the w embedding's lr, as a multiple of lr (it starts at zero, its signal is faint)
+    dmd_noise_range: list[float] = field(default_factory=lambda: [0.02, 0.98])  # dmd: τ ~ U[lo·T, hi·T) (DMD sec. 4)
+    critic_lr_scale: float = 1.0           # dmd: the critic's lr as a multiple of lr (two time-scales, DMD2 sec. 4.2)
+    regression_weight: float = 0.0         # dmd: λ of the consistency loss kept beside it (DMD's regression loss, sec. 3.3)
     huber_c: float = 0.03                  # pseudo-Huber c = 0.00054·√d for d = 3·32·32 (iCT, sec. 3.3)
     loss_space: str = "x0"                 # the distance on x̂_0, or on v (Δx̂_0 weighted by 1/√(1-ᾱ_t))
     init_student: str = ""                 # a student to start from (progressive: also the teacher it halves)
@@ -134,18 +144,23 @@ class DistillConfig(JsonConfig):
             (self.skeleton_steps >= 2, "skeleton_steps must be >= 2"),
             (0 <= lo <= hi, "guidance_range must be [lo, hi] with 0 <= lo <= hi"),
             (self.huber_c > 0, "huber_c must be > 0"),
-            (self.guidance_lr_scale > 0, "guidance_lr_scale must be > 0"),
+            (self.guidance_lr_scale > 0 and self.critic_lr_scale > 0, "guidance_lr_scale and critic_lr_scale must be > 0"),
+            (self.regression_weight >= 0, "regression_weight must be >= 0"),
             (self.loss_space in ("x0", "v"), f"loss_space must be 'x0' or 'v', got {self.loss_space!r}"),
             (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}"),
             (self.segments == 1 or (self.objective == "consistency" and self.segments >= 2
                                     and self.skeleton_steps % self.segments == 0),
              f"segments (multistep consistency) must be 1, or, with the consistency objective, >= 2 and a divisor "
              f"of skeleton_steps ({self.skeleton_steps}), got {self.segments!r}"),
+            (len(self.dmd_noise_range) == 2 and 0 <= self.dmd_noise_range[0] < self.dmd_noise_range[1] <= 1,
+             f"dmd_noise_range must be [lo, hi] with 0 <= lo < hi <= 1, got {self.dmd_noise_range!r}"),
+            (self.objective != "dmd" or self.init_student,
+             "the dmd objective tunes a consistency student: set init_student (e.g. checkpoints/emoji32_fast)"),
             (self.objective != "progressive" or (self.init_student and self.skeleton_steps % 2 == 0),
              "the progressive objective halves a student that takes w: set init_student, and an even "
              "skeleton_steps (its steps)"),
             (not self.default_sampling or sampler_fits(self.objective, self.default_sampling.get("sampler"), self.segments),
-             "default_sampling's sampler must be 'consistency' for the consistency objective, 'ddim' for the "
+             "default_sampling's sampler must be 'consistency' for the consistency and dmd objectives, 'ddim' for the "
              "progressive one and for consistency segments, and one of the teacher's samplers (e.g. "
              "dpmpp_2m_sde) for the guidance objective"),
             (self.batch_size >= 1 and self.max_steps >= 1 and self.lr > 0, "batch_size, max_steps and lr must be positive"),
@@ -188,7 +203,7 @@ def student_sampling(objective: str, teacher_sampling: dict, skeleton_steps: int
     (multistep consistency); DDIM in half the skeleton's steps at the teacher's w (progressive); or the
     teacher's sampler, steps and w (guidance). A guidance interval and autoguidance do not apply to a
     student that takes w as an input."""
-    if objective == "consistency":
+    if objective in ("consistency", "dmd"):
         if segments > 1:
             return {"sampler": "ddim", "steps": segments, "guidance": 5.0}
         return {"sampler": "consistency", "steps": 4, "guidance": 5.0}
@@ -197,11 +212,16 @@ def student_sampling(objective: str, teacher_sampling: dict, skeleton_steps: int
     return {k: v for k, v in teacher_sampling.items() if k not in ("guidance_interval", "autoguidance")}
 
 
-def student_optimizer(student: UNet, cfg: DistillConfig) -> torch.optim.AdamW:
+def student_optimizer(model: UNet | StudentAndCritic, cfg: DistillConfig) -> torch.optim.AdamW:
     """AdamW, the w embedding at cfg.guidance_lr_scale times the lr: zero-started, under the
-    consistency objective it learns only from how the teacher's path bends with w."""
-    return adamw_with_scaled_group(student, list(student.guidance_mlp.parameters()), cfg.guidance_lr_scale,
-                                   cfg.lr, cfg.weight_decay)
+    consistency objective it learns only from how the teacher's path bends with w. ``model`` is the student,
+    or the student and its critic (dmd), the critic at cfg.critic_lr_scale times the lr."""
+    if isinstance(model, StudentAndCritic):
+        return adamw_with_scaled_groups(model, [(list(model.student.guidance_mlp.parameters()), cfg.guidance_lr_scale),
+                                                (list(model.critic.parameters()), cfg.critic_lr_scale)],
+                                        cfg.lr, cfg.weight_decay)
+    return adamw_with_scaled_groups(model, [(list(model.guidance_mlp.parameters()), cfg.guidance_lr_scale)],
+                                    cfg.lr, cfg.weight_decay)
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
@@ -343,6 +363,12 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
     torch.manual_seed(cfg.seed)
     model = start_student(teacher, cfg.init_student).to(device)
     ema = student_of(teacher).to(device)
+    if cfg.objective == "dmd":
+        if DiffusionPipeline.from_pretrained(cfg.init_student).default_sampling.get("sampler") != "consistency":
+            raise ValueError(f"init_student {cfg.init_student} is not a consistency student (objective 'consistency')")
+        sampler_timesteps = schedule.respace(int(cfg.default_sampling["steps"])).tolist()
+        model = StudentAndCritic(model, copy.deepcopy(teacher.model).requires_grad_(True))  # the critic starts as the teacher
+        ema = StudentAndCritic(ema, copy.deepcopy(teacher.model))
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     teacher.model.requires_grad_(False)
@@ -362,10 +388,22 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
         print(f"no checkpoint at {state_path}; starting from step 0")
     shard = procs.shard(cfg.batch_size)
     lo, hi = cfg.guidance_range
+    tau_lo, tau_hi = (round(f * schedule.num_timesteps) for f in cfg.dmd_noise_range)
     segment_length = cfg.skeleton_steps // cfg.segments
     if not torch.equal(schedule.respace(cfg.segments).to(device), skeleton[::segment_length]):
         raise ValueError(f"the {cfg.segments} DDIM steps the student samples in do not start its segments of the "
                          f"{cfg.skeleton_steps}-step skeleton; choose another skeleton_steps")
+
+    def consistency_point(x0, noise, k, context, tokens, w, target_net):
+        """x_t at skeleton point k, its timestep and ᾱ_t, and its consistency target: the teacher's DDIM step
+        to the next point, then target_net's step to the segment's end (``segment_end_target``)."""
+        t, s = skeleton[k], skeleton[(k + 1).clamp(max=cfg.skeleton_steps - 1)]
+        end = (k // segment_length + 1) * segment_length  # the segment's end (N: clean data)
+        a_t, a_s = alphas_cumprod[t], skeleton_alpha_bar(alphas_cumprod, skeleton, k + 1)
+        a_end = skeleton_alpha_bar(alphas_cumprod, skeleton, end)
+        x_t = schedule.add_noise(x0, noise, t)
+        x_s, _ = teacher_ode_step(teacher.model, x_t, t, context, tokens, w, a_t, a_s)
+        return x_t, t, a_t, segment_end_target(target_net, x_t, x_s, s, context, tokens, w, a_t, a_s, a_end, k + 1 == end)
 
     def batch_loss(step: int, net) -> torch.Tensor:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # same batches after a resume, under DDP
@@ -387,6 +425,30 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
                        if kept else "" for i, kept in zip(batch.tolist(), keep_text.tolist())]
             tokens = teacher.vocabulary.encode_batch(prompts)[shard].to(device)
 
+        if cfg.objective == "dmd":  # Yin et al. 2024: the student's pictures scored by the teacher and the critic
+            i = int(torch.randint(len(sampler_timesteps), (1,), generator=g))
+            noises = torch.randn((i + 1, n, *images.shape[1:]), generator=g)[:, shard].to(device)
+            tau = torch.randint(tau_lo, max(tau_hi, tau_lo + 1), (n,), generator=g)[shard].to(device)
+            eps = torch.randn((n, *images.shape[1:]), generator=g)[shard].to(device)
+            x_t = backward_simulation(model.student, noises, sampler_timesteps, alphas_cumprod, context, tokens, w)
+            t = torch.full((len(x_t),), sampler_timesteps[i], dtype=torch.long, device=device)
+            rows = (x_t, t, alphas_cumprod[t])
+            if cfg.regression_weight:  # the consistency loss's points ride in the same forward, after the pictures
+                x_c, t_c, a_c, target = consistency_point(x0, noise, k, context, tokens, w, ema.student)
+                rows = tuple(torch.cat(pair) for pair in zip(rows, (x_c, t_c, a_c)))
+                context, tokens, w = (None if z is None else torch.cat([z, z]) for z in (context, tokens, w))
+            a_tau = alphas_cumprod[tau]
+            x_all, x_tau, eps_fake = net(rows[0].contiguous(memory_format=torch.channels_last), rows[1], context, tokens,
+                                         w, rows[2], eps, tau, a_tau)
+            x_gen, m = x_all[:len(eps)], len(eps)
+            x0_real, _ = guided_teacher(teacher.model, x_tau, tau, context[:m], None if tokens is None else tokens[:m],
+                                        w[:m], a_tau)
+            x0_fake, _ = predict_x0_and_eps(eps_fake.detach(), x_tau, a_tau.view(-1, 1, 1, 1), "epsilon", clip_x0=True)
+            loss = distribution_matching_loss(x_gen, x0_real, x0_fake) + torch.nn.functional.mse_loss(eps_fake, eps)
+            if cfg.regression_weight:
+                loss = loss + cfg.regression_weight * consistency_distance(x_all[m:], target, a_c, cfg.huber_c,
+                                                                           cfg.loss_space)
+            return loss
         if cfg.objective == "progressive":  # Salimans & Ho 2022, Algorithm 2: one step where the teacher took two
             pair = k - k % 2  # t = skeleton[pair] -> m -> s, s clean after the last
             t, m = skeleton[pair], skeleton[pair + 1]
@@ -406,13 +468,7 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
             target = v_target(*guided_teacher(teacher.model, x_t, t, context, tokens, w, a_t), a_t)
             v = net(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, w).float()
             return torch.nn.functional.mse_loss(v, target)
-        t, s = skeleton[k], skeleton[(k + 1).clamp(max=cfg.skeleton_steps - 1)]
-        end = (k // segment_length + 1) * segment_length  # the segment's end (N: clean data)
-        a_t, a_s = alphas_cumprod[t], skeleton_alpha_bar(alphas_cumprod, skeleton, k + 1)
-        a_end = skeleton_alpha_bar(alphas_cumprod, skeleton, end)
-        x_t = schedule.add_noise(x0, noise, t)
-        x_s, _ = teacher_ode_step(teacher.model, x_t, t, context, tokens, w, a_t, a_s)
-        target = segment_end_target(ema, x_t, x_s, s, context, tokens, w, a_t, a_s, a_end, k + 1 == end)
+        x_t, t, a_t, target = consistency_point(x0, noise, k, context, tokens, w, ema)
         v = net(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, w).float()
         return consistency_distance(x0_from_v(v, x_t, a_t), target, a_t, cfg.huber_c, cfg.loss_space)
 
@@ -430,6 +486,8 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     from .model_card import distillation_card, save_with_card, write_log_up_to
     from .viz import save_grid
 
+    if isinstance(ema, StudentAndCritic):
+        ema = ema.student  # the critic only judges; it is not shipped
     student = UNet(**ema._hub_mixin_config)
     student.load_state_dict({k: v.detach().float().cpu() for k, v in ema.state_dict().items()})
     round_weights(student, cfg.weights_dtype)

@@ -205,6 +205,19 @@ with the teacher's samplers at one network call per step (the teacher needs two)
 one DDIM step of the student, given w in {list(cfg.guidance_range)}, lands where two of `{cfg.init_student}` land,
 walked in {cfg.skeleton_steps} steps; it samples in {cfg.skeleton_steps // 2}""")
         distance, loss_name = "squared error on v (x̂_0 weighted by SNR+1)", "MSE on v"
+    elif cfg.objective == "dmd":
+        title, tag = f"distilled to {sampling['steps']} steps, guidance as an input", "distribution-matching-distillation, consistency-distillation, guidance-distillation"
+        lo, hi = cfg.dmd_noise_range
+        method = (f"""tuned from the consistency student `{cfg.init_student}` by distribution matching (Yin et al. 2024,
+DMD and DMD2): the pictures it draws in its {sampling['steps']} consistency steps, noised to a level in
+[{lo:g}·T, {hi:g}·T), are moved along the difference of two scores, the teacher's guided at the student's
+w in {list(cfg.guidance_range)} and a critic's, a copy of the teacher trained on the student's pictures meanwhile.
+It samples in {sampling['steps']} steps, one network call each (the teacher needs two)""")
+        regression = (f", plus {cfg.regression_weight:g} x the consistency loss (pseudo-Huber on "
+                      f"{'v' if cfg.loss_space == 'v' else 'x̂_0'}, {cfg.skeleton_steps}-point skeleton)"
+                      if cfg.regression_weight else "")
+        distance = f"distribution matching; the critic's ε loss at {cfg.critic_lr_scale:g}x the lr{regression}"
+        loss_name = "DMD + critic MSE on ε" + (" + λ consistency" if cfg.regression_weight else "")
     else:
         tag = "consistency-distillation, guidance-distillation"
         distance = f"pseudo-Huber on {'v' if cfg.loss_space == 'v' else 'x̂_0'}"

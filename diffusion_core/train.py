@@ -140,16 +140,17 @@ class TrainConfig(JsonConfig):
         weights_torch_dtype(self.weights_dtype)
 
 
-def adamw_with_scaled_group(model: nn.Module, scaled: list[nn.Parameter], scale: float, lr: float,
-                            weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; when scale != 1 the ``scaled`` parameters get a group of their own whose lr is that multiple
-    of the schedule's (``run_optimisation`` reads a group's "lr_scale"). For parts that start at zero
-    and learn from a faint signal, which Adam's steps at the common lr barely move."""
-    if scale == 1 or not scaled:
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    chosen = {id(p) for p in scaled}
+def adamw_with_scaled_groups(model: nn.Module, scaled: list[tuple[list[nn.Parameter], float]], lr: float,
+                             weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; each (parameters, scale) of ``scaled`` whose scale is not 1 gets a group of its own whose lr is
+    that multiple of the schedule's (``run_optimisation`` reads a group's "lr_scale"). For parts that start
+    at zero and learn from a faint signal, which Adam's steps at the common lr barely move, or for a part
+    that must keep up with another (a critic)."""
+    groups = [(params, scale) for params, scale in scaled if scale != 1 and params]
+    chosen = {id(p) for params, _ in groups for p in params}
     rest = [p for p in model.parameters() if id(p) not in chosen]
-    return torch.optim.AdamW([{"params": rest}, {"params": scaled, "lr_scale": scale}], lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW([{"params": rest}, *({"params": params, "lr_scale": scale} for params, scale in groups)],
+                             lr=lr, weight_decay=weight_decay)
 
 
 def text_parameters(model: UNet) -> list[nn.Parameter]:
@@ -424,7 +425,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
     ema = UNet(**cfg.unet_kwargs(contexts.shape[1], vocab_size)).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
-    optimizer = adamw_with_scaled_group(model, text_parameters(model), cfg.text_lr_scale, cfg.lr, cfg.weight_decay)
+    optimizer = adamw_with_scaled_groups(model, [(text_parameters(model), cfg.text_lr_scale)], cfg.lr, cfg.weight_decay)
 
     step = 0
     if export_only:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffusion_core.distill import DistillConfig
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.schedule import NoiseSchedule
 from diffusion_core.text import Vocabulary
@@ -86,3 +87,25 @@ def text_pipeline(vocab, **kwargs):
             p.add_(0.05 * torch.randn_like(p))
     return DiffusionPipeline(model, NoiseSchedule("linear", 50), ["a", "b", "c"], ["s1", "s2"], device="cpu",
                              vocabulary=vocab, **kwargs)
+
+
+COURSE_LABELS = ["hero", "non-hero", "food", "spell", "side-facing"]
+
+
+@pytest.fixture
+def teacher_dir(tmp_path):
+    """A tiny ε-teacher with the course data's five classes, saved as a checkpoint folder."""
+    torch.manual_seed(0)
+    model = UNet(**TINY_UNET)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pipe = DiffusionPipeline(model, NoiseSchedule("cosine", 50), COURSE_LABELS, [], device="cpu")
+    return pipe.save_pretrained(tmp_path / "teacher")
+
+
+def tiny_distill_config(teacher_dir, data, tmp_path, name, **overrides) -> DistillConfig:
+    values = dict(teacher=str(teacher_dir), data=data, skeleton_steps=5, batch_size=6, max_steps=4, warmup_steps=2,
+                  checkpoint_every=2, log_every=1, precision="fp32", out_dir=str(tmp_path / name / "run"),
+                  export_dir=str(tmp_path / name / "export"))
+    return DistillConfig(**{**values, **overrides})

@@ -9,36 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion_core.__main__ import main
-from diffusion_core.distill import (DistillConfig, consistency_distance, distill, guided_teacher, one_step_x0,
+from diffusion_core.distill import (consistency_distance, distill, guided_teacher, one_step_x0,
                                     pseudo_huber, segment_end_target, start_student, student_ode_step, student_of,
                                     teacher_ode_step, v_target, x0_from_v)
 from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.samplers import ddim_step
 from diffusion_core.schedule import NoiseSchedule
-from diffusion_core.unet import UNet
 
-from conftest import TINY_UNET
-
-COURSE_LABELS = ["hero", "non-hero", "food", "spell", "side-facing"]
-
-
-@pytest.fixture
-def teacher_dir(tmp_path):
-    """A tiny ε-teacher with the course data's five classes, saved as a checkpoint folder."""
-    torch.manual_seed(0)
-    model = UNet(**TINY_UNET)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    pipe = DiffusionPipeline(model, NoiseSchedule("cosine", 50), COURSE_LABELS, [], device="cpu")
-    return pipe.save_pretrained(tmp_path / "teacher")
-
-
-def tiny_distill_config(teacher_dir, data, tmp_path, name, **overrides) -> DistillConfig:
-    values = dict(teacher=str(teacher_dir), data=data, skeleton_steps=5, batch_size=6, max_steps=4, warmup_steps=2,
-                  checkpoint_every=2, log_every=1, precision="fp32", out_dir=str(tmp_path / name / "run"),
-                  export_dir=str(tmp_path / name / "export"))
-    return DistillConfig(**{**values, **overrides})
+from conftest import COURSE_LABELS, tiny_distill_config
 
 
 def test_the_student_starts_as_its_teacher_whatever_w(teacher_dir):
@@ -182,7 +160,7 @@ def test_guidance_distillation_ships_a_one_call_per_step_student_for_the_teacher
     assert default_settings(pipe) == default_settings()  # evaluated like its teacher, not like a few-step student
     card = (Path(cfg.export_dir) / "README.md").read_text()
     assert "guidance distilled into it" in card and "Meng et al. 2023, stage one" in card and "| distance | squared error on v |" in card
-    with pytest.raises(ValueError, match="default_sampling's sampler must be 'consistency' for the consistency objective"):
+    with pytest.raises(ValueError, match="default_sampling's sampler must be 'consistency' for the consistency and dmd objectives"):
         tiny_distill_config(teacher_dir, course_files, tmp_path, "h", objective="guidance",
                             default_sampling={"sampler": "consistency", "steps": 4, "guidance": 5.0}).validate()
 
@@ -236,8 +214,8 @@ def test_the_guidance_embedding_can_learn_at_a_multiple_of_the_lr_and_resumes_on
     (["--skeleton-steps", "1"], "skeleton_steps must be >= 2"),
     (["--weights-dtype", "int8"], "weights_dtype must be one of"),
     (["--loss-space", "eps"], "loss_space must be 'x0' or 'v', got 'eps'"),
-    (["--guidance-lr-scale", "0"], "guidance_lr_scale must be > 0"),
-    (["--objective", "halving"], "objective must be one of ('consistency', 'guidance', 'progressive'), got 'halving'"),
+    (["--guidance-lr-scale", "0"], "guidance_lr_scale and critic_lr_scale must be > 0"),
+    (["--objective", "halving"], "objective must be one of ('consistency', 'guidance', 'progressive', 'dmd'), got 'halving'"),
     (["--objective", "progressive", "--skeleton-steps", "8"], "the progressive objective halves a student that takes w"),
     (["--objective", "progressive", "--skeleton-steps", "5", "--init-student", "x"], "and an even skeleton_steps"),
     (["--segments", "4", "--skeleton-steps", "25"], "a divisor of skeleton_steps (25), got 4"),
