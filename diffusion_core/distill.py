@@ -432,19 +432,18 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
             eps = torch.randn((n, *images.shape[1:]), generator=g)[shard].to(device)
             x_t = backward_simulation(model.student, noises, sampler_timesteps, alphas_cumprod, context, tokens, w)
             t = torch.full((len(x_t),), sampler_timesteps[i], dtype=torch.long, device=device)
-            rows = (x_t, t, alphas_cumprod[t])
-            if cfg.regression_weight:  # the consistency loss's points ride in the same forward, after the pictures
+            m = len(x_t)  # the student's pictures; the consistency loss's points ride in the same forward, after them
+            if cfg.regression_weight:
                 x_c, t_c, a_c, target = consistency_point(x0, noise, k, context, tokens, w, ema.student)
-                rows = tuple(torch.cat(pair) for pair in zip(rows, (x_c, t_c, a_c)))
+                x_t, t = torch.cat([x_t, x_c]), torch.cat([t, t_c])
                 context, tokens, w = (None if z is None else torch.cat([z, z]) for z in (context, tokens, w))
             a_tau = alphas_cumprod[tau]
-            x_all, x_tau, eps_fake = net(rows[0].contiguous(memory_format=torch.channels_last), rows[1], context, tokens,
-                                         w, rows[2], eps, tau, a_tau)
-            x_gen, m = x_all[:len(eps)], len(eps)
+            x_all, x_tau, eps_fake = net(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, w,
+                                         alphas_cumprod[t], eps, tau, a_tau)
             x0_real, _ = guided_teacher(teacher.model, x_tau, tau, context[:m], None if tokens is None else tokens[:m],
                                         w[:m], a_tau)
             x0_fake, _ = predict_x0_and_eps(eps_fake.detach(), x_tau, a_tau.view(-1, 1, 1, 1), "epsilon", clip_x0=True)
-            loss = distribution_matching_loss(x_gen, x0_real, x0_fake) + torch.nn.functional.mse_loss(eps_fake, eps)
+            loss = distribution_matching_loss(x_all[:m], x0_real, x0_fake) + torch.nn.functional.mse_loss(eps_fake, eps)
             if cfg.regression_weight:
                 loss = loss + cfg.regression_weight * consistency_distance(x_all[m:], target, a_c, cfg.huber_c,
                                                                            cfg.loss_space)

@@ -108,6 +108,8 @@ def test_dmd_tunes_a_consistency_student_that_ships_without_its_critic(teacher_d
 @pytest.mark.parametrize("args,message", [
     (["--objective", "dmd"], "the dmd objective tunes a consistency student: set init_student"),
     (["--objective", "dmd", "--init-student", "x", "--config", "{}"], "dmd_noise_range must be [lo, hi]"),
+    (["--objective", "dmd", "--init-student", "x", "--regression-weight", "-1"], "regression_weight must be >= 0"),
+    (["--objective", "dmd", "--init-student", "x", "--critic-lr-scale", "0"], "critic_lr_scale must be > 0"),
 ])
 def test_bad_dmd_arguments_print_the_message_and_exit_non_zero(args, message, tmp_path, capsys):
     if "{}" in args:

@@ -172,8 +172,10 @@ $w$ as an input as in Meng et al. 2023). Trained so that every point of the teac
 path leads it to the same clean picture, it guesses $\hat x_0$ well from any noise level, so a handful of
 steps suffice: guess, add noise back at a lower level, guess again,
 $$x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'}}\,z .$$
-And because $w$ is an input, one network call per step replaces guidance's two. Tick **live** to redraw
-on every slider release.
+And because $w$ is an input, one network call per step replaces guidance's two. The shipped student was
+then tuned by distribution matching (Yin et al. 2024): a second network, trained on the student's own
+pictures, shows where they differ from the teacher's, and the student moves to close the gap. Tick
+**live** to redraw on every slider release.
 """
 
 
