@@ -234,6 +234,9 @@ point one DDIM step of the student must land where the path reaches its segment'
 al. 2023): each step of the teacher's guided ODE, walked in {cfg.skeleton_steps} DDIM steps, must lead
 the student to the same clean picture. One network call per step serves any w in
 {list(cfg.guidance_range)} (the teacher needs two)""")
+    used = ("their classes and styles the conditions of the student's own pictures"
+            + (", and noised to points on the teacher's paths for the consistency loss" if cfg.regression_weight else "")
+            if cfg.objective == "dmd" else "noised to points on the teacher's paths")
     return f"""---
 license: cc-by-sa-4.0
 library_name: diffusion_core
@@ -247,7 +250,7 @@ in config.json: {sampling}, so callers need not know it is distilled.
 
 ## Data
 `{cfg.data}`: the pictures the teacher was trained on (the project's emoji sprites, train split;
-licences in `assets/LICENSES.md`), noised to points on the teacher's paths. CC BY-SA 4.0, as its
+licences in `assets/LICENSES.md`), {used}. CC BY-SA 4.0, as its
 teacher.
 
 ## Distillation
