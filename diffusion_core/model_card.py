@@ -234,8 +234,9 @@ point one DDIM step of the student must land where the path reaches its segment'
 al. 2023): each step of the teacher's guided ODE, walked in {cfg.skeleton_steps} DDIM steps, must lead
 the student to the same clean picture. One network call per step serves any w in
 {list(cfg.guidance_range)} (the teacher needs two)""")
-    used = ("their classes and styles the conditions of the student's own pictures"
-            + (", and noised to points on the teacher's paths for the consistency loss" if cfg.regression_weight else "")
+    used = ("whose classes and styles condition the student's own pictures"
+            + (", and which are noised to points on the teacher's paths for the consistency loss"
+               if cfg.regression_weight else "")
             if cfg.objective == "dmd" else "noised to points on the teacher's paths")
     return f"""---
 license: cc-by-sa-4.0
