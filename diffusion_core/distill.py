@@ -186,14 +186,17 @@ def student_of(teacher: DiffusionPipeline) -> UNet:
     return student
 
 
-def start_student(teacher: DiffusionPipeline, init_student: str) -> UNet:
+def start_student(teacher: DiffusionPipeline, init_student: str, sampler: str | None = None) -> UNet:
     """The student's first weights: the teacher's (``student_of``), or those of an earlier student of
-    the same architecture, to continue a distillation with new settings (a fresh optimizer and step 0)."""
+    the same architecture, to continue a distillation with new settings (a fresh optimizer and step 0).
+    ``sampler``: the one the earlier student must sample with (dmd tunes a consistency student)."""
     student = student_of(teacher)
     if init_student:
         earlier = DiffusionPipeline.from_pretrained(init_student)
         if not earlier.guidance_distilled or earlier.model._hub_mixin_config != student._hub_mixin_config:
             raise ValueError(f"init_student {init_student} is not a student of this teacher's architecture")
+        if sampler and earlier.default_sampling.get("sampler") != sampler:
+            raise ValueError(f"init_student {init_student} is not a {sampler} student (objective '{sampler}')")
         student.load_state_dict(earlier.model.state_dict())
     return student
 
@@ -361,16 +364,14 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
     skeleton = schedule.respace(cfg.skeleton_steps).to(device)
 
     torch.manual_seed(cfg.seed)
-    model = start_student(teacher, cfg.init_student).to(device)
+    model = start_student(teacher, cfg.init_student, "consistency" if cfg.objective == "dmd" else None).to(device)
     ema = student_of(teacher).to(device)
-    if cfg.objective == "dmd":
-        if DiffusionPipeline.from_pretrained(cfg.init_student).default_sampling.get("sampler") != "consistency":
-            raise ValueError(f"init_student {cfg.init_student} is not a consistency student (objective 'consistency')")
-        sampler_timesteps = schedule.respace(int(cfg.default_sampling["steps"])).tolist()
-        model = StudentAndCritic(model, copy.deepcopy(teacher.model).requires_grad_(True))  # the critic starts as the teacher
-        ema = StudentAndCritic(ema, copy.deepcopy(teacher.model))
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
+    student = model  # what the EMA averages: the student, never the critic
+    if cfg.objective == "dmd":
+        sampler_timesteps = schedule.respace(int(cfg.default_sampling["steps"])).tolist()
+        model = StudentAndCritic(student, copy.deepcopy(teacher.model).requires_grad_(True))  # the critic starts as the teacher
     teacher.model.requires_grad_(False)
     optimizer = student_optimizer(model, cfg)
     out_dir = Path(cfg.out_dir)
@@ -430,11 +431,11 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
             noises = torch.randn((i + 1, n, *images.shape[1:]), generator=g)[:, shard].to(device)
             tau = torch.randint(tau_lo, max(tau_hi, tau_lo + 1), (n,), generator=g)[shard].to(device)
             eps = torch.randn((n, *images.shape[1:]), generator=g)[shard].to(device)
-            x_t = backward_simulation(model.student, noises, sampler_timesteps, alphas_cumprod, context, tokens, w)
+            x_t = backward_simulation(student, noises, sampler_timesteps, alphas_cumprod, context, tokens, w)
             t = torch.full((len(x_t),), sampler_timesteps[i], dtype=torch.long, device=device)
             m = len(x_t)  # the student's pictures; the consistency loss's points ride in the same forward, after them
             if cfg.regression_weight:
-                x_c, t_c, a_c, target = consistency_point(x0, noise, k, context, tokens, w, ema.student)
+                x_c, t_c, a_c, target = consistency_point(x0, noise, k, context, tokens, w, ema)
                 x_t, t = torch.cat([x_t, x_c]), torch.cat([t, t_c])
                 context, tokens, w = (None if z is None else torch.cat([z, z]) for z in (context, tokens, w))
             a_tau = alphas_cumprod[tau]
@@ -475,7 +476,7 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
         save_training_state(state_path, model, ema, optimizer, step, cfg)
         export_student(ema, teacher, cfg, step)
 
-    return run_optimisation(cfg, procs, model, ema, optimizer, step, batch_loss, save, show_progress)
+    return run_optimisation(cfg, procs, model, ema, optimizer, step, batch_loss, save, show_progress, averaged=student)
 
 
 def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, step: int) -> Path:
@@ -485,8 +486,6 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     from .model_card import distillation_card, save_with_card, write_log_up_to
     from .viz import save_grid
 
-    if isinstance(ema, StudentAndCritic):
-        ema = ema.student  # the critic only judges; it is not shipped
     student = UNet(**ema._hub_mixin_config)
     student.load_state_dict({k: v.detach().float().cpu() for k, v in ema.state_dict().items()})
     round_weights(student, cfg.weights_dtype)

@@ -36,9 +36,9 @@ from .samplers import predict_x0_and_eps
 
 
 class StudentAndCritic(nn.Module):
-    """The two networks DMD trains, as one module: one optimizer, one EMA, one state file and one
-    DistributedDataParallel forward serve both. ``student`` takes w and predicts v; ``critic`` is the
-    fake score, the teacher's architecture, predicting ε."""
+    """The two networks DMD trains, as one module: one optimizer, one state file and one
+    DistributedDataParallel forward serve both (the EMA averages the student alone). ``student`` takes w
+    and predicts v; ``critic`` is the fake score, the teacher's architecture, predicting ε."""
 
     def __init__(self, student: nn.Module, critic: nn.Module):
         super().__init__()

@@ -342,13 +342,16 @@ def start_processes(cfg) -> Processes:
     return procs
 
 
-def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, batch_loss, save, show_progress: bool = True) -> dict:
+def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, batch_loss, save, show_progress: bool = True,
+                     averaged: nn.Module | None = None) -> dict:
     """The loop ``train`` and ``distill`` share: from ``step`` to cfg.max_steps, ``batch_loss(step, net)``
     gives this process's loss on its share of the global batch (``net`` is the model, wrapped in
     DistributedDataParallel under torchrun); AdamW with warm-up and cosine decay, gradient clipping,
-    the EMA update, a CSV log (``LOG_FIELDS``) and ``save(step)`` (state and export) every
-    cfg.checkpoint_every steps and at the end. Returns the last step and the last logged mean loss."""
+    the EMA update of ``averaged`` (the part of the model ``ema`` copies; all of it by default), a CSV
+    log (``LOG_FIELDS``) and ``save(step)`` (state and export) every cfg.checkpoint_every steps and at
+    the end. Returns the last step and the last logged mean loss."""
     out_dir = Path(cfg.out_dir)
+    averaged = model if averaged is None else averaged
     bf16 = use_bf16(cfg, procs.device)
     model.to(memory_format=torch.channels_last)
     net = torch.nn.parallel.DistributedDataParallel(model) if procs.distributed else model
@@ -375,7 +378,7 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
         optimizer.step()
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
+            for p_ema, p in zip(ema.parameters(), averaged.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - decay)
         step += 1
 
