@@ -1,7 +1,8 @@
 """Time the app's default request: 16 guided 32x32 images at the checkpoint's default_sampling (the
-Context tab's defaults), with the precision the app picks ("auto").
+Context tab's defaults), in fp32 and with the precision the app picks ("auto"); ``--dtypes`` adds
+forced bf16, which shows what emulated bf16 costs on a CPU without the instructions.
 
-    python benchmarks/app_default.py [--model checkpoints/emoji32] [--repeats 5]
+    python benchmarks/app_default.py [--model checkpoints/emoji32] [--repeats 5] [--dtypes float32 bfloat16 auto]
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="checkpoints/emoji32")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "auto"], choices=["float32", "bfloat16", "auto"])
     args = parser.parse_args()
-    for dtype in ("float32", "auto"):
+    for dtype in args.dtypes:
         pipe = DiffusionPipeline.from_pretrained(args.model, dtype=dtype)
         request = dict(num_images=16, classes=["food_drink"])  # generate fills in default_sampling, as the app's sliders do
         sampling = pipe.default_sampling

@@ -16,6 +16,7 @@ import copy
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import tempfile
@@ -47,8 +48,12 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where oneDNN runs bf16 natively (AVX-512 BF16 or AMX), so bf16 autocast can pay off."""
+    """True where the CPU multiplies bf16 natively, so bf16 autocast can pay off: on x86, AVX-512 BF16 or
+    AMX. oneDNN also runs bf16 on plain AVX-512, by emulation, at about twice the fp32 time
+    (``benchmarks/results/bf16_emulated.md``), so its own check is asked only on other CPUs (ARM's BF16)."""
     try:
+        if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False

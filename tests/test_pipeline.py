@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import pickle
+import platform
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline, to_uint8
+from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline, cpu_has_native_bf16, to_uint8
 from diffusion_core.samplers import sample
 from diffusion_core.unet import UNet
 
@@ -63,6 +64,15 @@ def test_denoise_runs_channels_last_with_the_numbers_of_nchw(tiny_pipeline):
     nchw.load_state_dict(tiny_pipeline.model.state_dict())
     with torch.no_grad():
         assert torch.allclose(out, nchw.eval()(x, t, ctx), atol=1e-5)
+
+
+@pytest.mark.skipif(not (Path("/proc/cpuinfo").exists() and platform.machine() == "x86_64"), reason="reads Linux x86 CPU flags")
+def test_native_bf16_means_the_cpu_has_bf16_instructions_not_emulation():
+    # oneDNN reports bf16 on any AVX-512 CPU and emulates it there, at about twice the fp32 time;
+    # bf16 by default (training's "auto", the benchmarks) only pays off where the CPU has the instructions
+    flags = set(" ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split())
+    assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def test_bf16_requests_autocast_once_and_draw_what_per_call_autocast_draws(tiny_pipeline):
