@@ -2,20 +2,16 @@
 Context tab's defaults), in fp32 and with the precision the app picks ("auto"); ``--dtypes`` adds
 forced bf16, which shows what emulated bf16 costs on a CPU without the instructions.
 
-    python benchmarks/app_default.py [--model checkpoints/emoji32] [--repeats 5] [--dtypes float32 bfloat16 auto]
+    python -m benchmarks.app_default [--model checkpoints/emoji32] [--repeats 5] [--dtypes float32 bfloat16 auto]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from diffusion_core.pipeline import DiffusionPipeline  # noqa: E402
+from diffusion_core.pipeline import DiffusionPipeline
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The app under a class of students: N people press Generate on the Context tab at once.
 
-    python benchmarks/app_load.py [--users 1 10 50] [--model checkpoints/emoji32] [--out FILE.md]
+    python -m benchmarks.app_load [--users 1 10 50] [--model checkpoints/emoji32] [--out FILE.md]
 
 Starts `python app.py` on the loopback (offline), then for each N submits N default requests (16
 images at the checkpoint's default_sampling, each with its own seed and its own client) at the same
@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from diffusion_core.pipeline import DiffusionPipeline  # noqa: E402
+from diffusion_core.pipeline import DiffusionPipeline
 
 
 def start_app(model: str) -> tuple[subprocess.Popen, str]:

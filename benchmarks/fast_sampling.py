@@ -1,6 +1,6 @@
 """The distilled student against its teacher and against the course: seconds per request, one run.
 
-    python benchmarks/fast_sampling.py [--student checkpoints/emoji32_fast] [--teacher checkpoints/emoji32]
+    python -m benchmarks.fast_sampling [--student checkpoints/emoji32_fast] [--teacher checkpoints/emoji32]
 
 Rows, each the median of --repeats timed runs after a warm-up, in fp32 and (where native) bf16:
 - the course's ContextUnet (n_feat=64, 16x16, random weights: only its cost matters), 32 unguided
@@ -15,18 +15,14 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.course_unet import CourseContextUnet  # noqa: E402
-from diffusion_core.pipeline import DiffusionPipeline, cpu_has_native_bf16  # noqa: E402
-from diffusion_core.samplers import sample  # noqa: E402
-from diffusion_core.schedule import NoiseSchedule  # noqa: E402
+from benchmarks.course_unet import CourseContextUnet
+from diffusion_core.pipeline import DiffusionPipeline, cpu_has_native_bf16
+from diffusion_core.samplers import sample
+from diffusion_core.schedule import NoiseSchedule
 
 
 def median_seconds(run, repeats: int) -> float:

@@ -1,6 +1,6 @@
 """Did a flip-conditioned model (train's "flip_condition") learn its flip input?
 
-    python benchmarks/flip_response.py --model runs/emoji32_guide_flip/export [--n 16] [--out runs/flip_response.png]
+    python -m benchmarks.flip_response --model runs/emoji32_guide_flip/export [--n 16] [--out runs/flip_response.png]
 
 Draws the same noise and classes twice, once told "not mirrored" (flipped = 0, what sampling always
 asks) and once "mirrored" (flipped = 1), at the checkpoint's default sampler, steps and guidance. If
@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from diffusion_core.pipeline import DiffusionPipeline, to_uint8  # noqa: E402
-from diffusion_core.samplers import sample  # noqa: E402
-from diffusion_core.viz import save_grid  # noqa: E402
+from diffusion_core.pipeline import DiffusionPipeline, to_uint8
+from diffusion_core.samplers import sample
+from diffusion_core.viz import save_grid
 
 
 def draw(pipe: DiffusionPipeline, n: int, seed: int, flipped: float) -> torch.Tensor:

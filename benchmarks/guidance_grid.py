@@ -1,6 +1,6 @@
 """What the guidance slider does to each model: the same noise and classes at several w, one block per model.
 
-    python benchmarks/guidance_grid.py --model checkpoints/emoji32 --model checkpoints/emoji32_fast \
+    python -m benchmarks.guidance_grid --model checkpoints/emoji32 --model checkpoints/emoji32_fast \
         --out assets/guidance_grid.png
 
 Each block has one row per w (top to bottom, --guidance) and one column per picture (class i mod 8,
@@ -18,10 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from diffusion_core.pipeline import DiffusionPipeline  # noqa: E402
-from diffusion_core.viz import image_grid, labelled_blocks, save_atomic  # noqa: E402
+from diffusion_core.pipeline import DiffusionPipeline
+from diffusion_core.viz import image_grid, labelled_blocks, save_atomic
 
 
 def guidance_rows(pipe: DiffusionPipeline, guidances: list[float], n: int, seed: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Sampling speed of the default 32x32 U-Net on this machine.
 
-    python benchmarks/sampling_speed.py [--model checkpoints/emoji32] [--student checkpoints/emoji32_fast]
+    python -m benchmarks.sampling_speed [--model checkpoints/emoji32] [--student checkpoints/emoji32_fast]
                                         [--batch 16] [--repeats 2]
 
 Prints a markdown table: images/s for each sampler at 10/25/50 steps, with and without guidance,
@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from diffusion_core.pipeline import DiffusionPipeline, cpu_has_native_bf16  # noqa: E402
-from diffusion_core.samplers import SAMPLERS  # noqa: E402
-from diffusion_core.schedule import NoiseSchedule  # noqa: E402
-from diffusion_core.unet import UNet, count_flops  # noqa: E402
-from benchmarks.course_unet import CourseContextUnet  # noqa: E402
+from diffusion_core.pipeline import DiffusionPipeline, cpu_has_native_bf16
+from diffusion_core.samplers import SAMPLERS
+from diffusion_core.schedule import NoiseSchedule
+from diffusion_core.unet import UNet, count_flops
+from benchmarks.course_unet import CourseContextUnet
 
 
 def count_flops_of(model) -> int:

@@ -1,6 +1,6 @@
 """How well a distilled student has learned its teacher's ODE, one noise level at a time.
 
-    python benchmarks/student_consistency.py --student checkpoints/emoji32_fast [--student DIR ...]
+    python -m benchmarks.student_consistency --student checkpoints/emoji32_fast [--student DIR ...]
 
 For --n noise pictures (class i mod 8, one style after another) the teacher walks its guided ODE over
 the distillation skeleton (--skeleton DDIM steps at guidance --guidance, as ``distill.py`` does), and at
@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from diffusion_core.distill import teacher_ode_step, x0_from_v  # noqa: E402
-from diffusion_core.pipeline import DiffusionPipeline  # noqa: E402
+from diffusion_core.distill import teacher_ode_step, x0_from_v
+from diffusion_core.pipeline import DiffusionPipeline
 
 
 def contexts(pipe: DiffusionPipeline, n: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Unconditional samples (no class, style or prompt: the Generate tab) scored on the honest metrics,
 with and without autoguidance:
 
-    python benchmarks/unconditional.py --model checkpoints/emoji32 --autoguidance 1 1.5 2 3 \
+    python -m benchmarks.unconditional --model checkpoints/emoji32 --autoguidance 1 1.5 2 3 \
         --grid assets/autoguidance_grid.png
 
 Each w draws --n pictures (default: as many as there are held-out images) at the checkpoint's default
@@ -17,17 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from diffusion_core.evaluate import RealData, calibration_sets, cells  # noqa: E402
-from diffusion_core.metrics import MIN_IMAGES, predict  # noqa: E402
-from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline  # noqa: E402
-from diffusion_core.viz import image_grid, labelled_blocks, save_atomic  # noqa: E402
+from diffusion_core.evaluate import RealData, calibration_sets, cells
+from diffusion_core.metrics import MIN_IMAGES, predict
+from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
+from diffusion_core.viz import image_grid, labelled_blocks, save_atomic
 
 
 def class_mix_distance(real: RealData, images: np.ndarray) -> float:

@@ -1,5 +1,5 @@
 """Command line: python -m diffusion_core {sample,animate,train,distill,evaluate,export-dataset,build-data,
-describe-data,train-classifier}.
+describe-data,train-classifier,publish} (installed: diffusion-core ...).
 
 Errors in what the user asked for (a ValueError) print one line and exit with status 2."""
 from __future__ import annotations
@@ -83,6 +83,7 @@ def cmd_train(args) -> None:
     cfg = config_from(args, TrainConfig)
     summary = train(cfg, resume=args.resume, show_progress=not args.quiet, export_only=args.export_only)
     print(f"trained to step {summary['step']}; checkpoint exported to {cfg.export_dir}")
+    ship_export(cfg.export_dir, args.ship)
 
 
 def cmd_distill(args) -> None:
@@ -91,6 +92,31 @@ def cmd_distill(args) -> None:
     cfg = config_from(args, DistillConfig)
     summary = distill(cfg, resume=args.resume, show_progress=not args.quiet, export_only=args.export_only)
     print(f"distilled to step {summary['step']}; student exported to {cfg.export_dir}")
+    ship_export(cfg.export_dir, args.ship)
+
+
+def ship_export(export_dir: str, dest: str | None) -> None:
+    """--ship DEST: copy the run's export to where it ships (an explicit step: no config writes there)."""
+    if dest:
+        from .publish import ship
+
+        copied = ship(export_dir, dest)
+        print(f"shipped {export_dir} to {dest} ({len(copied)} files)")
+
+
+def cmd_publish(args) -> None:
+    from .publish import prepare, upload_all
+
+    uploads = prepare(args.model_repo, args.space, out=args.out, checkpoint=args.checkpoint,
+                      fast_repo=args.fast_model_repo, fast_checkpoint=args.fast_checkpoint)
+    verb = "would upload" if args.dry_run else "uploading"
+    for up in uploads:
+        print(f"{verb}: {up.describe()}")
+    if args.dry_run:
+        print(f"dry run: nothing uploaded; the folders are in {args.out}")
+        return
+    for url in upload_all(uploads, private=args.private):
+        print(f"uploaded: {url}")
 
 
 def cmd_build_data(args) -> None:
@@ -208,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--export-only", action="store_true",
                    help="write out_dir/state.safetensors's EMA weights to export_dir (card, samples) without training")
+    t.add_argument("--ship", metavar="DIR", default=None,
+                   help="then copy the export into DIR (e.g. checkpoints/emoji32); configs never write there themselves")
     for name, kind in (("data", str), ("max_steps", int), ("batch_size", int), ("lr", float), ("out_dir", str),
                        ("export_dir", str), ("checkpoint_every", int), ("log_every", int), ("precision", str),
                        ("num_threads", int), ("seed", int), ("base_channels", int), ("image_size", int),
@@ -224,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--quiet", action="store_true", help="no progress bar")
     di.add_argument("--export-only", action="store_true",
                     help="write out_dir/state.safetensors's EMA student to export_dir (card, samples) without training")
+    di.add_argument("--ship", metavar="DIR", default=None,
+                    help="then copy the export into DIR (e.g. checkpoints/emoji32_fast)")
     for name, kind in (("teacher", str), ("data", str), ("max_steps", int), ("batch_size", int), ("lr", float),
                        ("out_dir", str), ("export_dir", str), ("checkpoint_every", int), ("log_every", int),
                        ("precision", str), ("num_threads", int), ("seed", int), ("skeleton_steps", int),
@@ -288,6 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--width", type=int, default=48, help="channels of the first conv stage (then 2x, 4x)")
     c.set_defaults(func=cmd_train_classifier)
+
+    pb = sub.add_parser("publish", help="write a model repo and a Gradio Space as folders, then upload them to the Hub")
+    pb.add_argument("--model-repo", required=True, metavar="USER/NAME", help="the model repo (weights, guide, card)")
+    pb.add_argument("--space", required=True, metavar="USER/NAME", help="the Space (the app, reading the model repo)")
+    pb.add_argument("--out", default="release", help="where the folders are written: OUT/model, OUT/space")
+    pb.add_argument("--checkpoint", default=DEFAULT_MODEL, help="the checkpoint folder to publish")
+    pb.add_argument("--fast-model-repo", default=None, metavar="USER/NAME",
+                    help="also publish the fast model (live redraws) here; the Space then reads it")
+    pb.add_argument("--fast-checkpoint", default=None, help="default: checkpoints/emoji32_fast")
+    pb.add_argument("--private", action="store_true", help="create the repos private")
+    pb.add_argument("--dry-run", action="store_true", help="write the folders and print what would be uploaded")
+    pb.set_defaults(func=cmd_publish)
     return parser
 
 

@@ -130,7 +130,7 @@ class DistillConfig(JsonConfig):
     precision: str = "auto"
     seed: int = 0
     out_dir: str = "runs/emoji32_fast"
-    export_dir: str = "checkpoints/emoji32_fast"
+    export_dir: str = "runs/emoji32_fast/export"  # never checkpoints/ (--ship)
     weights_dtype: str = "float32"         # how exports store the weights: "float32" or "float16" (half the bytes)
     checkpoint_every: int = 100
     log_every: int = 10

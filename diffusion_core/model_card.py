@@ -14,6 +14,15 @@ import torch
 EVALUATION_FILE = "evaluation.md"
 EVALUATION_JSON = "evaluation.json"
 NOT_EVALUATED = "Not evaluated yet: run `python -m diffusion_core evaluate --model DIR`."
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def recipe_path(cfg) -> str:
+    """The config file a run came from, named by its out_dir: configs/NAME.json (a shipped recipe), or
+    configs/experiments/NAME.json where only that one exists."""
+    name = f"{Path(cfg.out_dir).name}.json"
+    experiment = f"configs/experiments/{name}"
+    return experiment if (PROJECT / experiment).is_file() and not (PROJECT / "configs" / name).is_file() else f"configs/{name}"
 
 
 def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
@@ -159,7 +168,7 @@ project. Because OpenMoji is CC BY-SA 4.0, these weights are shared under CC BY-
 
 ## Training
 ```
-python -m diffusion_core train --config configs/{Path(cfg.out_dir).name}.json --resume
+python -m diffusion_core train --config {recipe_path(cfg)} --resume
 ```
 | fact | value |
 | --- | --- |
@@ -256,7 +265,7 @@ teacher.
 
 ## Distillation
 ```
-python -m diffusion_core distill --config configs/{Path(cfg.out_dir).name}.json --resume
+python -m diffusion_core distill --config {recipe_path(cfg)} --resume
 ```
 | fact | value |
 | --- | --- |

@@ -103,7 +103,7 @@ class TrainConfig(JsonConfig):
     init_from: str = ""                    # checkpoint folder or Hub id whose weights start the run (fine-tuning)
     # bookkeeping
     out_dir: str = "runs/emoji32"
-    export_dir: str = "checkpoints/emoji32"
+    export_dir: str = "runs/emoji32/export"  # never checkpoints/: copying there is --ship's job
     weights_dtype: str = "float32"         # how exports store the weights: "float32" or "float16" (half the bytes)
     checkpoint_every: int = 1000
     log_every: int = 50

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the GPU configs side by side on one GPU within a wall-clock budget, then measure every
 # checkpoint with `evaluate --quick`. This is how the GPU-trained candidates of the shipped model
-# were made on a lent H200 (README, "Training on a GPU").
+# were made on a lent H200 (docs/training.md, "On a GPU").
 #
 #   bash scripts/train_gpu.sh [TRAIN_SECONDS] [RESULTS_DIR]
 #
@@ -26,6 +26,8 @@ EVAL_ARGS=${EVAL_ARGS:-}
 mkdir -p "$RESULTS"
 LOG="$RESULTS/run.log"
 say() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
+# a config by name: a shipped recipe in configs/, else an experiment in configs/experiments/
+config_of() { if [ -f "configs/$1.json" ]; then echo "configs/$1.json"; else echo "configs/experiments/$1.json"; fi; }
 
 say "$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo 'no GPU')"
 $PY -c "import torch, huggingface_hub; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'hub', huggingface_hub.__version__)" 2>&1 | tee -a "$LOG"
@@ -33,7 +35,7 @@ $PY -c "import torch, huggingface_hub; print('torch', torch.__version__, 'cuda',
 # 1. probe: all configs at once, so the rate is the shared one
 PROBE=$(mktemp -d)
 for c in $CONFIGS; do
-  $PY -m diffusion_core train --config "configs/$c.json" --quiet --max-steps "$PROBE_STEPS" --log-every 50 \
+  $PY -m diffusion_core train --config "$(config_of "$c")" --quiet --max-steps "$PROBE_STEPS" --log-every 50 \
       --checkpoint-every 1000000 --out-dir "$PROBE/$c" --export-dir "$PROBE/$c/export" $TRAIN_ARGS >>"$LOG" 2>&1 &
 done
 wait
@@ -49,7 +51,7 @@ done
 # 2. the runs, side by side, each under a watchdog
 for c in $CONFIGS; do
   every=$(( (STEPS[$c] / 4 + 99) / 100 * 100 ))
-  cmd="$PY -m diffusion_core train --config configs/$c.json --quiet --max-steps ${STEPS[$c]} --checkpoint-every $every --export-dir runs/$c/export $TRAIN_ARGS"
+  cmd="$PY -m diffusion_core train --config $(config_of "$c") --quiet --max-steps ${STEPS[$c]} --checkpoint-every $every --export-dir runs/$c/export $TRAIN_ARGS"
   say "run: $cmd"
   timeout --signal=KILL $((TRAIN_SECONDS + 60)) $cmd >>"$LOG" 2>&1 &
 done
