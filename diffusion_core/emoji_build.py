@@ -1,6 +1,6 @@
 """The emoji builder: renders ``assets/emoji_sprites.npz`` from pinned packages, bit-identically.
 
-Sources (see README "The data" and assets/LICENSES.md):
+Sources (see docs/data.md and assets/LICENSES.md):
 - Unicode's ``emoji-test.txt`` (Debian unicode-data 15.0.0-1): every fully-qualified emoji with its
   group, subgroup and CLDR short name; the group decides the class.
 - CLDR 41 annotations (Debian unicode-cldr-core 41-0.1): English keywords.

@@ -22,7 +22,7 @@ import torch
 from .schedule import NoiseSchedule
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "consistency")
-DEFAULT_SAMPLER = "dpmpp_2m_sde"  # best measured quality at 20 steps for the shipped model (README, "Quality")
+DEFAULT_SAMPLER = "dpmpp_2m_sde"  # best measured quality at 20 steps for the shipped model (docs/models.md)
 PREDICTION_TYPES = ("epsilon", "v")
 MAX_GUIDANCE = 50.0
 

@@ -69,7 +69,7 @@ for c in $CONFIGS; do
 done
 wait
 cat "$RESULTS"/curve_*.md >> "$LOG"
-# a GPU row for the README's speed table (nothing else running now)
+# a GPU row for docs/performance.md's speed table (nothing else running now)
 timeout 120 $PY benchmarks/sampling_speed.py > "$RESULTS/sampling_speed.md" 2>>"$LOG"
 for c in $CONFIGS; do
   tar -C "runs/$c" -cf - export log.csv config.json | split -b 15M - "$RESULTS/$c.tar.part_"

@@ -170,7 +170,7 @@ def _can_build_emoji() -> bool:
 
 @pytest.mark.skipif(not _can_build_emoji(), reason="the emoji build needs Debian's fonts-noto-color-emoji, "
                     "unicode-data, unicode-cldr-core, libfribidi0, requirements-data.txt and `npm ci --prefix "
-                    "scripts/emoji-data` (see README, The data)")
+                    "scripts/emoji-data` (see docs/data.md)")
 def test_build_data_reproduces_the_shipped_arrays(tmp_path):
     from diffusion_core.emoji_build import build_emoji
 
