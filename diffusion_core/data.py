@@ -98,6 +98,27 @@ def load_emoji(path: str | os.PathLike = EMOJI_NPZ, image_size: int = 32, split:
     return data.subset(arrays["split"] == (1 if split == "held_out" else 0))
 
 
+def select_emoji(data: SpriteData, classes, styles) -> SpriteData:
+    """The emoji pictures of some classes and styles, with a context over those alone (one-hot class,
+    and one-hot style when more than one style is kept): a smaller problem that a small model learns faster."""
+    classes, styles = list(classes), list(styles)
+    for wanted, known, what in ((classes, data.class_names, "class"), (styles, data.style_names, "style")):
+        unknown = [name for name in wanted if name not in known]
+        if not wanted or unknown:
+            raise ValueError(f"choose at least one {what} from {list(known)}" + (f"; unknown: {unknown}" if unknown else ""))
+    style_index = data.style_index()
+    keep = np.isin(data.labels, [data.class_names.index(c) for c in classes]) \
+        & np.isin(style_index, [data.style_names.index(s) for s in styles])
+    labels = np.array([classes.index(data.class_names[i]) for i in data.labels[keep]], dtype=np.int64)
+    kept_styles = tuple(styles) if len(styles) > 1 else ()
+    context = one_hot(labels, len(classes))
+    if kept_styles:
+        style_of = np.array([styles.index(data.style_names[i]) for i in style_index[keep]], dtype=np.int64)
+        context = np.concatenate([context, one_hot(style_of, len(styles))], axis=1)
+    text = [None if a is None else a[keep] for a in (data.names, data.keywords)]
+    return SpriteData(data.images[keep], context, labels, tuple(classes), kept_styles, *text)
+
+
 def count_table(path: str | os.PathLike = EMOJI_NPZ) -> str:
     """A markdown table of the emoji file: sprites per class (rows) and style (columns), with the
     held-out share."""

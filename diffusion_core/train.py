@@ -30,7 +30,7 @@ from torch import nn
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .data import load_dataset
+from .data import SpriteData, load_dataset
 from .model_card import write_log_up_to
 from .pipeline import FALLBACK_SAMPLING, DiffusionPipeline, cpu_has_native_bf16
 from .samplers import DEFAULT_SAMPLER
@@ -342,14 +342,30 @@ def start_processes(cfg) -> Processes:
     return procs
 
 
+@dataclass
+class StepProgress:
+    """What ``on_step`` sees after each optimisation step (single process): the step, its loss, the
+    mean training rate since this run started, and the EMA model (to draw from while training)."""
+    step: int
+    max_steps: int
+    loss: float
+    images_per_s: float
+    elapsed_s: float
+    ema: nn.Module
+
+
 def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, batch_loss, save, show_progress: bool = True,
-                     averaged: nn.Module | None = None) -> dict:
+                     averaged: nn.Module | None = None, on_step=None) -> dict:
     """The loop ``train`` and ``distill`` share: from ``step`` to cfg.max_steps, ``batch_loss(step, net)``
     gives this process's loss on its share of the global batch (``net`` is the model, wrapped in
     DistributedDataParallel under torchrun); AdamW with warm-up and cosine decay, gradient clipping,
     the EMA update of ``averaged`` (the part of the model ``ema`` copies; all of it by default), a CSV
     log (``LOG_FIELDS``) and ``save(step)`` (state and export) every cfg.checkpoint_every steps and at
-    the end. Returns the last step and the last logged mean loss."""
+    the end. ``on_step(StepProgress)`` (single process only) is called after every step; when it returns
+    True the run stops there, logged and saved as at the end (a stopped run keeps what it learned).
+    Returns the last step and the last logged mean loss."""
+    if on_step is not None and procs.distributed:
+        raise ValueError("on_step works in a single process (its stop would not reach the other processes)")
     out_dir = Path(cfg.out_dir)
     averaged = model if averaged is None else averaged
     bf16 = use_bf16(cfg, procs.device)
@@ -367,6 +383,7 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (procs.is_main and show_progress), unit="step", dynamic_ncols=True)
     losses, t_last, images_since, start_time = [], time.perf_counter(), 0, time.perf_counter()
+    first_step, stop = step, False
     while step < cfg.max_steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg) * group.get("lr_scale", 1.0)
@@ -388,7 +405,11 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
             loss_value /= procs.world
         losses.append(loss_value.item())
         images_since += cfg.batch_size
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
+        if on_step is not None:
+            elapsed = time.perf_counter() - start_time
+            stop = bool(on_step(StepProgress(step, cfg.max_steps, losses[-1], (step - first_step) * cfg.batch_size / elapsed,
+                                             elapsed, ema)))
+        if step % cfg.log_every == 0 or step == cfg.max_steps or stop:
             now = time.perf_counter()
             ips = images_since / (now - t_last)
             if procs.is_main:
@@ -398,8 +419,10 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
             bar.set_postfix(loss=f"{np.mean(losses):.4f}", img_s=f"{ips:.0f}")
             losses, t_last, images_since = [], now, 0
         bar.update(1)
-        if procs.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
+        if procs.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop):
             save(step)
+        if stop:
+            break
     bar.close()
     if procs.distributed:
         dist.barrier()
@@ -407,17 +430,21 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
     return {"step": step, "final_loss": float(np.mean(losses)) if losses else None}
 
 
-def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, export_only: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, export_only: bool = False,
+          data: SpriteData | None = None, on_step=None) -> dict:
     """Train (or resume) per ``cfg``; returns a summary. Under torchrun each process takes its share
     of every global batch, and gradients are averaged (DistributedDataParallel). ``export_only``
-    writes the saved state's EMA weights to cfg.export_dir (card, sample grid) without training."""
+    writes the saved state's EMA weights to cfg.export_dir (card, sample grid) without training.
+    ``data`` is a data set already in memory (else cfg.data is loaded); ``on_step`` as in run_optimisation."""
     cfg.validate()
     procs = start_processes(cfg)
     device = procs.device
     out_dir = Path(cfg.out_dir)
     state_path = out_dir / "state.safetensors"
 
-    data = load_dataset(cfg.data, cfg.image_size)
+    data = load_dataset(cfg.data, cfg.image_size) if data is None else data
+    if data.images.shape[1] != cfg.image_size:
+        raise ValueError(f"the data's pictures are {data.images.shape[1]} px, the config's image_size is {cfg.image_size}")
     images, contexts = (t.to(device) for t in data.to_tensors())
     num_classes = len(data.class_names)
     vocabulary = training_vocabulary(data, cfg.max_tokens) if cfg.text else None
@@ -480,7 +507,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         save_training_state(state_path, model, ema, optimizer, step, cfg)
         export(ema, cfg, data, step, out_dir, device, vocabulary)
 
-    return run_optimisation(cfg, procs, model, ema, optimizer, step, batch_loss, save, show_progress)
+    return run_optimisation(cfg, procs, model, ema, optimizer, step, batch_loss, save, show_progress, on_step=on_step)
 
 
 def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: torch.device | str = "cpu",
@@ -494,8 +521,8 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
                              list(data.class_names), list(data.style_names), cfg.prediction_type, device=device,
                              vocabulary=vocabulary, default_sampling=cfg.default_sampling)
     per_class = 8
-    classes = [name for name in data.class_names for _ in range(per_class)]
-    grid = pipe.generate(num_images=len(classes), classes=classes, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0, seed=0)
+    classes = [name for name in data.class_names for _ in range(per_class)] or None  # None: an unconditional model
+    grid = pipe.generate(num_images=len(classes) if classes else 2 * per_class, classes=classes, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0, seed=0)
     pipe.model.cpu()  # the weights are saved from the CPU
     save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
     folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: training_card(cfg, step, out_dir / "log.csv", evaluation),
