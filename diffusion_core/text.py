@@ -11,6 +11,7 @@ token every prompt begins with, so even an empty prompt has one key to attend to
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -49,13 +50,25 @@ class Vocabulary:
 
     def encode(self, prompt: str) -> tuple[list[int], list[str]]:
         """(ids of length max_tokens: start, words..., padding; unknown words). Words past the length
-        are dropped; an empty prompt is all padding."""
+        are dropped (``overflow`` names them); an empty prompt is all padding."""
         found = words(prompt)
         if not found:
             return [PAD] * self.max_tokens, []
         ids = [START] + [self.index.get(w, UNK) for w in found][:self.max_tokens - 1]
         unknown = [w for w in found if w not in self.index]
         return ids + [PAD] * (self.max_tokens - len(ids)), list(dict.fromkeys(unknown))
+
+    def overflow(self, prompt: str) -> list[str]:
+        """The words of ``prompt`` past the ``max_tokens - 1`` the model reads (after the start token),
+        which ``encode`` drops, so callers can say so."""
+        return words(prompt)[self.max_tokens - 1:]
+
+    def sha256(self) -> str:
+        """A hash of the words in their order and ``max_tokens`` (the canonical JSON of both), which a
+        text model's config.json records so a reordered or edited vocab.json fails to load."""
+        canonical = json.dumps({"max_tokens": self.max_tokens, "tokens": self.tokens}, ensure_ascii=False,
+                               separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def encode_batch(self, prompts: list[str]) -> torch.Tensor:
         return torch.tensor([self.encode(p)[0] for p in prompts], dtype=torch.long)

@@ -239,3 +239,89 @@ def test_same_seed_different_conditions_start_from_the_same_noise(tiny_pipeline)
     b = tiny_pipeline.generate(num_images=2, classes=["b"], sampler="dpmpp_2m_sde", steps=4, seed=3, return_trajectory=True)
     assert np.array_equal(a.trajectory.x_t[0], b.trajectory.x_t[0])
     assert not np.array_equal(a.images, b.images)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_network_row_is_computed_the_same_whatever_the_batch_size(dtype):
+    """The shipped model's network output for a row is bit for bit the same in a call of 1, 5, 16 or 37
+    rows (fixed-size internal chunks). Unchunked, oneDNN's fp32 kernels for 4 and 32 rows differ by
+    ~6e-6, which the samplers amplify to 13/255 in a picture."""
+    pipe = DiffusionPipeline.from_pretrained(ROOT / "checkpoints" / "emoji32_fast", device="cpu", dtype=dtype)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 3, 32, 32, generator=gen)
+    t = torch.randint(0, 1000, (37,), generator=gen)
+    context = torch.zeros(37, 13 + 16)
+    context[:, 0] = 1.0
+    w = torch.full((37,), 5.0)
+    full = pipe.denoise(x, t, context, w)
+    for n in (1, 5, 16):
+        assert torch.equal(pipe.denoise(x[:n], t[:n], context[:n], w[:n]), full[:n]), n
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_image_i_is_the_same_in_a_request_of_4_or_16_in_both_precisions(dtype):
+    """The README's promise with the shipped fast model and every image compared, not only image 0."""
+    pipe = DiffusionPipeline.from_pretrained(ROOT / "checkpoints" / "emoji32_fast", device="cpu", dtype=dtype)
+    kwargs = dict(classes=["food_drink", "face"], sampler="dpmpp_2m_sde", steps=3, seed=7)
+    big, small = pipe.generate(num_images=16, **kwargs), pipe.generate(num_images=5, **kwargs)
+    assert np.array_equal(big.images[:5], small.images)
+
+
+def edit_config(folder: Path, change) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_config_json_with_an_unknown_or_a_missing_key_fails_naming_it(tiny_pipeline, tmp_path):
+    folder = tiny_pipeline.save_pretrained(tmp_path / "ckpt")
+    edit_config(folder, lambda c: c.update(attention_resolution=[8]))  # a typo'd key was silently dropped
+    with pytest.raises(ValueError, match=r"unknown keys \['attention_resolution'\]"):
+        DiffusionPipeline.from_pretrained(folder)
+    edit_config(folder, lambda c: (c.pop("attention_resolution"), c.pop("num_groups")))  # was silently defaulted
+    with pytest.raises(ValueError, match=r"lacks the keys \['num_groups'\]"):
+        DiffusionPipeline.from_pretrained(folder)
+    edit_config(folder, lambda c: c.pop("default_sampling") and c.update(num_groups=4))
+    with pytest.raises(ValueError, match=r"lacks the keys \['default_sampling'\]"):
+        DiffusionPipeline.from_pretrained(folder)
+
+
+def test_what_save_pretrained_writes_is_exactly_what_loading_expects(tiny_pipeline, vocab, tmp_path):
+    from conftest import text_pipeline
+    from diffusion_core.pipeline import config_keys
+
+    for name, pipe in (("plain", tiny_pipeline), ("text", text_pipeline(vocab))):
+        config = json.loads((pipe.save_pretrained(tmp_path / name) / "config.json").read_text())
+        assert set(config) == config_keys(config)
+        DiffusionPipeline.from_pretrained(tmp_path / name)
+
+
+def test_a_permuted_or_edited_vocabulary_fails_to_load_naming_the_file(vocab, tmp_path):
+    from conftest import text_pipeline
+
+    folder = text_pipeline(vocab).save_pretrained(tmp_path / "ckpt")
+    data = json.loads((folder / "vocab.json").read_text())
+    assert DiffusionPipeline.from_pretrained(folder).vocabulary.tokens == data["tokens"]
+    words = data["tokens"]
+    words[3], words[4] = words[4], words[3]  # same size, two words swapped: before, it loaded and misread both
+    (folder / "vocab.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"vocab.json is not the vocabulary this model was trained with"):
+        DiffusionPipeline.from_pretrained(folder)
+    edit_config(folder, lambda c: c.pop("vocab_sha256"))
+    with pytest.raises(ValueError, match=r"lacks the keys \['vocab_sha256'\]; if .*vocab.json is the vocabulary"):
+        DiffusionPipeline.from_pretrained(folder)
+
+
+def test_a_vocabulary_with_another_max_tokens_is_refused(vocab):
+    from conftest import text_pipeline
+    from diffusion_core.text import Vocabulary
+
+    with pytest.raises(ValueError, match="needs the vocabulary it was built with"):
+        text_pipeline(Vocabulary(vocab.tokens, max_tokens=vocab.max_tokens + 1))
+
+
+@pytest.mark.parametrize("name", ["emoji32", "emoji32/guide", "emoji32_fast"])
+def test_the_shipped_configs_hold_exactly_the_keys_loading_expects(name):
+    from diffusion_core.pipeline import read_config
+
+    read_config(ROOT / "checkpoints" / name / "config.json")

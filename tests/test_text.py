@@ -206,3 +206,18 @@ def test_text_lr_scale_trains_the_text_path_at_a_multiple_of_the_lr(emoji_subset
                          ({"text_lr_scale": 2.0}, "text_lr_scale needs a text model")):
         with pytest.raises(ValueError, match=message):
             TrainConfig(**bad).validate()
+
+
+def test_known_words_past_the_prompt_length_are_reported_not_silently_dropped(vocab):
+    """max_tokens 6 reads the start token and 5 words: the 6th and later, known or not, are named."""
+    from conftest import text_pipeline
+    from ui.common import unknown_note
+
+    prompt = "red apple cat face flag japan red"  # seven known words
+    assert vocab.overflow(prompt) == ["japan", "red"]
+    assert vocab.encode(prompt)[1] == []  # none of them is unknown: before, nothing said they were left out
+    out = text_pipeline(vocab).generate(num_images=1, prompt=prompt, sampler="ddim", steps=2)
+    assert out.dropped_words == ["japan", "red"] and out.unknown_words == []
+    assert "longer than the model reads" in unknown_note(out.unknown_words, out.dropped_words)
+    assert "**japan, red**" in unknown_note([], out.dropped_words)
+    assert text_pipeline(vocab).generate(num_images=1, prompt="red apple", sampler="ddim", steps=2).dropped_words == []
