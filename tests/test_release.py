@@ -191,7 +191,7 @@ def test_the_readmes_training_commands_run_from_a_clean_state(tmp_path):
         steps = "3" if "--resume" in args else "2"
         extra = ["--max-steps", steps, "--batch-size", "4", "--base-channels", "16", "--image-size", "16",
                  "--checkpoint-every", "100",
-                 "--log-every", "1", "--warmup-steps", "1", "--quiet"]
+                 "--log-every", "1", "--warmup-steps", "1", "--num-threads", "1", "--precision", "fp32", "--quiet"]
         done = subprocess.run([sys.executable, *args[1:], *extra], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=600)
         assert done.returncode == 0, f"{command}\n{done.stderr[-2000:]}"
@@ -266,3 +266,39 @@ def test_publish_dry_run_builds_a_model_repo_and_a_space_that_serves_offline_fro
 def test_publish_refuses_a_repo_id_that_is_not_user_slash_name(tmp_path):
     with pytest.raises(ValueError, match="--space must be a Hub repo id"):
         prepare("someone/model", "no-slash", out=tmp_path)
+
+
+def test_publish_uploads_each_folder_to_its_repo_and_sets_the_spaces_model_variable(tmp_path, monkeypatch):
+    """Without --dry-run: create_repo (a gradio Space for the app), the HF_MODEL_ID variable, one upload_folder
+    each. The Hub cannot be reached here, so HfApi is replaced by a recorder of its calls."""
+    import huggingface_hub
+
+    from diffusion_core.publish import upload_all
+
+    calls = []
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+            return f"https://huggingface.co/{repo_id}"
+
+        def add_space_variable(self, repo_id, key, value):
+            calls.append(("variable", repo_id, key, value))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs["repo_id"], kwargs["repo_type"], Path(kwargs["folder_path"]).name))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    uploads = prepare("someone/tiny", "someone/tiny-space", out=tmp_path,
+                      checkpoint=tiny_emoji_checkpoint(tmp_path / "ckpt"))
+    urls = upload_all(uploads, token="t")
+    assert urls == ["https://huggingface.co/someone/tiny", "https://huggingface.co/someone/tiny-space"]
+    assert ("create_repo", "someone/tiny", {"repo_type": "model", "private": False, "exist_ok": True}) in calls
+    assert ("create_repo", "someone/tiny-space", {"repo_type": "space", "private": False, "exist_ok": True,
+                                                  "space_sdk": "gradio"}) in calls
+    assert ("variable", "someone/tiny-space", "HF_MODEL_ID", "someone/tiny") in calls
+    assert [c[1:] for c in calls if c[0] == "upload_folder"] == [("someone/tiny", "model", "model"),
+                                                                  ("someone/tiny-space", "space", "space")]
