@@ -53,7 +53,7 @@ def test_readme_is_short_and_every_relative_link_in_readme_and_docs_resolves():
     assert {"app", "reference", "data", "models", "evaluation", "guidance", "text-prompts", "distillation",
             "training", "performance", "history"} <= pages
     broken = []
-    for page in [readme, *DOCS, ROOT / "benchmarks" / "results" / "README.md"]:
+    for page in [readme, *DOCS, ROOT / "benchmarks" / "results" / "README.md", ROOT / "configs" / "README.md"]:
         for target in relative_links(page):
             file, _, anchor = target.partition("#")
             path = (page.parent / file).resolve()
