@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     di = sub.add_parser("distill", help="distil a teacher into a few-step student with guidance as an input "
                         "(flags override the config file)")
-    di.add_argument("--config", help="JSON distillation config, e.g. configs/emoji32_fast.json")
+    di.add_argument("--config", help="JSON distillation config, e.g. configs/emoji32_guided.json")
     di.add_argument("--resume", action="store_true", help="continue from out_dir/state.safetensors")
     di.add_argument("--quiet", action="store_true", help="no progress bar")
     di.add_argument("--export-only", action="store_true",

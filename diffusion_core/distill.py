@@ -63,7 +63,7 @@ judged by a critic trained beside it. It samples as before, by the consistency s
 The loop is ``train.run_optimisation``: AdamW, warm-up and cosine decay, EMA, bf16 where native,
 atomic checkpoints with exact resume, DDP under torchrun, the CSV log.
 
-    python -m diffusion_core distill --config configs/emoji32_fast.json [--max-steps N] [--resume]
+    python -m diffusion_core distill --config configs/emoji32_guided.json [--max-steps N] [--resume]
 """
 from __future__ import annotations
 
