@@ -18,7 +18,8 @@ from pathlib import Path
 import gradio as gr
 
 from diffusion_core.pipeline import DiffusionPipeline
-from ui import about, animation, common, compare, context, export, forward, generate, prompt, side_by_side
+from ui import about, animation, common, compare, context, export, forward, generate, prompt, side_by_side, train
+from ui.worker import torch_worker
 
 ROOT = Path(__file__).resolve().parent
 SHIPPED_MODEL = ROOT / "checkpoints" / "emoji32"
@@ -28,7 +29,7 @@ SHIPPED_FAST_MODEL = ROOT / "checkpoints" / "emoji32_fast"
 # at the default request's measured 3.6 s (2 cores with bf16) to 15 s (2 cores, AVX2, fp32) the 100th in
 # line waits 6 to 25 minutes, and each waiting request holds only its arguments, so memory stays bounded.
 QUEUE_SIZE = 100
-TABS = (generate, context, prompt, animation, forward, compare, side_by_side, export, about)
+TABS = (generate, context, prompt, animation, forward, compare, side_by_side, train, export, about)
 CSS = ".gallery img, img { image-rendering: pixelated; }"
 
 
@@ -63,6 +64,14 @@ def load_fast_pipeline(fast_model: str | None, pipe: DiffusionPipeline) -> tuple
     return fast, f"Fast model: `{fast_model}`."
 
 
+def warm_up(pipe: DiffusionPipeline, fast: DiffusionPipeline | None) -> None:
+    """A two-step request per model (on the torch thread), so the first person does not pay for the
+    kernels' first run."""
+    for model in (pipe, fast):
+        if model is not None:
+            model.generate(num_images=2, classes=[model.labels[0]] if model.labels else None, steps=2, seed=0)
+
+
 def build_app(pipe: DiffusionPipeline, source_note: str, fast: DiffusionPipeline | None = None,
               fast_note: str = "") -> gr.Blocks:
     app = common.App(pipe, source_note, fast)
@@ -86,8 +95,10 @@ def main() -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args()
-    pipe, note = load_pipeline(args.model)
-    fast, fast_note = load_fast_pipeline(args.fast_model, pipe)
+    worker = torch_worker()  # the main thread runs no torch: loading and warm-up happen on the torch thread
+    pipe, note = worker.call(load_pipeline, args.model)
+    fast, fast_note = worker.call(load_fast_pipeline, args.fast_model, pipe)
+    worker.call(warm_up, pipe, fast)
     print(note.replace("`", ""), fast_note.replace("`", ""), f"Device {pipe.device}, precision {pipe.dtype}.", flush=True)
     build_app(pipe, note, fast, fast_note).launch(server_name=args.host, server_port=args.port, css=CSS, show_error=True)
 

@@ -54,7 +54,8 @@ def build(app: App) -> None:
 
         def work():
             try:
-                result["out"] = app.pipe.generate(
+                result["out"] = app.worker.call(  # torch runs on the app's one torch thread (ui/worker.py)
+                    app.pipe.generate,
                     num_images=num_images, classes=None if class_name == ANY else [class_name], sampler=sampler,
                     steps=steps, guidance=guidance if class_name != ANY else 1.0, seed=seed,
                     return_trajectory=True, callback=on_step)

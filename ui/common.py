@@ -16,6 +16,8 @@ from diffusion_core.data import load_emoji
 from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
 from diffusion_core.viz import upscale
 
+from .worker import torch_worker
+
 SAMPLER_CHOICES = [("DPM-Solver++ 2M SDE (stochastic)", "dpmpp_2m_sde"),
                    ("DPM-Solver++ 2M (deterministic)", "dpmpp_2m"), ("DDIM", "ddim"), ("DDPM", "ddpm"),
                    ("Consistency (for the fast, distilled model)", "consistency")]
@@ -77,6 +79,7 @@ class App:
         self.sampling = dict(pipe.default_sampling)  # the checkpoint's measured default (config.json)
         self.has_text = pipe.vocabulary is not None
         self.real = load_emoji(split="all") if pipe.model.image_size == 32 else None
+        self.worker = torch_worker()  # the one thread that runs torch (ui/worker.py)
 
     def check_common(self, sampler, steps, num_images, seed, max_images=MAX_IMAGES):
         sampler = as_choice(sampler, "sampler", self.samplers)
@@ -102,7 +105,7 @@ class App:
             progress((step.index + 1, steps), desc=desc)
 
         try:
-            return self.pipe_for(model).generate(callback=tick, **kwargs)
+            return self.worker.call(self.pipe_for(model).generate, callback=tick, **kwargs)
         except ValueError as err:  # anything the pipeline rejects is the user's to fix
             raise gr.Error(str(err))
 

@@ -78,7 +78,7 @@ def build(app: App) -> None:
         abar = schedule.alphas_cumprod[t].item()
         text = (f"**t = {t}:** $\\bar\\alpha_t = {abar:.4f}$, so $x_t = {math.sqrt(abar):.3f}\\,x_0 + "
                 f"{math.sqrt(1 - abar):.3f}\\,\\epsilon$ and SNR $= {abar / (1 - abar):.3g}$")
-        return (upscale(x0[None], 8)[0], upscale(noisy_image(schedule, x0, t)[None], 8)[0],
+        return (upscale(x0[None], 8)[0], upscale(app.worker.call(noisy_image, schedule, x0, t)[None], 8)[0],
                 schedule_curves(schedule, t), text)
 
     with gr.Tab("Forward process"):

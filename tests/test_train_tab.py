@@ -1,0 +1,207 @@
+"""The Train tab in-process (no server): it trains with diffusion_core.train on the app's one torch thread,
+streams the loss and the fixed-noise grid, stops on request keeping what was learned, lets one training
+run at a time with the others in line, and the app keeps answering sampling requests meanwhile. Also:
+every torch call of the app runs on that thread, and a deep line gets the fast model's answer."""
+from __future__ import annotations
+
+import threading
+import time
+import zipfile
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import pytest
+
+from diffusion_core.pipeline import DiffusionPipeline
+
+QUIET = lambda *args, **kwargs: None  # noqa: E731  (stands in for gr.Progress)
+# a run that takes seconds: the tiny preset at 16 px on one class and one style
+TINY_RUN = dict(source="emoji sprites", classes=["face", "flag"], styles=["noto"], image_size="16", upload=None,
+                preset="tiny", steps=6, minutes=5, grid_every=2, seed=0)
+
+
+def handlers(pipe, fast=None) -> dict:
+    from app import build_app
+
+    return {f.api_name: f.fn for f in build_app(pipe, "Weights: tiny.", fast).fns.values() if f.api_name}
+
+
+def run(**changes):
+    return list({**TINY_RUN, **changes}.values())
+
+
+def test_training_streams_the_loss_and_grids_then_gives_a_zip_that_from_pretrained_loads(tiny_pipeline, tmp_path):
+    updates = list(handlers(tiny_pipeline)["train"](*run()))
+    plots = [u[1] for u in updates if isinstance(u[1], pd.DataFrame)]
+    grids = [(u[2]["value"], u[2]["label"]) for u in updates if isinstance(u[2], dict) and "value" in u[2]]
+    assert plots and set(plots[-1]["step"]) == {1, 2, 3, 4, 5, 6}  # every step's loss, and its running mean
+    assert set(plots[-1]["series"]) == {"each step", "mean of 20"}
+    assert grids[-1][1].endswith("step 6") and len(grids) >= 2
+    assert not np.array_equal(grids[0][0], grids[-1][0])  # the same noise, drawn by a model that learned
+    status, _, _, archive, folder, classes, _ = updates[-1]
+    assert "Trained 6 steps" in status and [c[0] if isinstance(c, tuple) else c for c in classes["choices"]] == ["face", "flag"]
+    with zipfile.ZipFile(archive) as z:
+        assert {"config.json", "model.safetensors", "README.md"} <= set(z.namelist())
+        z.extractall(tmp_path / "model")
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "model")
+    assert pipe.labels == ["face", "flag"] and pipe.model.image_size == 16
+    drawn, info = handlers(tiny_pipeline)["train_draw"](folder, ["flag"], 3, 2.0, 2, 0, progress=QUIET)
+    assert len(drawn) == 2 and "flag, 3 steps" in info
+
+
+def collect_until(generator, condition, into: list):
+    for update in generator:
+        into.append(update)
+        if condition(update):
+            return
+
+
+def test_stop_ends_the_run_at_the_next_step_and_keeps_what_it_learned(tiny_pipeline):
+    from ui import train as train_tab
+
+    fns = handlers(tiny_pipeline)
+    request = SimpleNamespace(session_hash="stopper")
+    generator = fns["train"](*run(steps=5000), request=request)
+    updates: list = []
+    collect_until(generator, lambda u: isinstance(u[1], pd.DataFrame), updates)  # training has started
+    assert "Stopping" in fns["train_stop"](request=request)
+    updates += list(generator)
+    status, archive = updates[-1][0], updates[-1][3]
+    assert "stopped early" in status and zipfile.is_zipfile(archive)
+    step = int(status.split("Trained ")[1].split(" steps")[0])
+    assert 1 <= step < 5000
+    assert "stopper" not in train_tab.JOBS
+
+
+def test_one_training_at_a_time_the_next_waits_with_its_place_shown_and_sampling_goes_on(tiny_pipeline):
+    fns = handlers(tiny_pipeline)
+    first, second = SimpleNamespace(session_hash="first"), SimpleNamespace(session_hash="second")
+    running = fns["train"](*run(steps=5000), request=first)
+    updates: list = []
+    collect_until(running, lambda u: isinstance(u[1], pd.DataFrame), updates)
+    follower = threading.Thread(target=lambda: updates.extend(running), daemon=True)
+    follower.start()
+    waiting = fns["train"](*run(steps=2), request=second)
+    assert "you are number **2** in line" in next(waiting)[0]
+    # while the first trains, a sampling request of another tab is answered between two training steps
+    start = time.perf_counter()
+    gallery, info = fns["generate"]("ddim", 3, 2, 0, 1.0, progress=QUIET)
+    assert len(gallery) == 2 and time.perf_counter() - start < 60
+    assert follower.is_alive()  # the first training is still running
+    fns["train_stop"](request=first)
+    follower.join(timeout=120)
+    rest = list(waiting)
+    assert "Trained 2 steps" in rest[-1][0]
+
+
+def test_bad_settings_and_uploads_get_a_visible_message(tiny_pipeline, tmp_path):
+    from ui.train import TRAIN_MAX_MINUTES
+
+    train = handlers(tiny_pipeline)["train"]
+    with pytest.raises(gr.Error, match="minutes must be a number"):
+        list(train(*run(minutes=TRAIN_MAX_MINUTES + 1)))
+    with pytest.raises(gr.Error, match="choose at least one class"):
+        list(train(*run(classes=[])))
+    (tmp_path / "x.zip").write_bytes(b"not a zip")
+    with pytest.raises(gr.Error, match="upload: the upload is not a readable zip"):
+        list(train(*run(source="my pictures (zip)", upload=str(tmp_path / "x.zip"))))
+    with pytest.raises(gr.Error, match="train a model first"):
+        handlers(tiny_pipeline)["train_draw"]("", [], 3, 2.0, 2, 0, progress=QUIET)
+
+
+def tiny_fast(pipe):
+    from diffusion_core.distill import student_of
+
+    return DiffusionPipeline(student_of(pipe), pipe.schedule, pipe.labels, pipe.styles, "v", device="cpu",
+                             default_sampling={"sampler": "consistency", "steps": 3, "guidance": 4.0})
+
+
+def test_every_torch_call_of_the_app_runs_on_its_one_torch_thread(tiny_pipeline, tmp_path):
+    """The main thread (and Gradio's handler threads) never run the network: one OpenMP team."""
+    from ui import forward
+    from ui.worker import torch_worker
+
+    fast = tiny_fast(tiny_pipeline)
+    threads = []
+    for pipe in (tiny_pipeline, fast):
+        original = pipe.model.forward
+        pipe.model.forward = lambda *a, _f=original, **k: threads.append(threading.current_thread()) or _f(*a, **k)
+    fns = handlers(tiny_pipeline, fast)
+    fns["generate"]("ddim", 2, 1, 0, 1.0, progress=QUIET)
+    fns["generate_context"](1.0, 0.0, 0.0, "any", 2.0, "ddim", 2, 1, 0, "full", progress=QUIET)
+    fns["generate_context"](1.0, 0.0, 0.0, "any", 2.0, "consistency", 2, 1, 0, "fast", progress=QUIET)
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(tmp_path / "red.png")
+    noisy = forward.noisy_image
+    try:
+        forward.noisy_image = lambda *a: threads.append(threading.current_thread()) or noisy(*a)
+        fns["forward_process"](0, {"path": str(tmp_path / "red.png")}, 10, "linear")
+    finally:
+        forward.noisy_image = noisy
+    assert len(threads) == 2 + 2 + 2 + 1 and set(threads) == {torch_worker().thread}
+    assert threading.main_thread() not in threads
+
+
+def browser_test_server():
+    from test_app import serve_app
+
+    yield from serve_app(None, "app_test_train.log")
+
+
+@pytest.fixture(scope="module")
+def train_server():
+    yield from browser_test_server()
+
+
+def chromium():
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium() is None and not __import__("os").environ.get("CI"),
+                    reason="Debian's chromium is not installed (CI must have it)")
+def test_a_short_training_in_the_browser_shows_the_loss_curve_and_the_grid_changing(train_server):
+    """A real browser: the Train tab's short run (the tiny preset, 40 steps, a grid every 10), the loss curve
+    and the fixed-noise grid update while it trains, then the trained model draws in the tab. With
+    $SCREENSHOT_DIR set it runs the tab's default run instead and saves the README's screenshot."""
+    import os
+    import re
+
+    from playwright.sync_api import sync_playwright
+    from test_app import SCREENSHOTS, TAKE_ALL_SCREENSHOTS
+
+    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=args, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(train_server)
+        page.get_by_role("tab", name="Train").click()
+        panel = page.locator("[role=tabpanel]:visible")
+        steps = "700" if TAKE_ALL_SCREENSHOTS else "40"
+        if not TAKE_ALL_SCREENSHOTS:
+            panel.get_by_label("tiny (a first look)").check()
+            panel.get_by_label("training steps (at most)").fill(steps)
+            panel.get_by_label("grid every (steps)").fill("10")
+        panel.get_by_role("button", name="Train", exact=True).click()
+        page.locator("#train-status").get_by_text(re.compile(r"Step \d+ / " + steps)).wait_for(timeout=240_000)
+        grid = page.locator("#train-grid img")
+        grid.wait_for(timeout=120_000)
+        first = grid.get_attribute("src")
+        page.wait_for_function("(first) => { const i = document.querySelector('#train-grid img');"
+                               " return i && i.getAttribute('src') !== first; }", arg=first, timeout=240_000)
+        assert page.locator("#train-loss").locator("canvas, svg").count() >= 1  # the loss curve is drawn
+        page.locator("#train-status").get_by_text(re.compile(r"Trained \d+ steps")).wait_for(timeout=420_000)
+        page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=30_000)
+        if TAKE_ALL_SCREENSHOTS:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "train.png"), full_page=True)
+        panel.get_by_role("button", name="Draw", exact=True).click()
+        panel.get_by_text(re.compile(r"16 images, face, flag, 20 steps, guidance 3: [\d.]+ s")).wait_for(timeout=120_000)
+        assert os.path.exists(panel.locator("a[download]").first.get_attribute("href") or "") or \
+            panel.get_by_text("trained_model.zip").count() >= 1
+        browser.close()
