@@ -1,6 +1,6 @@
 """Why the app sampled slower than the library: torch on two Python threads means two OpenMP teams.
 
-    python benchmarks/app_threads.py [--model checkpoints/emoji32] [--repeats 3]
+    python -m benchmarks.app_threads [--model checkpoints/emoji32] [--repeats 3] [--cases main second ...]
 
 Times the Context tab's default request (16 images, the checkpoint's default_sampling, class 0) in a
 fresh process per case:
@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CASES = {"main": {}, "second": {}, "second+passive": {"OMP_WAIT_POLICY": "PASSIVE"},
-         "main+passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "worker": {}}
+CASES = {"main": {}, "second": {}, "main+passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "worker": {},
+         "second+passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
 def os_threads() -> int:
@@ -53,7 +53,7 @@ def one_case(case: str, model: str, repeats: int) -> dict:
     if case.startswith("second"):
         import torch
 
-        torch.ones(256, 256) @ torch.ones(256, 256)  # the main thread's parallel region: its OpenMP team
+        (torch.ones(1 << 22) * 2).sum(), torch.ones(256, 256) @ torch.ones(256, 256)  # the main thread's OpenMP team
         result = {}
         thread = threading.Thread(target=lambda: result.update(times=load_and_time()))
         thread.start()
@@ -73,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="checkpoints/emoji32")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -83,7 +84,8 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.model}, the default request "
           f"(16 images, default_sampling), {args.repeats} timed after a warm-up, a fresh process per case\n")
     print("| case | OMP_WAIT_POLICY | seconds per request (each) | median | threads started |\n|---|---|---|---|---|")
-    for case, env in CASES.items():
+    for case in args.cases:
+        env = CASES[case]
         out = subprocess.run([sys.executable, __file__, "--case", case, "--model", args.model, "--repeats",
                               str(args.repeats)], env={**os.environ, **env}, capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])

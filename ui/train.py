@@ -207,8 +207,13 @@ def build(app: App) -> None:
         except ValueError as err:
             raise gr.Error(f"upload: {err}")
 
-    def train_model(source, classes, styles, image_size, upload, preset, steps, minutes, grid_every, seed,
-                    request: gr.Request = None):
+    def train_model(source=EMOJI, classes=DEFAULT_CLASSES, styles=EMOJI_STYLES, image_size="16", upload=None,
+                    preset="small", steps=DEFAULTS["steps"], minutes=DEFAULTS["minutes"], grid_every=DEFAULTS["grid_every"],
+                    seed=0, request: gr.Request = None):
+        """The defaults are the controls' (``upload=None`` tells API clients they may leave the upload out)."""
+        if not all(isinstance(v, (list, tuple, type(None))) for v in (classes, styles)):
+            raise gr.Error("classes and styles must be lists of names")
+        classes, styles = list(classes or []), list(styles or [])
         source = as_choice(source, "data", [EMOJI, UPLOAD])
         image_size = int(as_choice(str(image_size), "image size", ["16", "32"]))
         preset = as_choice(preset, "model", list(PRESETS))
@@ -216,8 +221,6 @@ def build(app: App) -> None:
         minutes = as_float(minutes, "minutes", 0.05, TRAIN_MAX_MINUTES)
         grid_every = as_int(grid_every, "grid every", 1, MAX_TRAIN_STEPS)
         seed = as_int(seed, "seed", 0, MAX_SEED)
-        if not isinstance(classes, (list, type(None))) or not isinstance(styles, (list, type(None))):
-            raise gr.Error("classes and styles must be lists of names")
         data, data_name = read_data(source, classes, styles, image_size, upload)
         run_dir = fresh_output_dir()
         cfg = train_config(preset, image_size, steps, seed, run_dir, data_name)
