@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -96,8 +97,9 @@ def cmd_distill(args) -> None:
 
 
 def ship_export(export_dir: str, dest: str | None) -> None:
-    """--ship DEST: copy the run's export to where it ships (an explicit step: no config writes there)."""
-    if dest:
+    """--ship DEST: copy the run's export to where it ships (an explicit step: no config writes there).
+    Under torchrun only the first process copies."""
+    if dest and int(os.environ.get("RANK", "0")) == 0:
         from .publish import ship
 
         copied = ship(export_dir, dest)
