@@ -39,6 +39,7 @@ class ExportResult:
     seconds: float
     folders: list[str]
     unknown_words: list[str] = field(default_factory=list)
+    dropped_words: list[str] = field(default_factory=list)  # prompt words past the length the model reads
 
 
 def folder_name(prompt: str) -> str:
@@ -77,11 +78,13 @@ def png_bytes(image) -> bytes:
 def export_dataset(pipe: DiffusionPipeline, out: str | os.PathLike, classes=None, prompts=None, per_label: int = 100,
                    style: str | None = None, sampler: str | None = None, steps: int | None = None,
                    guidance: float | None = None, seed: int = 0, batch_size: int = MAX_IMAGES,
-                   progress=None) -> ExportResult:
+                   progress=None, generate=None) -> ExportResult:
     """Draw ``per_label`` images for each class in ``classes`` and each text in ``prompts`` and write
-    them to the zip ``out`` (atomically: a temporary file beside it, renamed when complete).
+    them to the zip ``out`` (atomically: a temporary file beside it, renamed when complete; an error or
+    an exception raised by ``progress`` or ``generate``, such as a cancel, leaves no file behind).
     Sampling defaults to the checkpoint's ``default_sampling``; ``progress(done, total)`` is called
-    after every batch. Batch b of the whole export is drawn with seed ``seed + b``."""
+    after every batch. Batch b of the whole export is drawn with seed ``seed + b``. ``generate(**kwargs)``
+    draws each batch in place of ``pipe.generate`` (the app's waits for its sampling lane)."""
     out = Path(out)
     if out.suffix.lower() != ".zip":
         raise ValueError(f"the export must be a .zip file, got {str(out)!r}")
@@ -94,7 +97,8 @@ def export_dataset(pipe: DiffusionPipeline, out: str | os.PathLike, classes=None
                 "steps": steps if steps is not None else pipe.default_sampling["steps"],
                 "guidance": guidance if guidance is not None else pipe.default_sampling["guidance"]}
     pipe.context_for(1, style=style, prompt=[t[2] or "" for t in targets])  # bad style or prompt fails before any work
-    total, done, batch_index, rows, unknown = per_label * len(targets), 0, 0, [], []
+    generate = pipe.generate if generate is None else generate
+    total, done, batch_index, rows, unknown, dropped = per_label * len(targets), 0, 0, [], [], []
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(handle)
@@ -105,9 +109,10 @@ def export_dataset(pipe: DiffusionPipeline, out: str | os.PathLike, classes=None
                 for first in range(0, per_label, batch_size):
                     n = min(batch_size, per_label - first)
                     batch_seed = seed + batch_index
-                    result = pipe.generate(num_images=n, classes=[class_name] if class_name else None, prompt=prompt,
-                                           style=style, seed=batch_seed, **sampling)
+                    result = generate(num_images=n, classes=[class_name] if class_name else None, prompt=prompt,
+                                      style=style, seed=batch_seed, **sampling)
                     unknown += result.unknown_words
+                    dropped += result.dropped_words
                     for i, image in enumerate(result.images):
                         name = f"{folder}/{first + i:06d}.png"
                         archive.writestr(name, png_bytes(image))
@@ -125,4 +130,5 @@ def export_dataset(pipe: DiffusionPipeline, out: str | os.PathLike, classes=None
     finally:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
-    return ExportResult(out, total, time.perf_counter() - start, [t[0] for t in targets], list(dict.fromkeys(unknown)))
+    return ExportResult(out, total, time.perf_counter() - start, [t[0] for t in targets], list(dict.fromkeys(unknown)),
+                        list(dict.fromkeys(dropped)))

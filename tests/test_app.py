@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -153,7 +154,10 @@ def test_forward_process_shows_noisier_images_at_larger_t(client):
 @pytest.mark.parametrize("endpoint,args,message", [
     ("/generate", ("ddim", 5000, 2, 0), "steps must be a whole number in 1..1000"),
     ("/generate", ("ddim", 2.5, 2, 0), "steps must be a whole number in 1..1000"),
-    ("/generate", ("ddim", 1000, 64, 0), "images x steps must be at most"),
+    ("/generate", ("ddim", 1000, 64, 0), "work budget: this request needs 64 images x 1000 steps = 64,000"),
+    ("/generate_context", (1.0, *[0.0] * 7, "any", 3.0, "ddpm", 1000, 17, 0), "x 2 network branches (guidance) = 34,000"),
+    ("/export_dataset", (["face", "people", "animal_nature", "food_drink", "travel_places", "activity_object", "symbol",
+                          "flag"], "", 2000, "any", 3.0, "ddpm", 1000, 0), "work budget: this export needs 16,000 images"),
     ("/generate", ("ddim", 4, 2, -5), "seed must be a whole number"),
     ("/generate", ("nope", 4, 2, 0), "sampler"),
     ("/generate_context", (*[0.0] * 8, "any", 3.0, "ddim", 4, 2, 0), "set at least one class weight"),
@@ -171,7 +175,7 @@ def test_forward_process_shows_noisier_images_at_larger_t(client):
     ("/animate", ("face", "ddim", 4, 3.0, 17, 0), "number of images must be a whole number in 1..16"),
     ("/forward_process", (10, None, 1000, "cosine"), "t must be a whole number in 0..999"),
     ("/compare", ("zebra", 3.0, 1, 0), "class must be one of"),
-    ("/compare", ("face", 3.0, 17, 0), "number of images must be a whole number in 1..16"),
+    ("/compare", ("face", 3.0, 16, 0), "number of images must be a whole number in 1..15"),
     ("/forward_process", (10, None, 5, "quadratic"), "schedule must be one of"),
 ])
 def test_bad_inputs_give_a_visible_error_naming_the_field_and_the_server_keeps_serving(client, endpoint, args, message):
@@ -369,8 +373,8 @@ def test_the_fast_model_draws_in_its_own_steps_and_live_redraws_only_when_switch
                              tiny_pipeline.styles, "v", device="cpu",
                              default_sampling={"sampler": "consistency", "steps": 3, "guidance": 4.0})
     calls = []
-    forward = fast.model.forward
-    fast.model.forward = lambda x, *rest: calls.append(len(x)) or forward(x, *rest)
+    denoise = fast.denoise  # the rows a call asks for (the network sees them in fixed 16-row chunks)
+    fast.denoise = lambda x, *rest: calls.append(len(x)) or denoise(x, *rest)
     demo = build_app(tiny_pipeline, "Weights: tiny.", fast)
     fns = {f.api_name: f for f in demo.fns.values()}
     quiet = lambda *args, **kwargs: None  # noqa: E731  (stands in for gr.Progress)
@@ -423,3 +427,146 @@ def test_the_generate_tab_offers_autoguidance_only_with_a_guide_model(tiny_pipel
     assert "autoguidance" not in info and np.array_equal(again[0], plain[0])
     with pytest.raises(gr.Error, match="autoguidance w must be a number in 1..10"):
         handler("ddim", 3, 2, 5, 0.5, progress=quiet)
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits, proved by behaviour: an in-process app on a tiny model whose network can be held at a gate.
+# ---------------------------------------------------------------------------------------------
+class Gate:
+    """Wraps a model's forward: counts calls, tracks how many run at once, and holds each call while
+    ``closed`` is set (so a test can keep a request running)."""
+
+    def __init__(self, model, delay=0.0):
+        import threading
+
+        self.forward, self.delay, self.lock = model.forward, delay, threading.Lock()
+        self.open = threading.Event()
+        self.open.set()
+        self.running = self.most = self.calls = 0
+        model.forward = self
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            self.running += 1
+            self.most, self.calls = max(self.most, self.running), self.calls + 1
+        try:
+            self.open.wait(timeout=120)
+            time.sleep(self.delay)
+            return self.forward(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def tiny_app_handlers(pipe):
+    from app import build_app
+
+    return {f.api_name: f.fn for f in build_app(pipe, "Weights: tiny.").fns.values()}
+
+
+QUIET = lambda *args, **kwargs: None  # noqa: E731  (stands in for gr.Progress)
+
+
+def test_requests_of_different_tabs_and_an_export_never_run_the_network_at_once(tiny_pipeline):
+    """One sampling request at a time, whatever tab or concurrency group it comes from (before, each
+    listener had its own group and the export its own: they ran side by side)."""
+    import threading
+
+    gate = Gate(tiny_pipeline.model, delay=0.002)
+    fns = tiny_app_handlers(tiny_pipeline)
+    calls = [lambda: fns["generate"]("ddim", 6, 4, 0, progress=QUIET),
+             lambda: fns["generate_context"](1.0, 0.0, 0.0, "any", 3.0, "ddim", 6, 4, 0, "full", progress=QUIET),
+             lambda: fns["side_by_side"]("", "a", "", "b", "any", 3.0, "ddim", 6, 2, 4, 0, progress=QUIET),
+             lambda: fns["export_dataset"](["a", "b"], "", 20, "any", 3.0, "ddim", 3, 0, progress=QUIET)]
+    threads = [threading.Thread(target=call) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert gate.calls > 20 and gate.most == 1
+
+
+def test_the_largest_export_is_refused_at_once_naming_the_work_budget(tiny_pipeline):
+    import gradio as gr
+
+    from ui.common import MAX_WORK
+    from ui.export import MAX_PER_CLASS
+
+    gate = Gate(tiny_pipeline.model)
+    fns = tiny_app_handlers(tiny_pipeline)
+    start = time.perf_counter()
+    with pytest.raises(gr.Error, match=rf"work budget: this export needs 6,000 images x 50 steps x 2 .* limit of {MAX_WORK:,}"):
+        fns["export_dataset"](["a", "b", "c"], "", MAX_PER_CLASS, "any", 3.0, "ddpm", 50, 0, progress=QUIET)
+    assert time.perf_counter() - start < 1 and gate.calls == 0
+
+
+def test_a_request_made_during_an_export_is_served_before_the_export_ends(tiny_pipeline, tmp_path, monkeypatch):
+    """The export takes the sampling lane one batch at a time, so a Context request waits for one batch,
+    not for the whole export; Cancel then stops the export and leaves no zip behind."""
+    import threading
+
+    import gradio as gr
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the app's output folders go under tmp_path
+    Gate(tiny_pipeline.model, delay=0.01)
+    fns = tiny_app_handlers(tiny_pipeline)
+    export_done, errors = threading.Event(), []
+
+    def export():
+        try:
+            fns["export_dataset"](["a", "b", "c"], "", 200, "any", 3.0, "ddim", 10, 0, progress=QUIET)
+        except gr.Error as err:
+            errors.append(err.message)
+        export_done.set()
+
+    thread = threading.Thread(target=export)
+    thread.start()
+    time.sleep(1.0)
+    start = time.perf_counter()
+    gallery, _ = fns["generate_context"](1.0, 0.0, 0.0, "any", 3.0, "ddim", 10, 16, 0, "full", progress=QUIET)
+    latency = time.perf_counter() - start
+    assert len(gallery) == 16 and not export_done.is_set(), latency
+    print(f"a Context request during an export: {latency:.2f} s")
+    fns["cancel_export"]()  # the API's session (no browser session): stops at the next step
+    thread.join(timeout=60)
+    assert errors == ["export cancelled; no file was written"]
+    assert not [p for p in (tmp_path / "diffusion_app").rglob("*") if p.is_file()]  # no zip, no partial zip
+
+
+@pytest.fixture
+def gated_server(tiny_pipeline):
+    """The app on the tiny model, served in this process, its network behind a Gate."""
+    from app import build_app
+
+    gate = Gate(tiny_pipeline.model)
+    demo = build_app(tiny_pipeline, "Weights: tiny.")
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    yield url, gate
+    gate.open.set()
+    demo.close()
+
+
+def test_the_queue_holds_100_and_answers_the_next_with_queue_full(gated_server):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+    from gradio_client.utils import QueueError
+
+    from app import QUEUE_SIZE
+
+    url, gate = gated_server
+    gate.open.clear()  # the first request runs and waits at the gate; the rest queue behind it
+    client = Client(url, verbose=False, max_workers=QUEUE_SIZE + 10)  # (its default pool joins only 40 at once)
+    running = client.submit("ddim", 1, 1, 0, api_name="/generate")
+    deadline = time.time() + 60
+    while gate.running == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    waiting = [client.submit("ddim", 1, 1, seed, api_name="/generate") for seed in range(1, QUEUE_SIZE + 1)]
+    deadline = time.time() + 120
+    while sum(job.status().code.name == "IN_QUEUE" for job in waiting) < QUEUE_SIZE and time.time() < deadline:
+        time.sleep(0.2)
+    assert sum(job.status().code.name == "IN_QUEUE" for job in waiting) == QUEUE_SIZE
+    with pytest.raises((QueueError, AppError), match="(?i)queue is full"):
+        client.submit("ddim", 1, 1, 999, api_name="/generate").result(timeout=60)
+    gate.open.set()
+    assert len(running.result(timeout=120)[0]) == 1
+    assert all(len(job.result(timeout=300)[0]) == 1 for job in waiting)  # all 100 waiting were served

@@ -165,12 +165,13 @@ def test_kill_9_at_any_moment_never_leaves_a_corrupt_checkpoint(course_files, tm
     command = [sys.executable, "-m", "diffusion_core", "train", "--config", str(config_path), "--resume", "--quiet"]
     state = Path(cfg.out_dir) / "state.safetensors"
     steps_seen = []
-    for delay in (None, 2.3, 3.7):  # None: once the first checkpoint is there (a slow machine may need long)
+    for delay in (0.0, 0.013, 0.031):  # after this start's first new checkpoint (so mid-training, not mid-import)
+        before = state_step(state) or 0
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while delay is None and not state.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(delay or 0.5)
+        deadline = time.monotonic() + 300
+        while (state_step(state) or 0) <= before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if state.exists():
@@ -180,9 +181,64 @@ def test_kill_9_at_any_moment_never_leaves_a_corrupt_checkpoint(course_files, tm
             load_file(state)  # the whole file reads
         if Path(cfg.export_dir).exists():
             DiffusionPipeline.from_pretrained(cfg.export_dir)
-    assert steps_seen and steps_seen == sorted(steps_seen) and steps_seen[-1] >= 1
+    assert len(steps_seen) == 3 and steps_seen == sorted(steps_seen) and steps_seen[0] >= 1 and steps_seen[-1] > steps_seen[0]
     log = pd.read_csv(Path(cfg.out_dir) / "log.csv")
     assert log["step"].is_monotonic_increasing
+
+
+def state_step(state: Path) -> int | None:
+    """The step a training state file holds (None while there is none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(state), "pt") as f:
+            return int(f.metadata()["step"])
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def test_kill_9_after_a_checkpoint_then_resume_equals_the_uninterrupted_run_step_for_step(course_files, tmp_path):
+    """Killed (SIGKILL) once right after a checkpoint is written and once between two checkpoints, a run
+    resumed each time ends bit-identical to one never interrupted: the same loss at every logged step,
+    no step logged twice, the same final weights; and a kill loses at most ``checkpoint_every`` steps."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def command(name):
+        cfg = tiny_config(course_files, tmp_path, name, max_steps=12, checkpoint_every=3, log_every=1)
+        (tmp_path / f"{name}.json").write_text(cfg.to_json())
+        return cfg, [sys.executable, "-m", "diffusion_core", "train", "--config", str(tmp_path / f"{name}.json"),
+                     "--resume", "--quiet"]
+
+    straight, straight_command = command("straight")
+    subprocess.run(straight_command, env=env, check=True, timeout=600, stdout=subprocess.DEVNULL)
+    killed, killed_command = command("killed")
+    state, log_path = Path(killed.out_dir) / "state.safetensors", Path(killed.out_dir) / "log.csv"
+
+    def logged_steps() -> list[int]:
+        try:
+            return pd.read_csv(log_path)["step"].tolist()
+        except (FileNotFoundError, pd.errors.EmptyDataError):
+            return []
+
+    # kill as soon as the state of step 3 exists; then as soon as a step past the state of step 6 is logged
+    for ready in (lambda: (state_step(state) or 0) >= 3, lambda: (state_step(state) or 0) >= 6 and logged_steps()[-1:] >= [7]):
+        proc = subprocess.Popen(killed_command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+        assert max(logged_steps()) - state_step(state) <= killed.checkpoint_every  # the most a kill can lose
+        load_file(state)  # whole and readable
+    subprocess.run(killed_command, env=env, check=True, timeout=600, stdout=subprocess.DEVNULL)
+    a, b = pd.read_csv(Path(straight.out_dir) / "log.csv"), pd.read_csv(log_path)
+    assert b["step"].tolist() == list(range(1, 13))  # no step logged twice, none missing
+    assert a["loss"].tolist() == b["loss"].tolist()  # step for step
+    final_a, final_b = load_file(Path(straight.out_dir) / "state.safetensors"), load_file(state)
+    assert final_a.keys() == final_b.keys()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a if not k.startswith("rng.")), \
+        [k for k in final_a if not k.startswith("rng.") and not torch.equal(final_a[k], final_b[k])]
 
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")

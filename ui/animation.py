@@ -42,7 +42,8 @@ def build(app: App) -> None:
     def animate(class_name, sampler, steps, guidance, num_images, seed, progress=gr.Progress()):
         class_name = as_choice(class_name, "class", [ANY, *labels])
         guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
-        sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed, MAX_ANIMATION_IMAGES)
+        guided = app.branches(guidance=guidance, conditioned=class_name != ANY)
+        sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed, MAX_ANIMATION_IMAGES, guided)
         frames: queue.Queue = queue.Queue()
         result: dict = {}
         live_every = max(1, steps // 50)  # stream at most ~50 live frames
@@ -54,11 +55,12 @@ def build(app: App) -> None:
 
         def work():
             try:
-                result["out"] = app.worker.call(  # torch runs on the app's one torch thread (ui/worker.py)
-                    app.pipe.generate,
-                    num_images=num_images, classes=None if class_name == ANY else [class_name], sampler=sampler,
-                    steps=steps, guidance=guidance if class_name != ANY else 1.0, seed=seed,
-                    return_trajectory=True, callback=on_step)
+                with app.lane.turn():  # one sampling request at a time (ui/lane.py)
+                    result["out"] = app.worker.call(  # torch runs on the app's one torch thread (ui/worker.py)
+                        app.pipe.generate,
+                        num_images=num_images, classes=None if class_name == ANY else [class_name], sampler=sampler,
+                        steps=steps, guidance=guidance if class_name != ANY else 1.0, seed=seed,
+                        return_trajectory=True, callback=on_step)
             except Exception as err:  # surfaced below as a visible error
                 result["error"] = err
             frames.put(None)

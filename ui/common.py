@@ -16,13 +16,19 @@ from diffusion_core.data import load_emoji
 from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
 from diffusion_core.viz import upscale
 
+from .lane import SamplingLane
 from .worker import torch_worker
 
 SAMPLER_CHOICES = [("DPM-Solver++ 2M SDE (stochastic)", "dpmpp_2m_sde"),
                    ("DPM-Solver++ 2M (deterministic)", "dpmpp_2m"), ("DDIM", "ddim"), ("DDPM", "ddpm"),
                    ("Consistency (for the fast, distilled model)", "consistency")]
 FULL, FAST = "full", "fast"    # the model choice: the checkpoint, or its distilled few-step student
-MAX_IMAGE_STEPS = 16_000       # cap on images x steps per request (16 images at 1000 DDPM steps)
+# The work budget of one request: images x steps x network branches (two under classifier-free guidance
+# or autoguidance, one otherwise), i.e. image rows through the network. 16 images at 1000 guided DDPM
+# steps, the largest request the app allowed before the budget counted branches; the default Context
+# request is 640 (16 x 20 x 2), about a second on 2 cores in bf16. An export counts all its images.
+MAX_WORK = 32_000
+MAX_IMAGE_STEPS = MAX_WORK // 2  # images x steps of the heaviest (guided) request
 MAX_GUIDANCE = 10.0
 MAX_SEED = 2**31 - 1
 ANY = "any"
@@ -79,17 +85,26 @@ class App:
         self.sampling = dict(pipe.default_sampling)  # the checkpoint's measured default (config.json)
         self.has_text = pipe.vocabulary is not None
         self.real = load_emoji(split="all") if pipe.model.image_size == 32 else None
+        self.lane = SamplingLane()  # one sampling request at a time, first come first served (ui/lane.py)
         self.worker = torch_worker()  # the one thread that runs torch (ui/worker.py)
 
-    def check_common(self, sampler, steps, num_images, seed, max_images=MAX_IMAGES):
+    def check_common(self, sampler, steps, num_images, seed, max_images=MAX_IMAGES, branches=1):
+        """The common controls, and the request's work (``num_images`` x ``steps`` x ``branches``, see
+        ``branches``) against the budget."""
         sampler = as_choice(sampler, "sampler", self.samplers)
         steps = as_int(steps, "steps", 1, self.T)
         num_images = as_int(num_images, "number of images", 1, max_images)
         seed = as_int(seed, "seed", 0, MAX_SEED)
-        if num_images * steps > MAX_IMAGE_STEPS:
-            raise gr.Error(f"images x steps must be at most {MAX_IMAGE_STEPS} per request "
-                           f"(asked {num_images} x {steps}); lower one of them")
+        check_work(num_images, steps, branches)
         return sampler, steps, num_images, seed
+
+    def branches(self, model=FULL, guidance=1.0, conditioned=True, autoguidance=None) -> int:
+        """Network rows per image and step: 2 under classifier-free guidance (a condition and w not 0 or 1)
+        on a model without w as an input, or under autoguidance (the model and its guide); else 1."""
+        if autoguidance is not None and autoguidance != 1.0:
+            return 2
+        distilled = model == FAST and self.fast is not None and self.fast.guidance_distilled
+        return 2 if conditioned and guidance not in (0.0, 1.0) and not distilled else 1
 
     def pipe_for(self, model) -> DiffusionPipeline:
         """The pipeline the model choice names (FULL or FAST)."""
@@ -99,15 +114,29 @@ class App:
         return self.fast if model == FAST else self.pipe
 
     def run(self, progress, desc, model=FULL, **kwargs):
+        """``generate`` on the chosen model when the sampling lane is free (progress says it waits)."""
         steps = kwargs["steps"]
+        pipe = self.pipe_for(model)
 
         def tick(step):
             progress((step.index + 1, steps), desc=desc)
 
+        progress(0, desc="waiting for the sampler (one request at a time)")
         try:
-            return self.worker.call(self.pipe_for(model).generate, callback=tick, **kwargs)
+            with self.lane.turn():
+                return self.worker.call(pipe.generate, callback=tick, **kwargs)
         except ValueError as err:  # anything the pipeline rejects is the user's to fix
             raise gr.Error(str(err))
+
+
+def check_work(num_images: int, steps: int, branches: int = 1, what: str = "this request") -> int:
+    """``num_images`` x ``steps`` x ``branches`` against MAX_WORK; raises gr.Error naming the budget."""
+    work = num_images * steps * branches
+    if work > MAX_WORK:
+        each = f" x {branches} network branches (guidance)" if branches > 1 else ""
+        raise gr.Error(f"work budget: {what} needs {num_images:,} images x {steps} steps{each} = {work:,} network "
+                       f"rows, over the limit of {MAX_WORK:,} per request; lower the images or the steps")
+    return work
 
 
 def gallery_of(images: np.ndarray) -> list[np.ndarray]:
@@ -119,8 +148,13 @@ def describe_blend(blend: dict[str, float]) -> str:
     return " + ".join(f"{w:g}·{n}" for n, w in blend.items() if w > 0)
 
 
-def unknown_note(words: list[str]) -> str:
-    return f"\n\n⚠️ The model does not know the words **{', '.join(words)}**; they were left out." if words else ""
+def unknown_note(words: list[str], dropped: list[str] = ()) -> str:
+    """Notes on the words of a prompt the model did not read: unknown ones, and ones past its length."""
+    note = f"\n\n⚠️ The model does not know the words **{', '.join(words)}**; they were left out." if words else ""
+    if dropped:
+        note += (f"\n\n⚠️ The prompt is longer than the model reads; these words were left out: "
+                 f"**{', '.join(dropped)}**.")
+    return note
 
 
 def fresh_output_dir(keep_seconds: float = 3600.0) -> Path:

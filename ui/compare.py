@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .common import (ANY, MAX_GUIDANCE, MAX_IMAGE_STEPS, MAX_SEED, App, as_choice, as_float, as_int, explanation,
+from diffusion_core.pipeline import MAX_IMAGES
+
+from .common import (ANY, MAX_GUIDANCE, MAX_SEED, MAX_WORK, App, as_choice, as_float, as_int, check_work, explanation,
                      gallery_of, guidance_slider, seed_controls, sprite_gallery)
 
 EXPLANATION = r"""
@@ -24,12 +26,15 @@ def build(app: App) -> None:
     labels = app.pipe.labels
     comparison = (("DDPM", "ddpm", app.T), ("DDIM", "ddim", 25), ("DPM-Solver++ 2M", "dpmpp_2m", 20),
                   ("DPM-Solver++ 2M SDE", "dpmpp_2m_sde", 20))
+    all_steps = sum(steps for _, _, steps in comparison)
+    max_images = min(MAX_IMAGES, MAX_WORK // (2 * all_steps))  # the work budget at guidance (two branches)
 
     def compare(class_name, guidance, num_images, seed, progress=gr.Progress()):
         class_name = as_choice(class_name, "class", [ANY, *labels])
         guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
-        num_images = as_int(num_images, "number of images", 1, MAX_IMAGE_STEPS // app.T)
+        num_images = as_int(num_images, "number of images", 1, max_images)
         seed = as_int(seed, "seed", 0, MAX_SEED)
+        check_work(num_images, all_steps, app.branches(guidance=guidance, conditioned=class_name != ANY))
         outputs = []
         for label, sampler, steps in comparison:
             out = app.run(progress, f"{label}, {steps} steps", num_images=num_images,
@@ -44,7 +49,7 @@ def build(app: App) -> None:
         with gr.Row():
             class_name = gr.Dropdown([ANY, *labels], value=labels[0], label="class")
             guidance = guidance_slider(app)
-            num = gr.Slider(1, MAX_IMAGE_STEPS // app.T, value=1, step=1, label="number of images")
+            num = gr.Slider(1, max_images, value=1, step=1, label="number of images")
             seed = seed_controls()
         button = gr.Button("Compare", variant="primary")
         outputs = []

@@ -40,9 +40,10 @@ def build(app: App) -> None:
         blend = {name: as_float(w, f"weight of {name}", 0.0, 1.0) for name, w in zip(labels, weights)}
         style = as_choice(style, "style", [ANY, *styles])
         guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
-        sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed)
         if not any(blend.values()) and style == ANY:
             raise gr.Error("set at least one class weight above 0 (or pick a style)")
+        sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed,
+                                                            branches=app.branches(model, guidance))
         out = app.run(progress, "sampling", model=model, num_images=num_images, blend=blend, style=None if style == ANY else style,
                       sampler=sampler, steps=steps, guidance=guidance, seed=seed)
         mix = describe_blend(blend) or "no class"

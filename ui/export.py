@@ -1,14 +1,23 @@
 """Tab "Export a data set": labelled pictures as a zip of class folders, for training other models."""
 from __future__ import annotations
 
+import threading
+
 import gradio as gr
 
 from diffusion_core.export import MAX_LABELS, export_dataset
 
-from .common import (ANY, MAX_GUIDANCE, App, as_choice, as_float, as_int, explanation, fresh_output_dir, guidance_slider,
-                     sampler_controls, seed_controls, unknown_note)
+from .common import (ANY, MAX_GUIDANCE, MAX_WORK, App, as_choice, as_float, as_int, check_work, explanation,
+                     fresh_output_dir, guidance_slider, sampler_controls, seed_controls, unknown_note)
 
 MAX_PER_CLASS = 2_000
+# An export draws this many images per turn of the sampling lane, then lets any waiting request go first
+# (ui/lane.py): the default request's size, so a request made during an export waits for at most one.
+EXPORT_BATCH = 16
+
+
+class ExportCancelled(Exception):
+    """Raised inside the export when its session pressed Cancel; the zip is then never written."""
 
 EXPLANATION = r"""
 A trained diffusion model is a picture source with labels for free: ask for a class (or a prompt) and
@@ -24,8 +33,10 @@ Guidance trades variety for typical pictures: for a training set, a middle value
 
 def build(app: App) -> None:
     labels, styles = app.pipe.labels, app.pipe.styles
+    stops: dict[str, threading.Event] = {}  # session -> its running export's cancel flag
 
-    def export(classes, prompts, per_class, style, guidance, sampler, steps, seed, progress=gr.Progress()):
+    def export(classes, prompts, per_class, style, guidance, sampler, steps, seed, request: gr.Request = None,
+               progress=gr.Progress()):
         if not isinstance(classes, list) or not all(c in labels for c in classes):
             raise gr.Error(f"classes must be a list of names from {labels}")
         prompt_list = [line.strip() for line in (prompts or "").splitlines() if line.strip()] if isinstance(
@@ -43,19 +54,43 @@ def build(app: App) -> None:
         guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
         sampler, steps, _, seed = app.check_common(sampler, steps, 1, seed)
         total = per_class * (len(classes) + len(prompt_list))
+        check_work(total, steps, app.branches(guidance=guidance), what="this export")
+        session = getattr(request, "session_hash", None) or "api"
+        stop = stops[session] = threading.Event()
 
         def tick(done, _total):
-            progress((done, total), desc="drawing", unit="images")
+            progress((done, total), desc="drawing (taking turns with other requests)", unit="images")
+
+        def check_cancel(_step=None):
+            if stop.is_set():
+                raise ExportCancelled
+
+        def draw(**kwargs):
+            check_cancel()
+            with app.lane.turn():
+                return app.worker.call(app.pipe.generate, callback=check_cancel, **kwargs)  # the torch thread
 
         path = fresh_output_dir() / "emoji_dataset.zip"
         try:
             result = export_dataset(app.pipe, path, classes=classes, prompts=prompt_list, per_label=per_class,
                                     style=None if style == ANY else style, sampler=sampler, steps=steps,
-                                    guidance=guidance, seed=seed, progress=tick)
+                                    guidance=guidance, seed=seed, batch_size=EXPORT_BATCH, progress=tick, generate=draw)
+        except ExportCancelled:
+            raise gr.Error("export cancelled; no file was written")
         except ValueError as err:
             raise gr.Error(str(err))
+        finally:
+            if stops.get(session) is stop:
+                del stops[session]
         return str(result.path), (f"{result.num_images} images in {len(result.folders)} folders "
-                                  f"({', '.join(result.folders)}), {result.seconds:.1f} s." + unknown_note(result.unknown_words))
+                                  f"({', '.join(result.folders)}), {result.seconds:.1f} s."
+                                  + unknown_note(result.unknown_words, result.dropped_words))
+
+    def cancel(request: gr.Request = None):
+        """Stop this session's running export at its next step."""
+        stop = stops.get(getattr(request, "session_hash", None) or "api")
+        if stop is not None:
+            stop.set()
 
     with gr.Tab("Export a data set"):
         with gr.Row():
@@ -68,10 +103,15 @@ def build(app: App) -> None:
                 guidance = guidance_slider(app)
                 sampler, steps = sampler_controls(app)
                 seed = seed_controls()
-                button = gr.Button("Export", variant="primary")
+                with gr.Row():
+                    button = gr.Button("Export", variant="primary")
+                    stop_button = gr.Button("Cancel", variant="stop")
+                gr.Markdown(f"At most {MAX_WORK:,} network rows per export (images x steps, x 2 with guidance); "
+                            "an export takes turns with other people's requests, one batch at a time.")
             with gr.Column(scale=2):
                 file = gr.File(label="the data set (zip)")
                 info = gr.Markdown()
                 explanation(EXPLANATION)
-        button.click(export, [classes, prompts, per_class, style, guidance, sampler, steps, seed], [file, info],
-                     api_name="export_dataset", preprocess=False, concurrency_id="export", concurrency_limit=1)
+        event = button.click(export, [classes, prompts, per_class, style, guidance, sampler, steps, seed], [file, info],
+                             api_name="export_dataset", preprocess=False, concurrency_id="export", concurrency_limit=1)
+        stop_button.click(cancel, None, None, cancels=[event], queue=False, api_name="cancel_export")

@@ -34,8 +34,9 @@ def build(app: App) -> None:
     has_guide = app.pipe.guide is not None
 
     def generate(sampler, steps, num_images, seed, autoguidance=1.0, progress=gr.Progress()):
-        sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed)
         w = as_float(autoguidance, "autoguidance w", 1.0, MAX_GUIDANCE)
+        sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed,
+                                                            branches=app.branches(autoguidance=w))
         out = app.run(progress, "sampling", num_images=num_images, sampler=sampler, steps=steps, guidance=1.0,
                       seed=seed, autoguidance=None if w == 1.0 else w)
         guided = f", autoguidance w {w:g}" if w != 1.0 else ""

@@ -58,7 +58,8 @@ def build(app: App) -> None:
         class_name = as_choice(class_name, "class", class_choices)
         style = as_choice(style, "style", [ANY, *styles])
         guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
-        sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed)
+        sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed,
+                                                            branches=app.branches(model, guidance))
         if not prompt:
             raise gr.Error("type a prompt, e.g. 'red apple'")
         style = None if style == ANY else style
@@ -69,7 +70,7 @@ def build(app: App) -> None:
                           style=style, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
             drawn = f" → {describe_blend(blend)}{' (from the words)' if match else ''} + the prompt" if blend else ""
             return (gallery_of(out.images), f"“{prompt}”{drawn}, guidance {guidance:g}: {out.seconds:.2f} s "
-                    f"({model_note(app, model, steps)})" + unknown_note(out.unknown_words))
+                    f"({model_note(app, model, steps)})" + unknown_note(out.unknown_words, out.dropped_words))
         match = words_match(prompt)
         if match is None:
             raise gr.Error("this model reads no text and has no emoji names to look the words up in; use Context")

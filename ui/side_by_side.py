@@ -34,7 +34,8 @@ def build(app: App) -> None:
                  "B": (as_text(prompt_b, "prompt B"), as_choice(class_b, "class B", [ANY, *labels]))}
         style = as_choice(style, "style", [ANY, *styles])
         guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
-        sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed, MAX_SIDE_IMAGES)
+        sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed, MAX_SIDE_IMAGES,
+                                                            branches=2 * app.branches(guidance=guidance))  # two paths
         columns = as_int(columns, "columns", 2, MAX_COLUMNS)
         for name, (prompt, class_name) in sides.items():
             if not prompt and class_name == ANY:
@@ -56,10 +57,11 @@ def build(app: App) -> None:
         describe = {name: " + ".join(filter(None, [f"“{p}”" if p else "", c if c != ANY else ""]))
                     for name, (p, c) in sides.items()}
         unknown = sorted(set(outs["A"].unknown_words) | set(outs["B"].unknown_words))
+        dropped = sorted(set(outs["A"].dropped_words) | set(outs["B"].dropped_words))
         info = (f"A = {describe['A']}, B = {describe['B']}: the paths part at step {part + 1} of {steps} "
                 f"(t = {ts[part]}): from there on each guess is nearer its own final picture than the other's. "
                 f"{sum(o.seconds for o in outs.values()):.2f} s."
-                + unknown_note(unknown))
+                + unknown_note(unknown, dropped))
         return grid, plot, info
 
     with gr.Tab("Side by side"):
