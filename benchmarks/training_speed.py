@@ -1,67 +1,167 @@
-"""Training throughput (images/s) of a training configuration (default: emoji32) on this machine,
-fp32 and bf16 autocast (where native), measured over a few optimizer steps after a warm-up.
+"""Training speed of a recipe on this machine, measured inside the real ``train`` loop (data, prompts,
+bf16 autocast where native, AdamW, clipping, EMA): training images/s, the GFLOP/s they amount to (3x the
+forward's FLOPs per picture), the bf16 and fp32 matmul peaks measured in the same run, the share of the
+peak, and the ten most expensive operations of the timed steps.
 
-    python benchmarks/training_speed.py [--config configs/emoji32.json] [--steps 20] [--batch 64]
+    python -m benchmarks.training_speed [--config configs/emoji32_text_prompts.json] [--batch 128] [--steps 8]
+    python -m benchmarks.training_speed --compare [--pairs 3]   # the old path and the new one, alternating
+
+``--compare`` runs each path in a fresh process, old then new, ``--pairs`` times (so both see the same load
+on shared cores). The old path is the new code with the replaced pieces put back: PyTorch's fused attention
+kernel in the U-Net (``unet.attend``) and in the text encoder, GroupNorm on channels-last tensors at 32x32
+when training (``unet.GroupNorm``), and the per-parameter EMA loop (``train.ema_update``).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from diffusion_core import text as text_module
+from diffusion_core import train as train_module
+from diffusion_core import unet
+from diffusion_core.train import TrainConfig, train
+from diffusion_core.unet import count_flops
 
-from diffusion_core.pipeline import cpu_has_native_bf16  # noqa: E402
-from diffusion_core.schedule import NoiseSchedule  # noqa: E402
-from diffusion_core.train import TrainConfig, diffusion_loss  # noqa: E402
-from diffusion_core.unet import UNet  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_RECIPE = ROOT / "configs" / "emoji32_text_prompts.json"  # the stage that exports checkpoints/emoji32
 
 
-def images_per_second(cfg: TrainConfig, bf16: bool, steps: int, device: torch.device) -> float:
-    torch.manual_seed(0)
-    model = UNet(**cfg.unet_kwargs(10)).to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    schedule = NoiseSchedule(cfg.schedule, cfg.num_timesteps)
-    x0 = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device) * 2 - 1
-    ctx = torch.zeros(cfg.batch_size, 10, device=device)
+def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
+    """GFLOP/s of a size^3 matmul in ``dtype`` (the best of repeated timings)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
 
-    def step():
-        t = torch.randint(cfg.num_timesteps, (cfg.batch_size,), device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion_loss(model, schedule, x0, ctx, t, torch.randn_like(x0), cfg.prediction_type)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
 
-    for _ in range(3):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * cfg.batch_size / (time.perf_counter() - start)
+def use_old_path() -> None:
+    """Put back what the training speed-ups replaced (see the module docstring)."""
+    def fused_attention(q, k, v, mask=None):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    @torch.no_grad()
+    def ema_loop(ema, model, decay):
+        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+            p_ema.lerp_(p, 1 - decay)
+
+    def group_norm_before(self, x):  # the contiguous copy only at 16x16 and below, training or not
+        small = x.shape[-1] * x.shape[-2] <= 256 and x.dtype == torch.bfloat16 and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last)
+        if small:
+            return torch.nn.GroupNorm.forward(self, x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return torch.nn.GroupNorm.forward(self, x)
+
+    unet.attend = fused_attention
+    unet.GroupNorm.forward = group_norm_before
+    text_module.sdpa_kernel = lambda *backends: nullcontext()
+    train_module.ema_update = ema_loop
+
+
+def recipe(config: str, batch: int, folder: Path) -> TrainConfig:
+    """The recipe from nothing (no init_from) at ``batch``, writing into ``folder``, never stopping on its own."""
+    cfg = TrainConfig.from_json(config)
+    cfg.init_from, cfg.batch_size = "", batch
+    cfg.max_steps, cfg.checkpoint_every, cfg.log_every = 10**6, 10**9, 10**6
+    cfg.out_dir, cfg.export_dir = str(folder / "run"), str(folder / "export")
+    return cfg
+
+
+def measure(config: str, batch: int, steps: int, warmup: int = 3, profile: bool = False) -> dict:
+    """Train ``warmup + steps`` steps of the recipe; time (and optionally profile) the last ``steps``."""
+    marks: dict = {}
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
+
+    def on_step(progress) -> bool:
+        if progress.step == warmup:
+            if profiler:
+                profiler.start()
+            marks["start"] = time.perf_counter()
+        if progress.step == warmup + steps:
+            marks["end"] = time.perf_counter()
+            if profiler:
+                profiler.stop()
+            marks["flops"] = count_flops(progress.ema)
+            return True
+        return False
+
+    with tempfile.TemporaryDirectory() as folder:
+        train(recipe(config, batch, Path(folder)), show_progress=False, on_step=on_step)
+    result = {"images_per_s": steps * batch / (marks["end"] - marks["start"]), "forward_flops": marks["flops"]}
+    if profiler:
+        events = sorted(profiler.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events)
+        result["top_ops"] = [(e.key, e.self_cpu_time_total / total, e.count // steps) for e in events[:10]]
+    return result
+
+
+def report(result: dict, peaks: dict) -> None:
+    gflops = 3 * result["forward_flops"] * result["images_per_s"] / 1e9
+    print(f"training images/s        {result['images_per_s']:.1f}")
+    print(f"achieved GFLOP/s         {gflops:.0f} ({3 * result['forward_flops'] / 1e9:.2f} GFLOP per training image)")
+    print(f"bf16 matmul peak         {peaks['bf16']:.0f} GFLOP/s   (2048^3, same run)")
+    print(f"fp32 matmul peak         {peaks['fp32']:.0f} GFLOP/s")
+    print(f"share of the bf16 peak   {gflops / peaks['bf16']:.1%}")
+    if "top_ops" in result:
+        print("ten most expensive operations (self CPU time, calls per step):")
+        for name, share, calls in result["top_ops"]:
+            print(f"  {share:6.1%}  {calls:5d}  {name[:70]}")
+
+
+def compare(args) -> None:
+    """Old and new path alternating, each in a fresh process."""
+    rates: dict = {"old": [], "new": []}
+    for _ in range(args.pairs):
+        for path in ("old", "new"):
+            out = subprocess.run([sys.executable, "-m", "benchmarks.training_speed", "--config", args.config,
+                                  "--batch", str(args.batch), "--steps", str(args.steps), "--path", path, "--json"],
+                                 cwd=ROOT, capture_output=True, text=True, check=True)
+            rates[path].append(json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"])
+    ratios = [n / o for o, n in zip(rates["old"], rates["new"])]
+    for path in ("old", "new"):
+        print(f"{path} path: " + ", ".join(f"{r:.1f}" for r in rates[path])
+              + f" images/s (median {statistics.median(rates[path]):.1f})")
+    print(f"new/old, median of {args.pairs} pairs: {statistics.median(ratios):.2f}x")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "emoji32.json"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(SHIPPED_RECIPE))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (after 3 warm-up steps)")
+    parser.add_argument("--compare", action="store_true", help="old and new path in alternating fresh processes")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--path", choices=("old", "new"), default="new")
+    parser.add_argument("--json", action="store_true", help="print one JSON line (what --compare reads)")
     args = parser.parse_args()
-    cfg = TrainConfig.from_json(args.config)
-    cfg.batch_size = args.batch
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-    for bf16 in [False] + ([True] if native else []):
-        ips = images_per_second(cfg, bf16, args.steps, device)
-        print(f"{Path(args.config).stem}, {device}, batch {args.batch}, {'bf16 autocast' if bf16 else 'fp32'}: "
-              f"{ips:.0f} training images/s")
+    if args.compare:
+        compare(args)
+        return
+    if args.path == "old":
+        use_old_path()
+    if args.json:
+        print(json.dumps(measure(args.config, args.batch, args.steps)))
+        return
+    print(f"{Path(args.config).name} from nothing, batch {args.batch}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, {args.path} path")
+    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    result = measure(args.config, args.batch, args.steps, profile=True)
+    peaks["bf16"] = max(peaks["bf16"], matmul_peak(torch.bfloat16))  # before and after: the better of two looks
+    report(result, peaks)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_MODEL = "checkpoints/emoji32"
+STATE_DIR_HELP = ("folder for the run's state, log and exports (relative out_dir/export_dir go under it; "
+                  "default $DIFFUSION_STATE_DIR, else the current folder), e.g. one that outlives the checkout")
 
 
 def cmd_sample(args) -> None:
@@ -79,9 +81,9 @@ def config_from(args, config_class):
 
 
 def cmd_train(args) -> None:
-    from .train import TrainConfig, train
+    from .train import TrainConfig, train, under_state_dir
 
-    cfg = config_from(args, TrainConfig)
+    cfg = under_state_dir(config_from(args, TrainConfig), args.state_dir)
     summary = train(cfg, resume=args.resume, show_progress=not args.quiet, export_only=args.export_only)
     print(f"trained to step {summary['step']}; checkpoint exported to {cfg.export_dir}")
     ship_export(cfg.export_dir, args.ship)
@@ -89,8 +91,9 @@ def cmd_train(args) -> None:
 
 def cmd_distill(args) -> None:
     from .distill import DistillConfig, distill
+    from .train import under_state_dir
 
-    cfg = config_from(args, DistillConfig)
+    cfg = under_state_dir(config_from(args, DistillConfig), args.state_dir)
     summary = distill(cfg, resume=args.resume, show_progress=not args.quiet, export_only=args.export_only)
     print(f"distilled to step {summary['step']}; student exported to {cfg.export_dir}")
     ship_export(cfg.export_dir, args.ship)
@@ -234,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="JSON training config, e.g. configs/emoji32.json")
     t.add_argument("--resume", action="store_true", help="continue from out_dir/state.safetensors")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--state-dir", default=None, help=STATE_DIR_HELP)
     t.add_argument("--export-only", action="store_true",
                    help="write out_dir/state.safetensors's EMA weights to export_dir (card, samples) without training")
     t.add_argument("--ship", metavar="DIR", default=None,
@@ -252,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--config", help="JSON distillation config, e.g. configs/emoji32_guided.json")
     di.add_argument("--resume", action="store_true", help="continue from out_dir/state.safetensors")
     di.add_argument("--quiet", action="store_true", help="no progress bar")
+    di.add_argument("--state-dir", default=None, help=STATE_DIR_HELP)
     di.add_argument("--export-only", action="store_true",
                     help="write out_dir/state.safetensors's EMA student to export_dir (card, samples) without training")
     di.add_argument("--ship", metavar="DIR", default=None,

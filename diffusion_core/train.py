@@ -140,6 +140,30 @@ class TrainConfig(JsonConfig):
         weights_torch_dtype(self.weights_dtype)
 
 
+STATE_DIR_ENV = "DIFFUSION_STATE_DIR"
+RUN_OUTPUTS = ("out_dir", "export_dir")              # what a run writes
+RUN_INPUTS = ("init_from", "init_student", "teacher")  # what a chained recipe reads from an earlier run
+
+
+def under_state_dir(cfg, state_dir: str | os.PathLike | None = None):
+    """``cfg`` with its run folders moved under a state directory (``--state-dir`` or $DIFFUSION_STATE_DIR;
+    none: the current directory, as written). A relative ``out_dir`` and ``export_dir`` go there, so a run
+    keeps its state outside the checkout and resumes wherever that directory survives; a relative input
+    (``init_from``, ``init_student``, ``teacher``) is read from there when an earlier stage wrote it there,
+    else as written (a shipped checkpoint, a Hub id)."""
+    state_dir = state_dir or os.environ.get(STATE_DIR_ENV)
+    if not state_dir:
+        return cfg
+    root, changes = Path(state_dir), {}
+    for name in RUN_OUTPUTS + RUN_INPUTS:
+        value = getattr(cfg, name, "")
+        if not value or Path(value).is_absolute():
+            continue
+        if name in RUN_OUTPUTS or (root / value).exists():
+            changes[name] = str(root / value)
+    return dataclasses.replace(cfg, **changes)
+
+
 def adamw_with_scaled_groups(model: nn.Module, scaled: list[tuple[list[nn.Parameter], float]], lr: float,
                              weight_decay: float) -> torch.optim.AdamW:
     """AdamW; each (parameters, scale) of ``scaled`` whose scale is not 1 gets a group of its own whose lr is
@@ -393,10 +417,7 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up
-            for p_ema, p in zip(ema.parameters(), averaged.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - decay)
+        ema_update(ema, averaged, min(cfg.ema_decay, (1 + step) / (10 + step)))  # with a warm-up
         step += 1
 
         loss_value = loss.detach()
@@ -428,6 +449,15 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
         dist.barrier()
         dist.destroy_process_group()
     return {"step": step, "final_loss": float(np.mean(losses)) if losses else None}
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """θ_ema ← decay·θ_ema + (1 - decay)·θ, every parameter in one fused call (``torch._foreach_lerp_``)."""
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+    if len(ema_params) != len(params):
+        raise ValueError(f"the EMA has {len(ema_params)} parameters, the model {len(params)}")
+    torch._foreach_lerp_(ema_params, params, 1 - decay)
 
 
 def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, export_only: bool = False,

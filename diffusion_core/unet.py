@@ -43,17 +43,32 @@ def embed_guidance(w: torch.Tensor, dim: int) -> torch.Tensor:
     return timestep_embedding(100.0 * w.float(), dim)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention, softmax(Q K^T / √d) V (Vaswani et al. 2017, eq. 1). When training, written
+    out: for the U-Net's short sequences (at most 64 positions, 16 tokens) the plain matmuls and their backward
+    train faster on a CPU than PyTorch's fused flash kernel, whose backward is tuned for long sequences; when
+    sampling, the fused kernel, which is faster forward (``benchmarks/training_speed.py --compare`` and
+    ``benchmarks/app_default.py --compare``). ``mask`` (broadcast to the scores) is True where a key may be
+    attended to; every query must keep at least one key."""
+    if not torch.is_grad_enabled():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (Wu & He 2018) that normalises a contiguous copy of a small channels-last bf16
-    input on the CPU: there PyTorch's channels-last bf16 kernel is 3-5x slower than the contiguous one
-    at 16x16 and below (and faster above). Same result, same state dict; ``benchmarks/cpu_tuning.py``
-    measures it."""
+    """``nn.GroupNorm`` (Wu & He 2018) that normalises a contiguous copy of a channels-last bf16 input on the
+    CPU where PyTorch's channels-last bf16 kernel is slow: at 16x16 and below (3-5x slower than the contiguous
+    one in sampling), and at every size when training, whose backward otherwise transposes its inputs each
+    call (+8% training images/s on the shipped recipe). Same result, same state dict;
+    ``benchmarks/cpu_tuning.py`` and ``benchmarks/training_speed.py`` measure it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        small_bf16_channels_last = (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4
-                                    and x.shape[-1] * x.shape[-2] <= 256 and not x.is_contiguous()
-                                    and x.is_contiguous(memory_format=torch.channels_last))
-        if small_bf16_channels_last:
+        channels_last_bf16 = (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4
+                              and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
+        if channels_last_bf16 and (torch.is_grad_enabled() or x.shape[-1] * x.shape[-2] <= 256):
             return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
         return super().forward(x)
 
@@ -101,7 +116,7 @@ class SelfAttention(nn.Module):
         n, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
         q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (n, heads, hw, c/heads)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attend(q, k, v)
         x = x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
         return x if self.cross is None else self.cross(x, text)
 
@@ -126,7 +141,7 @@ class CrossAttention(nn.Module):
         heads, d = self.num_heads, c // self.num_heads
         q = self.q(self.norm(x)).reshape(n, heads, d, h * w).transpose(-1, -2)        # (n, heads, hw, d)
         k, v = self.kv(tokens.to(x.dtype)).reshape(n, -1, 2, heads, d).permute(2, 0, 3, 1, 4)  # (n, heads, L, d)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=real[:, None, None, :])
+        out = attend(q, k, v, real[:, None, None, :])
         return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
 
 

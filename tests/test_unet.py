@@ -42,18 +42,27 @@ def test_wrong_image_size_or_context_length_is_a_value_error():
         UNet(image_size=30, channel_mults=(1, 2, 2))
 
 
+@pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("size,dtype", [(8, torch.bfloat16), (16, torch.bfloat16), (32, torch.bfloat16), (8, torch.float32)])
-def test_group_norm_gives_torchs_result_and_keeps_channels_last(size, dtype):
+def test_group_norm_gives_torchs_result_and_gradients_and_keeps_channels_last(size, dtype, grad):
     torch.manual_seed(0)
     norm = GroupNorm(4, 16)
     torch.nn.init.normal_(norm.weight)
     torch.nn.init.normal_(norm.bias)
     norm = norm.to(dtype)
     x = (3 * torch.randn(2, 16, size, size) + 1).to(dtype).contiguous(memory_format=torch.channels_last)
-    out = norm(x)
+    x.requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        out = norm(x)
     assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
-    exact = F.group_norm(x.float().contiguous(), 4, norm.weight.float(), norm.bias.float())
-    assert (out.float() - exact).abs().max() < (0.05 if dtype == torch.bfloat16 else 1e-5)
-    # small bf16 inputs take the contiguous kernel (the measured workaround), the rest torch's own path
-    expected = F.group_norm(x.contiguous() if size <= 16 and dtype == torch.bfloat16 else x, 4, norm.weight, norm.bias)
-    assert torch.equal(out, expected)
+    x64 = x.detach().double().requires_grad_()
+    w64, b64 = (p.detach().double().requires_grad_() for p in (norm.weight, norm.bias))
+    exact = F.group_norm(x64, 4, w64, b64)
+    tol = 0.05 if dtype == torch.bfloat16 else 1e-5
+    assert (out.double() - exact).abs().max() < tol
+    if grad:  # the backward of whichever kernel ran: every gradient as float64's, to the precision's tolerance
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        out.backward(upstream.to(dtype))
+        exact.backward(upstream.double())
+        for mine, ref in ((x.grad, x64.grad), (norm.weight.grad, w64.grad), (norm.bias.grad, b64.grad)):
+            assert (mine.double() - ref).abs().max() <= 2 * tol * ref.abs().max()
