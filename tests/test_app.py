@@ -33,7 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_app(model: str | None, log_name: str):
+def serve_app(model: str | None, log_name: str, start_timeout: float = 180):
     """Start `python app.py` (offline, with $HF_MODEL_ID = model when given), yield its URL, stop it."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -47,7 +47,7 @@ def serve_app(model: str | None, log_name: str):
     url = f"http://127.0.0.1:{port}/"
     import httpx
 
-    deadline = time.time() + 180
+    deadline = time.time() + start_timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the app exited with {proc.returncode}; see artifacts/{log_name}")
@@ -58,7 +58,7 @@ def serve_app(model: str | None, log_name: str):
             time.sleep(1)
     else:
         proc.kill()
-        raise RuntimeError("the app did not serve within 180 s")
+        raise RuntimeError(f"the app did not serve within {start_timeout:g} s")
     yield url
     proc.terminate()
     proc.wait(timeout=30)

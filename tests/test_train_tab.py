@@ -145,10 +145,30 @@ def test_every_torch_call_of_the_app_runs_on_its_one_torch_thread(tiny_pipeline,
     assert threading.main_thread() not in threads
 
 
+def test_a_deep_line_is_answered_by_the_fast_model_and_the_page_says_so(tiny_pipeline):
+    fast = tiny_fast(tiny_pipeline)
+    from app import build_app
+
+    demo = build_app(tiny_pipeline, "Weights: tiny.", fast)
+    fn = [f.fn for f in demo.fns.values() if f.api_name == "generate_context"][0]
+    request = (1.0, 0.0, 0.0, "any", 2.0, "ddim", 4, 2, 0, "full")
+    _, quiet_info = fn(*request, progress=QUIET)
+    assert "full model: 4 steps" in quiet_info and "Busy" not in quiet_info
+    import ui.lane  # the sampling lane all tabs wait in: make it look 20 requests deep
+
+    original = ui.lane.SamplingLane.waiting
+    ui.lane.SamplingLane.waiting = lambda self: 20
+    try:
+        _, busy_info = fn(*request, progress=QUIET)
+    finally:
+        ui.lane.SamplingLane.waiting = original
+    assert "fast model: 3 steps" in busy_info and "⚡ Busy" in busy_info
+
+
 def browser_test_server():
     from test_app import serve_app
 
-    yield from serve_app(None, "app_test_train.log")
+    yield from serve_app(None, "app_test_train.log", start_timeout=600)  # the shared 2-core machine can be slow
 
 
 @pytest.fixture(scope="module")
