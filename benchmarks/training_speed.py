@@ -82,17 +82,20 @@ def recipe(config: str, batch: int, folder: Path) -> TrainConfig:
 
 
 def measure(config: str, batch: int, steps: int, warmup: int = 3, profile: bool = False) -> dict:
-    """Train ``warmup + steps`` steps of the recipe; time (and optionally profile) the last ``steps``."""
+    """Train ``warmup + steps`` steps of the recipe and time the last ``steps``; with ``profile``, then
+    ``steps`` more under torch.profiler (timed apart: the profiler slows what it watches)."""
     marks: dict = {}
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
+    last = warmup + steps * (2 if profile else 1)
 
     def on_step(progress) -> bool:
         if progress.step == warmup:
-            if profiler:
-                profiler.start()
             marks["start"] = time.perf_counter()
         if progress.step == warmup + steps:
             marks["end"] = time.perf_counter()
+            if profiler:
+                profiler.start()
+        if progress.step == last:
             if profiler:
                 profiler.stop()
             marks["flops"] = count_flops(progress.ema)
