@@ -65,10 +65,13 @@ def load_round(url: str, users: int, request) -> dict:
     start = time.perf_counter()
     jobs = [(client.submit(*request(seed), api_name="/generate_context"), time.perf_counter())
             for seed, client in enumerate(clients)]
+    done_at: dict[int, float] = {}  # each request's own finish (reading results in order would credit later ones late)
+    for i, (job, _) in enumerate(jobs):
+        job.future.add_done_callback(lambda _f, i=i: done_at.setdefault(i, time.perf_counter()))
     latencies, served, fast = [], 0, 0
-    for job, submitted in jobs:
+    for i, (job, submitted) in enumerate(jobs):
         gallery, info = job.result(timeout=3600)
-        latencies.append(time.perf_counter() - submitted)
+        latencies.append(done_at.get(i, time.perf_counter()) - submitted)
         served += len(gallery) == 16
         fast += "fast model" in info
     wall = time.perf_counter() - start
