@@ -570,3 +570,66 @@ def test_the_queue_holds_100_and_answers_the_next_with_queue_full(gated_server):
     gate.open.set()
     assert len(running.result(timeout=120)[0]) == 1
     assert all(len(job.result(timeout=300)[0]) == 1 for job in waiting)  # all 100 waiting were served
+
+
+def test_side_by_side_draws_a_and_b_from_the_same_noise_as_each_drawn_alone(tiny_pipeline):
+    """Both paths start at the same x_T and take the same fresh noise at each step: each side is exactly
+    the request's seed drawn alone with its condition (the old test only matched the step it printed)."""
+    drawn = []
+    generate = tiny_pipeline.generate
+    tiny_pipeline.generate = lambda **kwargs: drawn.append((kwargs, generate(**kwargs))) or drawn[-1][1]
+    fns = tiny_app_handlers(tiny_pipeline)
+    fns["side_by_side"]("", "a", "", "b", "any", 3.0, "dpmpp_2m_sde", 6, 2, 4, 3, progress=QUIET)
+    (kwargs_a, a), (kwargs_b, b) = drawn
+    assert kwargs_a["classes"] == ["a"] and kwargs_b["classes"] == ["b"]
+    assert np.array_equal(a.trajectory.x_t[0], b.trajectory.x_t[0])  # the same x_T
+    assert not np.array_equal(a.images, b.images)
+    for side, classes in ((a, ["a"]), (b, ["b"])):  # the same noise stream: seed 3's, step by step
+        alone = generate(num_images=2, classes=classes, sampler="dpmpp_2m_sde", steps=6, guidance=3.0, seed=3,
+                         return_trajectory=True)
+        assert all(np.array_equal(x, y) for x, y in zip(side.trajectory.x_t, alone.trajectory.x_t))
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed "
+                    "(the test command installs it where it can; CI must have it)")
+def test_live_redraws_asked_while_one_runs_are_dropped_but_the_newest(tiny_pipeline):
+    """In a real browser: tick live (one redraw starts and is held slow), press Enter in the seed box five
+    times while it runs: only the newest of those five is drawn afterwards, the four older are dropped."""
+    from playwright.sync_api import sync_playwright
+
+    from app import build_app
+    from diffusion_core.distill import student_of
+    from diffusion_core.pipeline import DiffusionPipeline
+
+    fast = DiffusionPipeline(student_of(tiny_pipeline), tiny_pipeline.schedule, tiny_pipeline.labels,
+                             tiny_pipeline.styles, "v", device="cpu",
+                             default_sampling={"sampler": "consistency", "steps": 3, "guidance": 4.0})
+    seeds = []
+    generate = fast.generate
+    fast.generate = lambda **kwargs: seeds.append(kwargs["seed"]) or generate(**kwargs)
+    Gate(fast.model, delay=1.0)  # a redraw takes 3 s
+    demo = build_app(tiny_pipeline, "Weights: tiny.", fast)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"], headless=True)
+            page = browser.new_page()
+            page.goto(url)
+            page.get_by_role("tab", name="Context").click(force=True)  # (a loading overlay may cover the page)
+            panel = page.locator("[role=tabpanel]:visible")
+            panel.get_by_label("live: redraw with the fast model whenever a control is released").check(force=True)
+            deadline = time.time() + 60
+            while not seeds and time.time() < deadline:  # the first redraw (the live switch's own) is running
+                time.sleep(0.05)
+            seed_box = panel.get_by_label("seed")
+            for seed in (11, 12, 13, 14, 15):
+                seed_box.fill(str(seed))
+                seed_box.press("Enter")
+            deadline = time.time() + 60
+            while len(seeds) < 2 and time.time() < deadline:
+                time.sleep(0.1)
+            time.sleep(8)  # time for any further (wrongly kept) redraw to start
+            browser.close()
+    finally:
+        demo.close()
+    assert seeds == [0, 15]  # the switch's redraw, then only the newest of the five
