@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.app_load import start_app  # noqa: E402
 from diffusion_core.data import load_emoji, select_emoji  # noqa: E402
 from diffusion_core.metrics import frechet_distance, load_classifier, predict, real_roles  # noqa: E402
-from diffusion_core.pipeline import DiffusionPipeline  # noqa: E402
+from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline  # noqa: E402
 
 CLASSES = ["face", "flag"]
 
@@ -57,9 +57,9 @@ def score(pipe: DiffusionPipeline, seed: int = 0) -> dict:
     drawn, labels = [], []
     for c, name in enumerate(CLASSES):
         n = int((held.labels == c).sum())
-        for start in range(0, n, 128):
-            k = min(128, n - start)
-            drawn.append(pipe.generate(num_images=k, classes=[name], seed=seed * 1000 + c * 100 + start // 128).images)
+        for start in range(0, n, MAX_IMAGES):
+            k = min(MAX_IMAGES, n - start)
+            drawn.append(pipe.generate(num_images=k, classes=[name], seed=seed * 1000 + c * 100 + start // MAX_IMAGES).images)
             labels += [c] * k
     return {"samples": scores(np.concatenate(drawn), np.array(labels)), "real": scores(held.images, held.labels),
             "reference_n": len(reference)}
@@ -68,16 +68,21 @@ def score(pipe: DiffusionPipeline, seed: int = 0) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
+    parser.add_argument("--zip", default=None, help="score this trained zip instead of training (no timing)")
     args = parser.parse_args()
     from gradio_client import Client
 
-    proc, url = start_app("checkpoints/emoji32")
-    try:
-        start = time.perf_counter()
-        status, _, _, archive, *_ = Client(url, verbose=False).predict(api_name="/train")
-        wall = time.perf_counter() - start
-    finally:
-        proc.terminate()
+    if args.zip:
+        status, archive, wall = "(scored from --zip)", args.zip, float("nan")
+    else:
+        proc, url = start_app("checkpoints/emoji32")
+        try:
+            start = time.perf_counter()
+            status, _, _, archive, *_ = Client(url, verbose=False).predict(api_name="/train")
+            wall = time.perf_counter() - start
+        finally:
+            proc.terminate()
+        print(f"/train answered in {wall:.0f} s: {archive}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(archive) as z:
             z.extractall(tmp)
