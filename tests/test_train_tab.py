@@ -188,7 +188,6 @@ def test_a_short_training_in_the_browser_shows_the_loss_curve_and_the_grid_chang
     """A real browser: the Train tab's short run (the tiny preset, 40 steps, a grid every 10), the loss curve
     and the fixed-noise grid update while it trains, then the trained model draws in the tab. With
     $SCREENSHOT_DIR set it runs the tab's default run instead and saves the README's screenshot."""
-    import os
     import re
 
     from playwright.sync_api import sync_playwright
@@ -222,6 +221,5 @@ def test_a_short_training_in_the_browser_shows_the_loss_curve_and_the_grid_chang
             page.screenshot(path=str(SCREENSHOTS / "train.png"), full_page=True)
         panel.get_by_role("button", name="Draw", exact=True).click()
         panel.get_by_text(re.compile(r"16 images, face, flag, 20 steps, guidance 3: [\d.]+ s")).wait_for(timeout=120_000)
-        assert os.path.exists(panel.locator("a[download]").first.get_attribute("href") or "") or \
-            panel.get_by_text("trained_model.zip").count() >= 1
+        assert panel.get_by_text("trained_model.zip").count() >= 1  # the download
         browser.close()
