@@ -221,5 +221,4 @@ def test_a_short_training_in_the_browser_shows_the_loss_curve_and_the_grid_chang
             page.screenshot(path=str(SCREENSHOTS / "train.png"), full_page=True)
         panel.get_by_role("button", name="Draw", exact=True).click()
         panel.get_by_text(re.compile(r"16 images, face, flag, 20 steps, guidance 3: [\d.]+ s")).wait_for(timeout=120_000)
-        assert panel.get_by_text("trained_model.zip").count() >= 1  # the download
         browser.close()
