@@ -190,13 +190,20 @@ def load_image_zip(path: str | os.PathLike, image_size: int = 32) -> SpriteData:
         raise ValueError(f"{path}: not a readable zip of class folders ({err})") from err
 
 
+def rgb_on_white(image):
+    """A PIL image as RGB, its transparent parts on white (as the emoji sprites are drawn)."""
+    from PIL import Image
+
+    image = image.convert("RGBA")
+    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, image).convert("RGB")
+
+
 def _load_rgb_on_white(path: str):
     from PIL import Image
 
     with Image.open(path) as image:
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, image).convert("RGB")
+        return rgb_on_white(image)
 
 
 def load_dataset(spec: str, image_size: int = 32) -> SpriteData:

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .data import SpriteData, one_hot
+from .data import SpriteData, one_hot, rgb_on_white
 
 MAX_MEMBERS = 5_000                    # files and folders in the zip
 MAX_TOTAL_BYTES = 200 * 2**20          # uncompressed, all members together
@@ -95,10 +95,7 @@ def read_picture(path: Path, image_size: int, max_pixels: int = MAX_PIXELS) -> n
                 if width * height > max_pixels:
                     raise ValueError(f"{path.name} claims {width}x{height} pixels; at most {max_pixels:,} pixels "
                                      "per picture are allowed")
-                image = image.convert("RGBA")
-                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                rgb = Image.alpha_composite(background, image).convert("RGB")
-                rgb = rgb.resize((image_size, image_size), Image.Resampling.LANCZOS)
+                rgb = rgb_on_white(image).resize((image_size, image_size), Image.Resampling.LANCZOS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ValueError(f"{path.name} is too large to decode ({err})") from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
@@ -115,8 +112,9 @@ def _content_root(folder: Path) -> Path:
     return folder
 
 
-def _hidden(path: Path) -> bool:
-    return path.name.startswith(".") or path.name == "__MACOSX"
+def _hidden(path: Path | str) -> bool:
+    name = Path(path).name
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def load_picture_zip(zip_path: str | Path, image_size: int = 16, min_images: int = MIN_IMAGES,
@@ -127,8 +125,7 @@ def load_picture_zip(zip_path: str | Path, image_size: int = 16, min_images: int
     with tempfile.TemporaryDirectory() as tmp:
         safe_extract(zip_path, tmp, max_members, max_total_bytes)
         root = _content_root(Path(tmp))
-        files = [p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") or part == "__MACOSX"
-                                                                          for part in p.relative_to(root).parts)]
+        files = [p for p in root.rglob("*") if p.is_file() and not any(map(_hidden, p.relative_to(root).parts))]
         pictures = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
         if not pictures:
             raise ValueError(f"the zip holds no pictures ({', '.join(sorted(IMAGE_SUFFIXES))}); expected {LAYOUT}")
