@@ -58,23 +58,47 @@ def context_request(labels: list[str], sampling: dict, seed: int) -> list:
     return [*weights, "any", sampling["guidance"], sampling["sampler"], sampling["steps"], 16, seed, "full"]
 
 
+def fetch_pictures(http, gallery: list) -> int:
+    """Fetch a result's pictures as a browser does (one keep-alive connection per user); returns how many."""
+    for item in gallery:
+        http.get(item["image"]["url"], timeout=60).raise_for_status()
+    return len(gallery)
+
+
 def load_round(url: str, users: int, request) -> dict:
+    """``users`` requests submitted at once, each from its own client; a request's latency runs from its submit
+    to its last picture fetched (the pictures are fetched as a browser does, not by gradio_client's one-by-one
+    downloads into temporary files, whose CPU on this machine would be the clients', not the server's)."""
+    import httpx
     from gradio_client import Client
 
-    clients = [Client(url, verbose=False) for _ in range(users)]
+    clients = [Client(url, verbose=False, download_files=False) for _ in range(users)]
+    https = [httpx.Client() for _ in range(users)]
     start = time.perf_counter()
     jobs = [(client.submit(*request(seed), api_name="/generate_context"), time.perf_counter())
             for seed, client in enumerate(clients)]
     done_at: dict[int, float] = {}  # each request's own finish (reading results in order would credit later ones late)
+    fetched: dict[int, int] = {}
+
+    def finish(future, i):
+        try:
+            fetched[i] = fetch_pictures(https[i], future.result()[0])
+        finally:
+            done_at.setdefault(i, time.perf_counter())
+
     for i, (job, _) in enumerate(jobs):
-        job.future.add_done_callback(lambda _f, i=i: done_at.setdefault(i, time.perf_counter()))
+        job.future.add_done_callback(lambda f, i=i: finish(f, i))
     latencies, served, fast = [], 0, 0
     for i, (job, submitted) in enumerate(jobs):
         gallery, info = job.result(timeout=3600)
-        latencies.append(done_at.get(i, time.perf_counter()) - submitted)
-        served += len(gallery) == 16
+        while i not in done_at:
+            time.sleep(0.01)
+        latencies.append(done_at[i] - submitted)
+        served += fetched.get(i) == 16
         fast += "fast model" in info
     wall = time.perf_counter() - start
+    for http in https:
+        http.close()
     return {"users": users, "served": served, "fast": fast, "wall_s": wall, "requests_per_min": 60 * users / wall,
             "images_per_s": 16 * users / wall, "p50_s": statistics.median(latencies),
             "p95_s": float(np.percentile(latencies, 95)), "max_s": max(latencies)}

@@ -33,10 +33,12 @@ def guidance_numbers(w) -> str:
             rf"\epsilon_\theta(x_t, c)$" + (" (the unconditional branch is subtracted)." if w > 1 else "."))
 
 
-# When a full-model request would wait longer than this behind the line, the fast model answers it instead
-# (and says so): a class of 30 pressing Generate together is then served within about 20 s on 2 cores
-# (benchmarks/app_load.py). Before the first request is timed, a full request counts as 2 s, a fast one 0.5 s.
-DEEP_QUEUE_SECONDS = float(os.environ.get("APP_DEEP_QUEUE_SECONDS", "10"))
+# When a full-model request would be answered later than this (the line ahead of it plus its own time), the
+# fast model answers it instead (and says so): a full request alone takes about 2 s, so the first three of a
+# crowd get the full model, and a class of 30 pressing Generate together is served within about 15 s on 2
+# cores (benchmarks/app_load.py; 10 s here left 5 full requests ahead of the rest, p95 19.5 s). Before the
+# first request is timed, a full request counts as 2 s, a fast one 0.5 s.
+DEEP_QUEUE_SECONDS = float(os.environ.get("APP_DEEP_QUEUE_SECONDS", "6"))
 PRIOR_SECONDS = {FULL: 2.0, FAST: 0.5}
 CONTEXT_AT_ONCE = 32  # Context requests let into the handler at once (Gradio's thread pool holds 40)
 

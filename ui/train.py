@@ -32,6 +32,7 @@ from .common import LATEX, MAX_GUIDANCE, MAX_SEED, App, as_choice, as_float, as_
 
 TRAIN_MAX_MINUTES = float(os.environ.get("TRAIN_MAX_MINUTES", "10"))  # the server's cap on one training's length
 MAX_TRAIN_STEPS = 20_000
+SERVED_PER_STEP = 8              # sampling requests answered between two training steps while a line waits
 MAX_WAITING = 8                  # trainings that may wait in line (each holds a server thread while it waits)
 EMOJI, UPLOAD = "emoji sprites", "my pictures (zip)"
 DEFAULT_CLASSES = ["face", "flag"]  # learn fastest (DESIGN.md: faces, symbols and flags emerge first)
@@ -145,7 +146,9 @@ def run_job(app: App, job: TrainingJob) -> dict:
             out = viewer["pipe"].generate(num_images=count, classes=classes, seed=cfg.seed,
                                           **{**GRID_SAMPLING, "guidance": GRID_SAMPLING["guidance"] if classes else 1.0})
             job.events.put(("grid", progress.step, out.images))
-        app.worker.serve_waiting()  # other people's sampling requests, between two steps
+        # other people's sampling requests, between two steps: while the sampling line holds more, up to
+        # SERVED_PER_STEP of them, so a class pressing Generate is answered without stopping the training
+        app.worker.serve_waiting(more=lambda: app.lane.waiting() > 0, at_most=SERVED_PER_STEP)
         return job.stop.is_set() or progress.elapsed_s > job.minutes * 60
 
     try:

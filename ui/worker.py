@@ -7,7 +7,8 @@ parallel region paid the wake-ups: the default request took 2.0 s in the app aga
 (benchmarks/app_threads.py measures it). With all torch work on one dedicated thread there is one team.
 
 Requests are run in arrival order. A long job (a training run) calls ``serve_waiting()`` between its steps,
-so requests that arrived meanwhile are answered between two steps instead of after the whole run.
+so requests that arrived meanwhile are answered between two steps instead of after the whole run (a crowd
+several at a time: one training step per request made a class of 30 wait 27 s at p95 instead of 14 s).
 """
 from __future__ import annotations
 
@@ -50,14 +51,24 @@ class TorchWorker:
             return self._count
 
     # ---- the worker's side ----------------------------------------------------------------------
-    def serve_waiting(self) -> int:
-        """On the worker, inside a long task: run the tasks that were queued when called; returns how many."""
+    def serve_waiting(self, more=None, at_most: int = 1, patience: float = 0.05) -> int:
+        """On the worker, inside a long task: run the tasks that were queued when called; returns how many.
+        With ``more`` (a callable saying whether callers are on their way, e.g. a sampling line that is not
+        empty), go on serving while it says so, waiting up to ``patience`` seconds for each next task, until
+        ``at_most`` tasks ran: a crowd is answered together between two steps, and the long task still moves."""
         if threading.current_thread() is not self.thread:
             raise RuntimeError("serve_waiting runs on the worker thread only")
         served = 0
         for _ in range(self._tasks.qsize()):
             try:
                 task = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            self._run(*task)
+            served += 1
+        while more is not None and served < at_most and more():
+            try:
+                task = self._tasks.get(timeout=patience)
             except queue.Empty:
                 break
             self._run(*task)
