@@ -253,8 +253,11 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
                "per_style": {s: {"n": runs[0]["per_style"][s]["n"],
                                  **mean_over([r["per_style"][s] for r in runs], MEASURES)} for s in by_style},
                "seeds": runs}
+        row["worst_style"] = worst_style(row, {s: r.floor for s, r in by_style.items()})
         rows.append(row)
         log(format_row(row, real.floor))
+        if row["worst_style"]:
+            log(worst_style_line(row["worst_style"]))
     headline = headline_setting(pipe, pipe.folder / "config.json")
     if picture is not None:
         save_comparison(pipe, real, headline, picture)
@@ -407,6 +410,9 @@ def to_markdown(result: dict, picture: str | None = None) -> str:
         f"| real held-out | | | {floor['n']} | {cells(floor, floor)} | |",
     ]
     lines += [format_row(r, floor) for r in result["rows"]]
+    worst = headline_row(result).get("worst_style") if result["rows"] else None
+    if worst:
+        lines[1:1] = ["", worst_style_line(worst) + " (at the headline setting; the per-style table below)"]
     lines += per_style_table(result)
     lines += ["", "Calibration: the same measures for real held-out images, damaged copies of them and a "
               "collapsed set, so the numbers above have a scale.", "",
@@ -442,14 +448,19 @@ def prompt_summary(p: dict) -> str:
     return line + "."
 
 
+def headline_row(result: dict) -> dict:
+    """The row at the checkpoint's headline setting (else the first)."""
+    headline = setting_of(result["headline"])
+    return next((r for r in result["rows"] if setting_of(r) == headline), result["rows"][0])
+
+
 def per_style_table(result: dict) -> list[str]:
     """The headline setting's row (else the first) split by style, each style against its own
     reference and floor; nothing for a one-style model."""
     floors, rows = result.get("style_floors"), result["rows"]
     if not floors or not rows:
         return []
-    headline = setting_of(result["headline"])
-    row = next((r for r in rows if setting_of(r) == headline), rows[0])
+    row = headline_row(result)
     setting = setting_of(row)
     lines = ["", f"Per style at {row['sampler']}, {row['steps']} steps, {setting.describe_in_words()}: each style's "
              "samples against that style's reference, with its real held-out images (floor) on the row above.", "",
@@ -458,6 +469,29 @@ def per_style_table(result: dict) -> list[str]:
         lines += [f"| {style} | real held-out | {floor['n']} | {cells(floor, floor)} |",
                   f"| {style} | samples | {row['per_style'][style]['n']} | {cells(row['per_style'][style], floor)} |"]
     return lines
+
+
+def worst_style(row: dict, style_floors: dict) -> dict | None:
+    """The style a row fails most: the highest FD / floor (each style against its own reference and floor),
+    with its recall beside real's and its class accuracy. An average over styles hides this one, so it is the
+    headline. None for a one-style model."""
+    if not style_floors or not row.get("per_style"):
+        return None
+    ratios = {style: row["per_style"][style]["fd"] / floor["fd"] for style, floor in style_floors.items()}
+    style = max(ratios, key=ratios.get)
+    scores, floor = row["per_style"][style], style_floors[style]
+    return {"style": style, "fd_over_floor": ratios[style], "recall": scores["recall"], "recall_real": floor["recall"],
+            "class_accuracy": scores["class_accuracy"], "class_accuracy_real": floor["class_accuracy"],
+            "fd_over_floor_by_style": ratios}
+
+
+def worst_style_line(worst: dict) -> str:
+    best = min(worst["fd_over_floor_by_style"], key=worst["fd_over_floor_by_style"].get)
+    accuracy = "" if worst["class_accuracy"] is None else (
+        f", class accuracy {100 * worst['class_accuracy']:.1f}% (real {100 * worst['class_accuracy_real']:.1f}%)")
+    return (f"Worst style: **{worst['style']}**, FD {worst['fd_over_floor']:.2f}x its floor, recall "
+            f"{worst['recall']:.2f} (real {worst['recall_real']:.2f}){accuracy}; best: {best}, "
+            f"{worst['fd_over_floor_by_style'][best]:.2f}x.")
 
 
 def write_to_model_card(folder: Path, markdown: str, result: dict) -> None:

@@ -155,6 +155,29 @@ def test_evaluate_runs_end_to_end_and_writes_the_model_card(tmp_path):
     assert result["style_floors"]["noto"]["fd"] == pytest.approx(noto.floor["fd"])
     assert row["per_style"]["noto"]["fd"] != row["per_style"]["twemoji"]["fd"]
     assert f"| noto | real held-out | {noto.floor['n']} |" in card and "| twemoji | samples |" in card
+    # the headline names the style with the highest FD / floor, before the tables
+    ratios = {s: row["per_style"][s]["fd"] / result["style_floors"][s]["fd"] for s in ("noto", "twemoji")}
+    worst = max(ratios, key=ratios.get)
+    assert row["worst_style"]["style"] == worst and row["worst_style"]["fd_over_floor"] == pytest.approx(ratios[worst])
+    assert f"Worst style: **{worst}**, FD {ratios[worst]:.2f}x its floor" in card
+    assert card.index("Worst style") < card.index("| real held-out |")
+
+
+def test_the_worst_style_is_the_one_furthest_from_its_own_floor_not_the_average():
+    from diffusion_core.evaluate import worst_style, worst_style_line
+
+    floors = {"noto": {"fd": 1.0, "recall": 0.9, "class_accuracy": 0.7},
+              "openmoji": {"fd": 0.5, "recall": 0.9, "class_accuracy": 0.7},
+              "fluent": {"fd": 2.0, "recall": 0.9, "class_accuracy": 0.7}}
+    # openmoji has the lowest FD but the highest ratio to its own floor (3x); fluent the highest FD (2.2x)
+    row = {"per_style": {"noto": {"fd": 1.2, "recall": 0.85, "class_accuracy": 0.8},
+                         "openmoji": {"fd": 1.5, "recall": 0.6, "class_accuracy": 0.5},
+                         "fluent": {"fd": 4.4, "recall": 0.8, "class_accuracy": 0.75}}}
+    worst = worst_style(row, floors)
+    assert worst["style"] == "openmoji" and worst["fd_over_floor"] == pytest.approx(3.0) and worst["recall"] == 0.6
+    assert worst_style_line(worst).startswith("Worst style: **openmoji**, FD 3.00x its floor, recall 0.60 (real 0.90)")
+    assert "best: noto, 1.20x" in worst_style_line(worst)
+    assert worst_style(row, {}) is None
 
 
 def test_an_evaluation_setting_may_name_a_guidance_interval():
