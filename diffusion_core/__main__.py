@@ -38,6 +38,9 @@ def cmd_sample(args) -> None:
                            sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed,
                            guidance_interval=interval,
                            autoguidance="default" if args.autoguidance is None else None if args.autoguidance == 1 else args.autoguidance)
+    if result.read_as:
+        print("note: words the model never saw, read as words it knows (WordNet): "
+              + ", ".join(f"{word} as {reading}" for word, reading in result.read_as.items()))
     if result.unknown_words:
         print(f"note: the model does not know the words {', '.join(result.unknown_words)} (they were ignored)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +130,12 @@ def cmd_publish(args) -> None:
 def cmd_build_data(args) -> None:
     from .data import EMOJI_NPZ
     from .emoji_build import build_emoji
+    from .lexicon import READINGS_FILE, build_wordnet_readings
+
+    if args.name == "wordnet":
+        result = build_wordnet_readings(args.out or READINGS_FILE)
+        print(f"wrote {result['path']}: readings of {result['words']:,} words the emoji data lacks ({result['bytes']:,} bytes)")
+        return
 
     out = args.out or EMOJI_NPZ
     result = build_emoji(out)
@@ -176,6 +185,9 @@ def cmd_export_dataset(args) -> None:
         result = export_dataset(pipe, args.out, classes=args.classes, prompts=args.prompts, per_label=args.per_class,
                                 style=args.style, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                 seed=args.seed, progress=progress)
+    if result.read_as:
+        print("note: words the model never saw, read as words it knows (WordNet): "
+              + ", ".join(f"{word} as {reading}" for word, reading in result.read_as.items()))
     if result.unknown_words:
         print(f"note: the model does not know the words {', '.join(result.unknown_words)} (they were ignored)")
     print(f"wrote {result.num_images} images in {len(result.folders)} folders ({', '.join(result.folders)}) "
@@ -290,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-write", action="store_true", help="print the tables only; leave the model card alone")
     e.add_argument("--prompts-only", action="store_true",
                    help="with --prompts N: only the prompt check (2N samples, printed; the card is left alone)")
+    e.add_argument("--literal-prompts", action="store_true",
+                   help="with --prompts: leave unknown words unknown (no WordNet readings, diffusion_core/lexicon.py)")
     e.set_defaults(func=cmd_evaluate)
 
     x = sub.add_parser("export-dataset", help="draw a labelled data set: a zip of class folders, labels.csv, model card")
@@ -308,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export_dataset)
 
     b = sub.add_parser("build-data", help="render a data set from pinned packages")
-    b.add_argument("name", choices=["emoji"])
+    b.add_argument("name", choices=["emoji", "wordnet"],
+                   help="emoji: assets/emoji_sprites.npz; wordnet: the readings of unknown prompt words (lexicon.py)")
     b.add_argument("--out", default=None)
     b.set_defaults(func=cmd_build_data)
 

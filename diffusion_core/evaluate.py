@@ -223,7 +223,7 @@ def headline_setting(pipe: DiffusionPipeline, config_path: Path) -> Setting:
 
 def evaluate(model: str, classifier: str | None = None, settings: list[Setting] | None = None, dtype: str = "auto",
              seeds: tuple[int, ...] = (0,), picture: Path | None = None, styles: list[str] | None = None,
-             prompts: int = 0, log=print) -> dict:
+             prompts: int = 0, log=print, read_words: bool = True) -> dict:
     """Every setting sampled once per seed, one sample per held-out image (its class and style);
     a row holds the means over seeds and, under "seeds", each seed's own scores."""
     if not seeds or any(not 0 <= seed < 2**40 for seed in seeds):
@@ -263,7 +263,7 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
         save_comparison(pipe, real, headline, picture)
     checked = None
     if prompts:
-        checked = prompt_check(pipe, real, prompts)
+        checked = prompt_check(pipe, real, prompts, read_words=read_words)
         log(f"prompts: {checked}")
     return {"prompts": checked, "model": str(model), "weights_fingerprint": weights_fingerprint(pipe.model.state_dict()),
             "dtype": pipe.dtype, "seeds": list(seeds), "styles": real.styles, "roles": roles_of(real),
@@ -294,7 +294,7 @@ def check_prompt_request(pipe: DiffusionPipeline, num: int) -> None:
         raise ValueError(f"--prompts needs a number of names >= 1, got {num}")
 
 
-def prompt_check(pipe: DiffusionPipeline, real: RealData, num: int = 200, seed: int = 0) -> dict:
+def prompt_check(pipe: DiffusionPipeline, real: RealData, num: int = 200, seed: int = 0, read_words: bool = True) -> dict:
     """For ``num`` training emoji names (drawn at random), one sample with the name as prompt: the
     share whose nearest training sprite (Euclidean, in the classifier's features) is that emoji, and
     whose ``RETRIEVAL_K`` nearest include it; and the class accuracy of samples prompted with held-out
@@ -310,7 +310,8 @@ def prompt_check(pipe: DiffusionPipeline, real: RealData, num: int = 200, seed: 
 
     def draw(prompts):
         chunks = [prompts[i:i + MAX_IMAGES] for i in range(0, len(prompts), MAX_IMAGES)]
-        return np.concatenate([pipe.generate(num_images=len(c), prompt=c, seed=k).images for k, c in enumerate(chunks)])
+        return np.concatenate([pipe.generate(num_images=len(c), prompt=c, seed=k, read_words=read_words).images
+                               for k, c in enumerate(chunks)])
 
     picked = rng.choice(train_names, size=min(num, len(train_names)), replace=False).tolist()
     pred, sample_features = predict(real.classifier, draw(picked))
@@ -322,13 +323,15 @@ def prompt_check(pipe: DiffusionPipeline, real: RealData, num: int = 200, seed: 
     held_labels = np.array([real.held.labels[real.held.names == name][0] for name in held])
     held_pred, _ = predict(real.classifier, draw(held))
     right = held_pred == held_labels
-    knows_a_word = np.array([any(w in pipe.vocabulary.index for w in words(name)) for name in held])
+    as_read = [pipe.read_prompt(name)[0] if read_words else name for name in held]
+    knows_a_word = np.array([any(w in pipe.vocabulary.index for w in words(name)) for name in as_read])
     return {"train_names": len(picked), "nearest_is_that_emoji": hits, f"within_{RETRIEVAL_K}_nearest": hits_k,
             "real_nearest_is_that_emoji": real_hits, f"real_within_{RETRIEVAL_K}_nearest": real_hits_k,
             "held_out_names": len(held), "held_out_class_accuracy": float(right.mean()),
             "held_out_class_accuracy_real": real.floor["class_accuracy"],
             "held_out_names_without_a_known_word": float(1 - knows_a_word.mean()),
             "held_out_class_accuracy_with_a_known_word": float(right[knows_a_word].mean()) if knows_a_word.any() else None,
+            "read_words": read_words, "held_out_read_as": {n: r for n, r in zip(held, as_read) if read_words and " ".join(words(n)) != r},
             "examples": [{"prompt": p, "nearest": n} for p, n in zip(picked[:12], nearest[:12])]}
 
 
@@ -443,8 +446,9 @@ def prompt_summary(p: dict) -> str:
     if "held_out_class_accuracy_real" in p:
         line += f" (real held-out sprites: {100 * p['held_out_class_accuracy_real']:.0f}%)"
     if p.get("held_out_class_accuracy_with_a_known_word") is not None:
+        knows = "knows or reads as one it knows (WordNet)" if p.get("read_words") else "knows"
         line += (f"; {100 * p['held_out_names_without_a_known_word']:.0f}% of those names hold no word the model "
-                 f"knows, and the others come out right in {100 * p['held_out_class_accuracy_with_a_known_word']:.0f}%")
+                 f"{knows}, and the others come out right in {100 * p['held_out_class_accuracy_with_a_known_word']:.0f}%")
     return line + "."
 
 
@@ -533,7 +537,7 @@ def evaluate_command(args) -> None:
         if not args.prompts:
             raise ValueError("--prompts-only needs --prompts N (the number of names)")
         pipe, real = load_for_evaluation(args.model, args.dtype, args.classifier, args.styles)
-        checked = prompt_check(pipe, real, args.prompts)
+        checked = prompt_check(pipe, real, args.prompts, read_words=not args.literal_prompts)
         print(prompt_summary(checked))
         print(json.dumps(checked, indent=2, ensure_ascii=False))
         return
@@ -543,7 +547,8 @@ def evaluate_command(args) -> None:
     folder = Path(args.model)
     write = not args.no_write and folder.is_dir()
     result = evaluate(args.model, args.classifier, settings=settings, dtype=args.dtype, seeds=tuple(args.seeds),
-                      picture=folder / COMPARISON_FILE if write else None, styles=args.styles, prompts=args.prompts)
+                      picture=folder / COMPARISON_FILE if write else None, styles=args.styles, prompts=args.prompts,
+                      read_words=not args.literal_prompts)
     markdown = to_markdown(result, COMPARISON_FILE if write else None)
     print(markdown)
     if write:

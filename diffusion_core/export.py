@@ -40,6 +40,7 @@ class ExportResult:
     folders: list[str]
     unknown_words: list[str] = field(default_factory=list)
     dropped_words: list[str] = field(default_factory=list)  # prompt words past the length the model reads
+    read_as: dict[str, str] = field(default_factory=dict)   # unknown prompt words read as known ones (lexicon.py)
 
 
 def folder_name(prompt: str) -> str:
@@ -98,7 +99,7 @@ def export_dataset(pipe: DiffusionPipeline, out: str | os.PathLike, classes=None
                 "guidance": guidance if guidance is not None else pipe.default_sampling["guidance"]}
     pipe.context_for(1, style=style, prompt=[t[2] or "" for t in targets])  # bad style or prompt fails before any work
     generate = pipe.generate if generate is None else generate
-    total, done, batch_index, rows, unknown, dropped = per_label * len(targets), 0, 0, [], [], []
+    total, done, batch_index, rows, unknown, dropped, read_as = per_label * len(targets), 0, 0, [], [], [], {}
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(handle)
@@ -113,6 +114,7 @@ def export_dataset(pipe: DiffusionPipeline, out: str | os.PathLike, classes=None
                                       style=style, seed=batch_seed, **sampling)
                     unknown += result.unknown_words
                     dropped += result.dropped_words
+                    read_as.update(result.read_as)
                     for i, image in enumerate(result.images):
                         name = f"{folder}/{first + i:06d}.png"
                         archive.writestr(name, png_bytes(image))
@@ -131,4 +133,4 @@ def export_dataset(pipe: DiffusionPipeline, out: str | os.PathLike, classes=None
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
     return ExportResult(out, total, time.perf_counter() - start, [t[0] for t in targets], list(dict.fromkeys(unknown)),
-                        list(dict.fromkeys(dropped)))
+                        list(dict.fromkeys(dropped)), read_as)

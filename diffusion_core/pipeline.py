@@ -30,7 +30,8 @@ import torch
 from .autoguidance import autoguided_denoiser
 from .samplers import DEFAULT_SAMPLER, MAX_GUIDANCE, SAMPLERS, check_sampling_args, sample
 from .schedule import NoiseSchedule
-from .text import VOCAB_NAME, Vocabulary
+from .lexicon import read_word
+from .text import VOCAB_NAME, Vocabulary, words
 from .unet import WEIGHTS_NAME, UNet, load_weights_strict, weights_torch_dtype
 
 MAX_IMAGES = 64
@@ -83,6 +84,7 @@ class GenerationOutput:
     unknown_words: list[str] = field(default_factory=list)  # words of the prompt the model does not know
     dropped_words: list[str] = field(default_factory=list)  # words past the prompt length the model reads
     autoguidance: float | None = None  # the autoguidance strength used (None: none)
+    read_as: dict[str, str] = field(default_factory=dict)  # unknown words of the prompt read as known ones (lexicon.py)
 
 
 def config_keys(config: dict) -> set[str]:
@@ -344,7 +346,7 @@ class DiffusionPipeline:
         unknown = []
         if any(prompts):
             encoded = [self.vocabulary.encode(p) for p in prompts]
-            unknown = list(dict.fromkeys(w for _, words in encoded for w in words))
+            unknown = list(dict.fromkeys(w for _, unknown_here in encoded for w in unknown_here))
             ctx[:, ctx.shape[1] - text_width:] = [encoded[i % len(encoded)][0] for i in range(num_images)]
         if classes is not None:
             classes = [classes] if isinstance(classes, str) else list(classes)
@@ -377,14 +379,15 @@ class DiffusionPipeline:
                  sampler: str | None = None, steps: int | None = None, guidance: float | None = None, eta: float = 0.0,
                  seed: int = 0, return_trajectory: bool = False, callback=None,
                  guidance_interval: tuple[float, float] | None | str = "default",
-                 autoguidance: float | None | str = "default") -> GenerationOutput:
+                 autoguidance: float | None | str = "default", read_words: bool = True) -> GenerationOutput:
         """Sample ``num_images`` (1..MAX_IMAGES) images as uint8 (n, H, W, 3). Sampler, steps,
         guidance and the guidance interval (``samplers.sample``; None: guide every step) default to
         the checkpoint's ``default_sampling``. ``autoguidance=w`` guides with the checkpoint's guide
         model instead of classifier-free guidance (autoguidance.py; 1 = off, None = off); by default
         ``default_sampling["autoguidance"]`` for requests with no class, style or prompt, where
         classifier-free guidance has nothing to contrast. ``callback(step)`` sees every SamplerStep
-        (for progress bars and live previews)."""
+        (for progress bars and live previews). With ``read_words``, a prompt's words the model does not know
+        are read as ones it knows where WordNet links them ("croissant" as "bread": ``read_prompt``)."""
         if isinstance(guidance_interval, str) and guidance_interval == "default":
             guidance_interval = self.default_sampling.get("guidance_interval")
         sampler = self.default_sampling["sampler"] if sampler is None else sampler
@@ -397,6 +400,9 @@ class DiffusionPipeline:
             raise ValueError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        read_as = {}
+        if read_words and self.vocabulary is not None and prompt:
+            prompt, read_as = self.read_prompt(prompt)
         context, class_index, unknown = self.context_for(int(num_images), classes, blend, style, prompt)
         dropped = [] if self.vocabulary is None or not isinstance(prompt, (str, list, tuple)) else list(dict.fromkeys(
             w for p in ([prompt] if isinstance(prompt, str) else prompt) for w in self.vocabulary.overflow(p)))
@@ -434,7 +440,28 @@ class DiffusionPipeline:
                         prediction_type=self.prediction_type, seed=int(seed), callback=on_step,
                         clip_x0=True, device=self.device, guidance_interval=guidance_interval)
         return GenerationOutput(to_uint8(x0), class_index, time.perf_counter() - start, trajectory, unknown, dropped,
-                                None if autoguidance is None else float(autoguidance))
+                                None if autoguidance is None else float(autoguidance), read_as)
+
+    def read_prompt(self, prompt: str | list[str]) -> tuple[str | list[str], dict[str, str]]:
+        """The prompt(s) with each unknown word replaced by the known word it is read as (a singular form, or
+        the nearest word up WordNet's hypernym links, ``lexicon.read_word``), and {word: its reading}. Words
+        with no reading stay, and ``encode`` reports them as unknown."""
+        if not isinstance(prompt, (str, list, tuple)):
+            return prompt, {}
+        read_as = {}
+
+        def read(text):
+            if not isinstance(text, str):
+                return text
+            out = []
+            for word in words(text):
+                reading = word if word in self.vocabulary.index else read_word(word, self.vocabulary.index)
+                if reading is not None and reading != word:
+                    read_as[word] = reading
+                out.append(reading or word)
+            return " ".join(out)
+
+        return (read(prompt) if isinstance(prompt, str) else [read(p) for p in prompt]), read_as
 
     def autoguided(self, w: float, context: torch.Tensor | None):
         """The denoiser guide + w (model - guide) for ``generate``; the guide sees the class and style

@@ -106,3 +106,7 @@ def test_prompts_only_prints_the_prompt_check_beside_its_real_values(capsys):
     if checked["held_out_names_without_a_known_word"] == 0:  # then the split is the whole
         assert checked["held_out_class_accuracy_with_a_known_word"] == checked["held_out_class_accuracy"]
     assert checked["held_out_names_without_a_known_word"] in (0, 0.5, 1)
+    assert checked["read_words"] is True  # unknown words are read through WordNet, as generate does by default
+    from diffusion_core.text import words
+
+    assert all(len(read.split()) == len(words(name)) for name, read in checked["held_out_read_as"].items())

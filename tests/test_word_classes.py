@@ -27,3 +27,11 @@ def test_a_word_shared_by_classes_gives_a_blend_and_unknown_words_are_reported(e
     odd = match_words("zebra xyzzy", emoji)
     assert odd.blend == {"animal_nature": 1.0} and odd.unknown_words == ["xyzzy"]
     assert match_words("xyzzy", emoji).blend == {}
+
+
+def test_a_word_in_no_emoji_name_is_read_through_wordnet_first():
+    train = load_emoji(split="train")  # croissant is a held-out emoji: no training name or keyword holds it
+    read = match_words("croissant", train)
+    assert read.read_as == {"croissant": "bread"} and read.blend == {"food_drink": 1.0} and read.unknown_words == []
+    literal = match_words("croissant", train, read_words=False)
+    assert literal.blend == {} and literal.unknown_words == ["croissant"] and literal.read_as == {}

@@ -148,9 +148,15 @@ def describe_blend(blend: dict[str, float]) -> str:
     return " + ".join(f"{w:g}·{n}" for n, w in blend.items() if w > 0)
 
 
-def unknown_note(words: list[str], dropped: list[str] = ()) -> str:
-    """Notes on the words of a prompt the model did not read: unknown ones, and ones past its length."""
-    note = f"\n\n⚠️ The model does not know the words **{', '.join(words)}**; they were left out." if words else ""
+def unknown_note(words: list[str], dropped: list[str] = (), read_as: dict[str, str] | None = None) -> str:
+    """Notes on the words of a prompt the model did not read as typed: those read as words it knows
+    (WordNet's links, diffusion_core/lexicon.py), unknown ones, and ones past its length."""
+    note = ""
+    if read_as:
+        note += ("\n\n📖 Words the model never saw, read as words it knows (WordNet): "
+                 + ", ".join(f"**{word}** as **{reading}**" for word, reading in read_as.items()) + ".")
+    if words:
+        note += f"\n\n⚠️ The model does not know the words **{', '.join(words)}**; they were left out."
     if dropped:
         note += (f"\n\n⚠️ The prompt is longer than the model reads; these words were left out: "
                  f"**{', '.join(dropped)}**.")

@@ -84,7 +84,7 @@ def build(app: App) -> None:
                 del stops[session]
         return str(result.path), (f"{result.num_images} images in {len(result.folders)} folders "
                                   f"({', '.join(result.folders)}), {result.seconds:.1f} s."
-                                  + unknown_note(result.unknown_words, result.dropped_words))
+                                  + unknown_note(result.unknown_words, result.dropped_words, result.read_as))
 
     def cancel(request: gr.Request = None):
         """Stop this session's running export at its next step."""

@@ -11,8 +11,9 @@ from .common import (ANY, FAST_EXPLANATION, FULL, MAX_GUIDANCE, App, as_choice, 
                      unknown_note, wire_live)
 
 EXPLANATION = r"""
-The prompt is split into words; each known word becomes a token id (unknown words are dropped and listed
-under the pictures). A small transformer, trained together with the U-Net, turns the tokens into
+The prompt is split into words; each known word becomes a token id. A word the model never saw is read as
+one it knows where WordNet's "is a kind of" links lead to one ("croissant" → bread → food: the first known
+word going up), and said so under the pictures; words with no such reading are dropped and listed. A small transformer, trained together with the U-Net, turns the tokens into
 vectors $e_1 \dots e_L$. Inside the U-Net's attention blocks at 8x8 and 4x4, every pixel position asks
 the words what to draw (cross-attention, as in latent diffusion and Imagen):
 $$\mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\Big(\frac{Q K^\top}{\sqrt d}\Big) V,\quad Q = W_Q h,\; K = W_K e,\; V = W_V e$$
@@ -70,7 +71,7 @@ def build(app: App) -> None:
                           style=style, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
             drawn = f" → {describe_blend(blend)}{' (from the words)' if match else ''} + the prompt" if blend else ""
             return (gallery_of(out.images), f"“{prompt}”{drawn}, guidance {guidance:g}: {out.seconds:.2f} s "
-                    f"({model_note(app, model, steps)})" + unknown_note(out.unknown_words, out.dropped_words))
+                    f"({model_note(app, model, steps)})" + unknown_note(out.unknown_words, out.dropped_words, out.read_as))
         match = words_match(prompt)
         if match is None:
             raise gr.Error("this model reads no text and has no emoji names to look the words up in; use Context")
@@ -80,7 +81,7 @@ def build(app: App) -> None:
         drawn = describe_blend(blend) or "no class (no word matched)"
         found = f" (matching emoji: {', '.join(match.examples)})" if match.examples else ""
         return (gallery_of(out.images), f"“{prompt}” → {drawn}{found}, guidance {guidance:g}: {out.seconds:.2f} s "
-                f"({model_note(app, model, steps)})" + unknown_note(match.unknown_words))
+                f"({model_note(app, model, steps)})" + unknown_note(match.unknown_words, (), match.read_as))
 
     with gr.Tab("Prompt"):
         if not app.has_text:

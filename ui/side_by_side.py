@@ -58,10 +58,11 @@ def build(app: App) -> None:
                     for name, (p, c) in sides.items()}
         unknown = sorted(set(outs["A"].unknown_words) | set(outs["B"].unknown_words))
         dropped = sorted(set(outs["A"].dropped_words) | set(outs["B"].dropped_words))
+        read_as = {**outs["A"].read_as, **outs["B"].read_as}
         info = (f"A = {describe['A']}, B = {describe['B']}: the paths part at step {part + 1} of {steps} "
                 f"(t = {ts[part]}): from there on each guess is nearer its own final picture than the other's. "
                 f"{sum(o.seconds for o in outs.values()):.2f} s."
-                + unknown_note(unknown, dropped))
+                + unknown_note(unknown, dropped, read_as))
         return grid, plot, info
 
     with gr.Tab("Side by side"):
