@@ -3,7 +3,8 @@
 # Where we are root with apt-get, Debian packages that are missing get installed: chromium (the browser
 # test) and the emoji data rebuild's sources (the pinned Noto font, Unicode data, CLDR, fribidi, and npm
 # for the pinned icon sets), so tests/test_data.py rebuilds assets/emoji_sprites.npz and compares every
-# array. Elsewhere those tests skip and say why.
+# array; and WordNet (wordnet-base), so tests/test_lexicon.py rebuilds diffusion_core/wordnet_readings.json.gz
+# byte for byte. Elsewhere those tests skip and say why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 apt_ok() { command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; }
@@ -19,6 +20,7 @@ if apt_ok; then
   [ -f /usr/share/unicode/cldr/common/annotations/en.xml ] || apt_install unicode-cldr-core=41-0.1
   ldconfig -p | grep -q libfribidi.so.0 || apt_install libfribidi0
   command -v npm >/dev/null 2>&1 || apt_install npm
+  [ -f /usr/share/wordnet/data.noun ] || apt_install wordnet-base=1:3.0-37  # the prompt-word readings' rebuild
 fi
 python3 -m venv .venv
 .venv/bin/pip install -q -r requirements-dev.txt
