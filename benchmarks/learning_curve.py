@@ -1,0 +1,90 @@
+"""A training run's learning curve per style: each export (``OUT_DIR/exports/step_*``) evaluated as
+``python -m diffusion_core evaluate`` does, one row per export, the worst style first.
+
+    python -m benchmarks.learning_curve --run runs/emoji32_scratch [--steps 1000 2000] [--compare checkpoints/emoji32]
+                                        [--setting dpmpp_2m_sde:20:4] [--prompts 100] [--out FILE.md]
+
+Columns: images seen (step x the run's batch size), the worst style (the highest FD / its floor) and each
+style's FD / floor, the lowest recall against real's, class accuracy, and with ``--prompts N`` the text check
+(for N training names, the share whose sample's nearest training sprite is that emoji; held-out names' class
+accuracy). ``--compare`` adds rows for finished checkpoints at the same setting (e.g. the shipped model).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from diffusion_core.evaluate import evaluate, parse_setting
+
+
+def exports_of(run: Path, steps: list[int] | None) -> list[tuple[int, Path]]:
+    """(step, folder) of the run's exports, in step order; only ``steps`` when given."""
+    found = sorted((int(p.name.split("_")[1]), p) for p in (run / "exports").glob("step_*") if (p / "config.json").is_file())
+    if not found:
+        raise SystemExit(f"{run}/exports holds no step_* exports")
+    return [(s, p) for s, p in found if steps is None or s in steps]
+
+
+def curve_row(name: str, images: int | None, result: dict) -> dict:
+    (row,) = result["rows"]
+    floors = result["style_floors"]
+    recall_gap = {s: floors[s]["recall"] - row["per_style"][s]["recall"] for s in floors}
+    prompts = result.get("prompts") or {}
+    return {"name": name, "images": images, "worst": row["worst_style"],
+            "fd_over_floor": {s: row["per_style"][s]["fd"] / floors[s]["fd"] for s in floors},
+            "worst_recall_gap": max(recall_gap.items(), key=lambda kv: kv[1]), "class_accuracy": row["class_accuracy"],
+            "fd_over_floor_all": row["fd"] / result["floor"]["fd"], "copies": row["copies"],
+            "names": prompts.get("nearest_is_that_emoji"), "held_out_names": prompts.get("held_out_class_accuracy")}
+
+
+def table(rows: list[dict], styles: list[str]) -> list[str]:
+    head = ("| model | images seen | worst style (FD / floor) | " + " | ".join(styles) + " | all styles | "
+            "largest recall gap | class accuracy | copies | names drawn as that emoji | held-out names' class |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        worst = r["worst"]
+        gap_style, gap = r["worst_recall_gap"]
+        percent = lambda v: "" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+        images = "" if r["images"] is None else f"{r['images']:,}"
+        lines.append(f"| {r['name']} | {images} | "
+                     f"**{worst['style']} {worst['fd_over_floor']:.2f}x** | "
+                     + " | ".join(f"{r['fd_over_floor'][s]:.2f}x" for s in styles)
+                     + f" | {r['fd_over_floor_all']:.2f}x | {gap_style} {gap:+.2f} | {percent(r['class_accuracy'])} | "
+                     f"{percent(r['copies'])} | {percent(r['names'])} | {percent(r['held_out_names'])} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a training run's out_dir (holds config.json and exports/)")
+    parser.add_argument("--steps", type=int, nargs="+", default=None, help="only these steps' exports")
+    parser.add_argument("--compare", nargs="*", default=[], help="checkpoint folders to score at the same setting")
+    parser.add_argument("--setting", default="dpmpp_2m_sde:20:4")
+    parser.add_argument("--prompts", type=int, default=0)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    run = Path(args.run)
+    batch = json.loads((run / "config.json").read_text())["batch_size"]
+    setting = parse_setting(args.setting)
+    rows, styles = [], None
+    jobs = [(f"`{Path(c)}`", None, Path(c)) for c in args.compare]
+    jobs += [(f"step {s:,}", s * batch, folder) for s, folder in exports_of(run, args.steps)]
+    for name, images, folder in jobs:
+        result = evaluate(str(folder), settings=[setting], dtype=args.dtype, prompts=args.prompts, log=lambda _: None)
+        styles = styles or list(result["style_floors"])
+        rows.append(curve_row(name, images, result))
+        print("\n".join(table(rows[-1:], styles)[2:]), flush=True)
+    lines = [f"Learning curve of `{run}` (`python -m benchmarks.learning_curve --run {run} --setting {args.setting}"
+             f"{f' --prompts {args.prompts}' if args.prompts else ''}`; {args.dtype} sampling; one sample per held-out "
+             "image of every style, n = 840; FD / floor per style, each against its own reference and floor):", "",
+             *table(rows, styles)]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
