@@ -15,6 +15,15 @@ STATE_DIR_HELP = ("folder for the run's state, log and exports (relative out_dir
                   "default $DIFFUSION_STATE_DIR, else the current folder), e.g. one that outlives the checkout")
 
 
+def print_word_notes(result) -> None:
+    """What became of a prompt's words: those read as known ones (WordNet), those the model does not know."""
+    if result.read_as:
+        print("note: words the model never saw, read as words it knows (WordNet): "
+              + ", ".join(f"{word} as {reading}" for word, reading in result.read_as.items()))
+    if result.unknown_words:
+        print(f"note: the model does not know the words {', '.join(result.unknown_words)} (they were ignored)")
+
+
 def cmd_sample(args) -> None:
     import numpy as np
 
@@ -38,11 +47,7 @@ def cmd_sample(args) -> None:
                            sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed,
                            guidance_interval=interval,
                            autoguidance="default" if args.autoguidance is None else None if args.autoguidance == 1 else args.autoguidance)
-    if result.read_as:
-        print("note: words the model never saw, read as words it knows (WordNet): "
-              + ", ".join(f"{word} as {reading}" for word, reading in result.read_as.items()))
-    if result.unknown_words:
-        print(f"note: the model does not know the words {', '.join(result.unknown_words)} (they were ignored)")
+    print_word_notes(result)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npz":
         tmp = out.with_name(f".{out.stem}.tmp.npz")
@@ -185,11 +190,7 @@ def cmd_export_dataset(args) -> None:
         result = export_dataset(pipe, args.out, classes=args.classes, prompts=args.prompts, per_label=args.per_class,
                                 style=args.style, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                 seed=args.seed, progress=progress)
-    if result.read_as:
-        print("note: words the model never saw, read as words it knows (WordNet): "
-              + ", ".join(f"{word} as {reading}" for word, reading in result.read_as.items()))
-    if result.unknown_words:
-        print(f"note: the model does not know the words {', '.join(result.unknown_words)} (they were ignored)")
+    print_word_notes(result)
     print(f"wrote {result.num_images} images in {len(result.folders)} folders ({', '.join(result.folders)}) "
           f"to {result.path} in {result.seconds:.1f} s; train on it with --data folder:{result.path}")
 

@@ -24,6 +24,8 @@ from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
 
+from .text import data_texts, words
+
 READINGS_FILE = Path(__file__).resolve().parent / "wordnet_readings.json.gz"
 # WordNet's licence asks that its notice go with every copy, modified ones included: the readings file carries it
 WORDNET_NOTICE = ("Derived from WordNet 3.0 (Debian wordnet-base 1:3.0-37). WordNet 3.0 Copyright 2006 by Princeton "
@@ -121,12 +123,10 @@ def known_above(sense: str, synsets: dict, home: dict, known_words) -> dict[str,
 
 def emoji_known_words() -> Counter:
     """The words a text model trained on the emoji data knows, with how often its texts use them: every word
-    of the training emoji's names, keywords and the class names (train.training_vocabulary's texts)."""
+    of the training emoji's names, keywords and the class names (what train.training_vocabulary reads)."""
     from .data import load_emoji
 
-    data = load_emoji(split="train")
-    texts = [*data.names.tolist(), *(k.replace("|", " ") for k in data.keywords.tolist()), *data.class_names]
-    return Counter(w for text in texts for w in WORD.findall(text.lower()))
+    return Counter(w for text in data_texts(load_emoji(split="train")) for w in words(text))
 
 
 def build_wordnet_readings(out: Path = READINGS_FILE, folder: Path = WORDNET_DIR) -> dict:

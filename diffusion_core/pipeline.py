@@ -455,7 +455,7 @@ class DiffusionPipeline:
                 return text
             out = []
             for word in words(text):
-                reading = word if word in self.vocabulary.index else read_word(word, self.vocabulary.index)
+                reading = read_word(word, self.vocabulary.index)
                 if reading is not None and reading != word:
                     read_as[word] = reading
                 out.append(reading or word)

@@ -33,6 +33,11 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
+def data_texts(data) -> list[str]:
+    """The texts a text model learns its words from: every name, keyword and class name of a data set."""
+    return [*data.names.tolist(), *(k.replace("|", " ") for k in data.keywords.tolist()), *data.class_names]
+
+
 class Vocabulary:
     """Word <-> id. ``encode`` returns fixed-length ids and the words it does not know."""
 

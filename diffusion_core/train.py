@@ -35,7 +35,7 @@ from .model_card import write_log_up_to
 from .pipeline import FALLBACK_SAMPLING, DiffusionPipeline, cpu_has_native_bf16
 from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
-from .text import Vocabulary, words
+from .text import Vocabulary, data_texts, words
 from .unet import CrossAttention, UNet, round_weights, weights_torch_dtype
 
 LOG_FIELDS = ("step", "loss", "lr", "images_per_s", "elapsed_s")
@@ -226,8 +226,7 @@ def training_vocabulary(data, max_tokens: int) -> Vocabulary:
     if data.names is None:
         raise ValueError("text training needs a data set with a name per picture (the emoji data); "
                          "this one has class labels only")
-    texts = [*data.names.tolist(), *(k.replace("|", " ") for k in data.keywords.tolist()), *data.class_names]
-    return Vocabulary.from_texts(texts, max_tokens=max_tokens)
+    return Vocabulary.from_texts(data_texts(data), max_tokens=max_tokens)
 
 
 def training_prompt(name: str, keywords: str, class_name: str, rng: random.Random) -> str:
