@@ -483,7 +483,7 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     """The EMA student as a checkpoint folder that ``DiffusionPipeline.from_pretrained`` loads like any
     other (config.json says it predicts v, takes w and samples by ``default_sampling``), with its
     card, the distillation log and a sample grid (8 per class at the default sampling)."""
-    from .model_card import distillation_card, save_with_card, write_log_up_to
+    from .model_card import distillation_card, run_recipe, save_with_card, write_log_up_to
     from .viz import save_grid
 
     student = UNet(**ema._hub_mixin_config)
@@ -491,7 +491,8 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     round_weights(student, cfg.weights_dtype)
     pipe = DiffusionPipeline(student, NoiseSchedule(teacher.schedule.kind, teacher.schedule.num_timesteps),
                              teacher.labels, teacher.styles, "v", device="cpu", vocabulary=teacher.vocabulary,
-                             default_sampling=cfg.default_sampling)
+                             default_sampling=cfg.default_sampling,
+                             recipe=run_recipe(cfg, cfg.teacher, cfg.init_student))
     out_dir = Path(cfg.out_dir)
     per_class = 8
     grid = pipe.generate(num_images=per_class * len(pipe.labels),

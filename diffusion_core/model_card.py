@@ -25,6 +25,26 @@ def recipe_path(cfg) -> str:
     return experiment if (PROJECT / experiment).is_file() and not (PROJECT / "configs" / name).is_file() else f"configs/{name}"
 
 
+def run_recipe(cfg, *earlier: str) -> list[str]:
+    """What a run's export records as config.json's "recipe": the config files that made its weights, in the
+    order they ran. That is the recipe of each checkpoint it started from (``earlier``: init_from, teacher,
+    init_student; "" where there is none), then its own config: the project's ``recipe_path`` where that file
+    exists, else the copy the run wrote into its out_dir (a run from flags or the app's Train tab). An earlier
+    checkpoint that cannot be read now (a resumed run whose start is gone) adds nothing, with a warning."""
+    from .pipeline import CONFIG_NAME, read_config, resolve_checkpoint
+
+    recipe: list[str] = []
+    for source in filter(None, earlier):
+        try:
+            before = read_config(resolve_checkpoint(source) / CONFIG_NAME)["recipe"]
+        except ValueError as err:
+            print(f"warning: the recipe of {source} is unknown ({err}); the export's recipe starts after it")
+            before = []
+        recipe += [path for path in before if path not in recipe]
+    own = recipe_path(cfg)
+    return [*recipe, own if (PROJECT / own).is_file() else str(Path(cfg.out_dir) / "config.json")]
+
+
 def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
     """sha256 over the tensors' names and float32 values: the same weights give the same fingerprint
     however they were stored, so an evaluation can say which weights it measured."""
@@ -121,6 +141,13 @@ def text_note(cfg) -> str:
                f"the lr." if cfg.text_lr_scale != 1 else ""))
 
 
+def patch_note(cfg) -> str:
+    if getattr(cfg, "patch_size", 1) == 1:
+        return ""
+    p = cfg.patch_size
+    return f", on {p}x{p}-pixel patches, so its top level runs at {cfg.image_size // p}x{cfg.image_size // p}"
+
+
 def loss_note(cfg) -> str:
     if not cfg.min_snr_gamma:
         return ""
@@ -153,7 +180,7 @@ tags: [diffusion, ddpm, emoji, pixel-art, unconditional-image-generation]
 # {Path(cfg.export_dir).name}: a small diffusion model of {cfg.image_size}x{cfg.image_size} sprites
 
 A U-Net ({cfg.base_channels} base channels, multipliers {list(cfg.channel_mults)}, attention at
-{list(cfg.attention_resolutions)} px) trained with `diffusion_core` to predict the noise
+{list(cfg.attention_resolutions)} px{patch_note(cfg)}) trained with `diffusion_core` to predict the noise
 ({cfg.prediction_type}) on a {cfg.schedule} schedule of {cfg.num_timesteps} steps, with context dropout
 {cfg.context_dropout} so one model serves guided and unguided sampling.{loss_note(cfg)}{text_note(cfg)} Weights are the EMA
 (decay {cfg.ema_decay}). `generate` defaults to `default_sampling` in config.json:

@@ -43,9 +43,10 @@ MAX_IMAGES = 64
 NETWORK_ROWS = 16
 CONFIG_NAME = "config.json"
 GUIDE_FOLDER = "guide"  # a checkpoint's autoguidance model, a checkpoint folder of its own inside it
-PIPELINE_KEYS = ("schedule", "num_timesteps", "prediction_type", "labels", "styles", "default_sampling")
+PIPELINE_KEYS = ("schedule", "num_timesteps", "prediction_type", "labels", "styles", "default_sampling", "recipe")
 VOCAB_HASH_KEY = "vocab_sha256"  # a text model's config.json: the hash of its vocab.json's words in order
 FALLBACK_SAMPLING = {"sampler": DEFAULT_SAMPLER, "steps": 20, "guidance": 3.0}  # for checkpoints without default_sampling
+ADDED_KEYS = {"patch_size": 1, "recipe": []}  # keys added after checkpoints shipped: what a config.json without one means
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -95,7 +96,8 @@ def config_keys(config: dict) -> set[str]:
 
 
 def read_config(path: Path) -> dict:
-    """config.json as a dict, strictly: a key it lacks or one no writer makes is an error naming it."""
+    """config.json as a dict, strictly: a key it lacks or one no writer makes is an error naming it (a key
+    in ``ADDED_KEYS`` that it lacks reads as the value every checkpoint before that key had)."""
     try:
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -103,6 +105,7 @@ def read_config(path: Path) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{path} must hold a JSON object")
     expected = config_keys(config)
+    config = {**{k: v for k, v in ADDED_KEYS.items() if k in expected}, **config}
     unknown, missing = sorted(config.keys() - expected), sorted(expected - config.keys())
     if unknown:
         raise ValueError(f"{path} holds unknown keys {unknown} (this version reads {sorted(expected)})")
@@ -142,8 +145,11 @@ class DiffusionPipeline:
 
     def __init__(self, model: UNet, schedule: NoiseSchedule, labels: list[str], styles: list[str] | None = None,
                  prediction_type: str = "epsilon", device: str | torch.device | None = None,
-                 dtype: str = "float32", vocabulary: Vocabulary | None = None, default_sampling: dict | None = None):
+                 dtype: str = "float32", vocabulary: Vocabulary | None = None, default_sampling: dict | None = None,
+                 recipe: list[str] | None = None):
         styles = list(styles or [])
+        if not isinstance(recipe or [], list) or not all(isinstance(path, str) for path in recipe or []):
+            raise ValueError(f"recipe must be a list of config paths, got {recipe!r}")
         if model.context_dim != len(labels) + len(styles):
             raise ValueError(f"the model's context_dim ({model.context_dim}) must equal the number of labels "
                              f"({len(labels)}) plus styles ({len(styles)})")
@@ -153,6 +159,7 @@ class DiffusionPipeline:
         self.schedule, self.labels, self.styles = schedule, list(labels), styles
         self.vocabulary = vocabulary
         self.default_sampling = {**FALLBACK_SAMPLING, **(default_sampling or {})}
+        self.recipe = list(recipe or [])  # the config files that made these weights, in the order they ran
         self.prediction_type = prediction_type
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.memory_format = torch.channels_last  # see set_dtype
@@ -185,7 +192,7 @@ class DiffusionPipeline:
                                  f"{config[VOCAB_HASH_KEY]})")
         pipe = cls(model, NoiseSchedule(config["schedule"], config["num_timesteps"]), config["labels"],
                    config["styles"], config["prediction_type"], device=device, dtype=dtype, vocabulary=vocabulary,
-                   default_sampling=config["default_sampling"])
+                   default_sampling=config["default_sampling"], recipe=config["recipe"])
         pipe.source, pipe.folder = str(name_or_path), folder
         if (folder / GUIDE_FOLDER / CONFIG_NAME).is_file():
             pipe.set_guide(cls.from_pretrained(folder / GUIDE_FOLDER, device=device, dtype=dtype))
@@ -219,7 +226,8 @@ class DiffusionPipeline:
         ``PIPELINE_KEYS`` and, for a text model, ``vocab_sha256``."""
         config = {**self.model._hub_mixin_config, "schedule": self.schedule.kind,
                   "num_timesteps": self.schedule.num_timesteps, "prediction_type": self.prediction_type,
-                  "labels": self.labels, "styles": self.styles, "default_sampling": self.default_sampling}
+                  "labels": self.labels, "styles": self.styles, "default_sampling": self.default_sampling,
+                  "recipe": self.recipe}
         if self.vocabulary is not None:
             config[VOCAB_HASH_KEY] = self.vocabulary.sha256()
         return config

@@ -70,6 +70,7 @@ class TrainConfig(JsonConfig):
     base_channels: int = 32
     channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
     num_res_blocks: int = 1
+    patch_size: int = 1                    # pixels per side of the patch one U-Net position sees (1 = pixels)
     attention_resolutions: list[int] = field(default_factory=lambda: [8, 4])
     num_heads: int = 4
     num_groups: int = 16
@@ -116,7 +117,7 @@ class TrainConfig(JsonConfig):
                     channel_mults=list(self.channel_mults), num_res_blocks=self.num_res_blocks,
                     attention_resolutions=list(self.attention_resolutions), context_dim=context_dim,
                     num_heads=self.num_heads, num_groups=self.num_groups, dropout=self.dropout,
-                    **text, **(dict(flip_condition=True) if self.flip_condition else {}))
+                    patch_size=self.patch_size, **text, **(dict(flip_condition=True) if self.flip_condition else {}))
 
     def validate(self) -> None:
         checks = [
@@ -128,6 +129,7 @@ class TrainConfig(JsonConfig):
             (self.text_lr_scale > 0, "text_lr_scale must be > 0"),
             (self.text or self.text_lr_scale == 1, "text_lr_scale needs a text model (\"text\": true)"),
             (self.hflip or not self.flip_condition, "flip_condition needs hflip (it labels the mirrored pictures)"),
+            (self.patch_size >= 1, "patch_size must be >= 1 (1 = one pixel per U-Net position)"),
             (self.min_snr_gamma >= 0, "min_snr_gamma must be >= 0 (0 turns the weighting off)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
@@ -543,12 +545,13 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
            vocabulary: Vocabulary | None = None) -> Path:
     """Write the EMA weights as a Hub-layout checkpoint (config.json, model.safetensors, model card,
     training log) to cfg.export_dir, and a sample grid (8 per class, drawn on ``device``) to out_dir."""
-    from .model_card import save_with_card, training_card
+    from .model_card import run_recipe, save_with_card, training_card
     from .viz import save_grid
 
     pipe = DiffusionPipeline(ema_copy(ema, cfg), NoiseSchedule(cfg.schedule, cfg.num_timesteps),
                              list(data.class_names), list(data.style_names), cfg.prediction_type, device=device,
-                             vocabulary=vocabulary, default_sampling=cfg.default_sampling)
+                             vocabulary=vocabulary, default_sampling=cfg.default_sampling,
+                             recipe=run_recipe(cfg, cfg.init_from))
     per_class = 8
     classes = [name for name in data.class_names for _ in range(per_class)] or None  # None: an unconditional model
     grid = pipe.generate(num_images=len(classes) if classes else 2 * per_class, classes=classes, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0, seed=0)

@@ -14,6 +14,11 @@ sec. 3.3), and its first token's feature is added to the time embedding (Nichol 
 With ``guidance_embedding`` the U-Net also takes the guidance strength w as an input, embedded like
 t and added to the time embedding (Meng et al. 2023, "On Distillation of Guided Diffusion Models",
 sec. 4.1): a guidance-distilled student computes in one call what the teacher needs two for.
+
+With ``patch_size`` p > 1 the U-Net works on p x p patches of pixels: each patch's p²·C values become one
+position's channels on the way in (``pixel_unshuffle``) and the last convolution predicts them back
+(``pixel_shuffle``), as ViT's and DiT's patch embeddings do (Dosovitskiy et al. 2021; Peebles & Xie 2023,
+sec. 3.2). The network's top level then runs at (H/p)x(W/p), where a CPU spends most of a step.
 """
 from __future__ import annotations
 
@@ -192,11 +197,16 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         max_tokens: int = 16,
         guidance_embedding: bool = False,
         flip_condition: bool = False,
+        patch_size: int = 1,
     ):
         super().__init__()
-        if image_size % (2 ** (len(channel_mults) - 1)):
-            raise ValueError(f"image_size {image_size} must be divisible by 2^{len(channel_mults) - 1}")
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        if image_size % (patch_size * 2 ** (len(channel_mults) - 1)):
+            raise ValueError(f"image_size {image_size} must be divisible by patch_size x 2^{len(channel_mults) - 1} "
+                             f"= {patch_size * 2 ** (len(channel_mults) - 1)}")
         self.image_size, self.in_channels, self.context_dim = image_size, in_channels, context_dim
+        self.patch_size = patch_size
         emb_dim = 4 * base_channels
         self.base_channels = base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -225,9 +235,9 @@ class UNet(nn.Module, PyTorchModelHubMixin):
                 layers.append(attention(c_out))
             return nn.ModuleList(layers)
 
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels * patch_size**2, base_channels, 3, padding=1)
         self.down = nn.ModuleList()
-        skip_channels, channels, resolution = [base_channels], base_channels, image_size
+        skip_channels, channels, resolution = [base_channels], base_channels, image_size // patch_size
         for level, mult in enumerate(channel_mults):
             for _ in range(num_res_blocks):
                 self.down.append(block(channels, base_channels * mult, resolution))
@@ -254,7 +264,7 @@ class UNet(nn.Module, PyTorchModelHubMixin):
                     resolution *= 2
 
         self.norm_out = GroupNorm(num_groups, channels)
-        self.conv_out = nn.Conv2d(channels, in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(channels, in_channels * patch_size**2, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -306,7 +316,7 @@ class UNet(nn.Module, PyTorchModelHubMixin):
             emb = emb + self.text_mlp(text[0][:, 0])
         elif tokens is not None:
             raise ValueError("this model has no text encoder (vocab_size 0); give no tokens")
-        h = self.conv_in(x)
+        h = self.conv_in(F.pixel_unshuffle(x, self.patch_size) if self.patch_size > 1 else x)
         skips = [h]
         for layers in self.down:
             for layer in layers:
@@ -318,7 +328,8 @@ class UNet(nn.Module, PyTorchModelHubMixin):
             h = torch.cat([h, skips.pop()], dim=1)
             for layer in layers:
                 h = layer(h, emb, text)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
 
 
 WEIGHTS_NAME = "model.safetensors"

@@ -100,7 +100,8 @@ def teacher_dir(tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    pipe = DiffusionPipeline(model, NoiseSchedule("cosine", 50), COURSE_LABELS, [], device="cpu")
+    pipe = DiffusionPipeline(model, NoiseSchedule("cosine", 50), COURSE_LABELS, [], device="cpu",
+                             recipe=["configs/teacher.json"])
     return pipe.save_pretrained(tmp_path / "teacher")
 
 

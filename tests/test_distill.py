@@ -100,6 +100,9 @@ def test_a_distillation_can_start_from_an_earlier_student_and_learn_on_v(teacher
     assert f"`{step_export}` (an earlier student" in card and "pseudo-Huber on v" in card
     this_run, _, before = card.partition(f"### Before this run: how `{step_export}` was distilled (from its card)")
     assert "| images seen | 6 |" in this_run and "| images seen | 12 |" in before and "pseudo-Huber on x̂_0" in before
+    # config.json's recipe: the teacher's, the earlier student's config, this one's (each run's own copy)
+    assert DiffusionPipeline.from_pretrained(tmp_path / "b" / "export").recipe == [
+        "configs/teacher.json", str(Path(first.out_dir) / "config.json"), str(tmp_path / "b" / "run" / "config.json")]
     with pytest.raises(ValueError, match="is not a student of this teacher's architecture"):
         start_student(teacher, str(teacher_dir))
 

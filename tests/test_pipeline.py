@@ -286,6 +286,16 @@ def test_config_json_with_an_unknown_or_a_missing_key_fails_naming_it(tiny_pipel
         DiffusionPipeline.from_pretrained(folder)
 
 
+def test_a_key_added_later_reads_as_what_every_checkpoint_before_it_meant(tiny_pipeline, tmp_path):
+    folder = tiny_pipeline.save_pretrained(tmp_path / "ckpt")
+    edit_config(folder, lambda c: (c.pop("patch_size"), c.pop("recipe")))  # a checkpoint from before both
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    assert pipe.model.patch_size == 1 and pipe.recipe == []
+    edit_config(folder, lambda c: c.update(recipe="configs/emoji32.json"))
+    with pytest.raises(ValueError, match="recipe must be a list of config paths"):
+        DiffusionPipeline.from_pretrained(folder)
+
+
 def test_what_save_pretrained_writes_is_exactly_what_loading_expects(tiny_pipeline, vocab, tmp_path):
     from conftest import text_pipeline
     from diffusion_core.pipeline import config_keys

@@ -44,6 +44,20 @@ def test_training_writes_log_checkpoint_grid_and_a_loadable_export(course_files,
     assert "| steps | 6 |" in card and "python -m diffusion_core train" in card
 
 
+def test_a_patch_model_trains_exports_and_loads_and_a_checkpoint_from_before_patches_reads_as_pixels(course_files, tmp_path):
+    cfg = tiny_config(course_files, tmp_path, "p", patch_size=2, max_steps=3, checkpoint_every=3)
+    train(cfg, show_progress=False)
+    folder = Path(cfg.export_dir)
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    assert pipe.model.patch_size == 2 and pipe.generate(num_images=2, steps=2, seed=0).images.shape == (2, 16, 16, 3)
+    assert "2x2-pixel patches" in (folder / "README.md").read_text()
+    config = json.loads((folder / "config.json").read_text())
+    del config["patch_size"]  # as every checkpoint made before patch_size existed
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"conv_in.weight: file \(8, 12, 3, 3\) vs model \(8, 3, 3, 3\)"):  # read as pixels
+        DiffusionPipeline.from_pretrained(folder)
+
+
 def test_export_only_rewrites_the_saved_states_ema_without_training(course_files, tmp_path):
     cfg = tiny_config(course_files, tmp_path, "a")
     with pytest.raises(ValueError, match="no training state"):
@@ -110,6 +124,11 @@ def test_init_from_starts_a_run_from_an_exported_checkpoint(course_files, tmp_pa
             assert torch.allclose(state[prefix + key], value, atol=1e-6), prefix + key
     card = (Path(tuned.export_dir) / "README.md").read_text()
     assert f"| initialised from | `{first.export_dir}`" in card and "| steps | 1 |" in card
+    # config.json's recipe: the config files that made the weights, in the order they ran
+    # (no configs/first.json in the project: each names the config its run wrote into its out_dir)
+    first_config, tuned_config = (str(Path(c.out_dir) / "config.json") for c in (first, tuned))
+    assert DiffusionPipeline.from_pretrained(first.export_dir).recipe == [first_config]
+    assert DiffusionPipeline.from_pretrained(tuned.export_dir).recipe == [first_config, tuned_config]
     # the card also tells how the initial weights were trained, from their own card
     before = card.partition(f"### Before this run: how `{first.export_dir}` was trained")[2].partition("\n## ")[0]
     assert "| steps | 6 |" in before and f"configs/{Path(first.out_dir).name}.json" in before
@@ -377,11 +396,15 @@ def test_each_shipped_checkpoint_has_the_architecture_of_the_config_that_made_it
     named = re.findall(r"configs/[\w/]+\.json", card)
     assert named and (ROOT / named[0]).is_file(), f"{checkpoint}'s card names no config of this repository"
     maker, shipped = shipped_config(ROOT / named[0]), json.loads((ROOT / "checkpoints" / checkpoint / "config.json").read_text())
+    # config.json's recipe runs every config of the chain, in order, ending with the one that made it
+    assert shipped["recipe"][-1] == named[0] and all((ROOT / path).is_file() for path in shipped["recipe"])
+    assert set(shipped["recipe"]) >= set(named)  # and holds every stage its card tells of
     if isinstance(maker, TrainConfig):
         expected = maker.unet_kwargs(context_dim=shipped["context_dim"])
     else:
         teacher = json.loads((ROOT / maker.teacher / "config.json").read_text())
-        expected = {**{k: v for k, v in teacher.items() if k != "default_sampling"}, "guidance_embedding": True,
+        assert shipped["recipe"][:len(teacher["recipe"])] == teacher["recipe"]  # the teacher's stages come first
+        expected = {**{k: v for k, v in teacher.items() if k not in ("default_sampling", "recipe")}, "guidance_embedding": True,
                     "prediction_type": "v", "default_sampling": maker.default_sampling}
     # a key the export predates (a U-Net argument added later) holds the U-Net's default
     defaults = {k: p.default for k, p in inspect.signature(UNet.__init__).parameters.items() if p.default is not p.empty}

@@ -16,6 +16,33 @@ def test_unet_maps_images_to_same_shape_predictions(size, mults):
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
+def test_a_patch_unet_sees_each_patch_as_one_position_and_predicts_every_pixel():
+    torch.manual_seed(0)
+    model = UNet(**{**TINY_UNET, "patch_size": 2})
+    assert model.conv_in.in_channels == 12 and model.conv_out.out_channels == 12
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    out = model(x, t)
+    assert out.shape == x.shape
+    seen = {}
+    model.conv_in.register_forward_hook(lambda m, i, o: seen.update(stem=i[0]))
+    model.conv_out.register_forward_hook(lambda m, i, o: seen.update(head=o))
+    out = model(x, t)
+    # position (i, j) holds the pixels (2i + a, 2j + b) as channels c·4 + a·2 + b, on the way in and out
+    assert seen["stem"].shape == (2, 12, 8, 8) and torch.equal(seen["stem"][:, 4 * 1 + 2 * 1 + 0, 3, 5], x[:, 1, 7, 10])
+    assert torch.equal(out[:, 2, 7, 10], seen["head"][:, 4 * 2 + 2 * 1 + 0, 3, 5])
+    assert count_flops(model) < count_flops(UNet(**TINY_UNET)) / 2  # the top level runs at a quarter the positions
+
+
+def test_patch_size_must_divide_the_image_with_its_levels():
+    with pytest.raises(ValueError, match="divisible by patch_size x 2\\^1 = 4"):
+        UNet(image_size=18, channel_mults=(1, 2), patch_size=2)
+    with pytest.raises(ValueError, match="patch_size must be >= 1"):
+        UNet(patch_size=0)
+
+
 def test_default_unet_costs_at_most_0_6_gflop_per_image():
     assert count_flops(UNet()) <= 0.6e9
 
