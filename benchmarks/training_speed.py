@@ -5,6 +5,11 @@ peak, and the ten most expensive operations of the timed steps.
 
     python -m benchmarks.training_speed [--config configs/emoji32_text_prompts.json] [--batch 128] [--steps 8]
     python -m benchmarks.training_speed --compare [--pairs 3]   # the old path and the new one, alternating
+    python -m benchmarks.training_speed --convs     # each convolution of the network alone: how near the peak
+
+``--convs`` times every distinct convolution of the recipe's U-Net at the batch, in bf16 and channels-last as
+training runs it: the forward, the gradient of the input and the gradient of the weights (``aten``'s
+``convolution_backward`` for each alone), each as GFLOP/s, and what they add up to in one training step.
 
 ``--compare`` runs each path in a fresh process, old then new, ``--pairs`` times (so both see the same load
 on shared cores). The old path is the new code with the replaced pieces put back: PyTorch's fused attention
@@ -30,7 +35,7 @@ from diffusion_core import text as text_module
 from diffusion_core import train as train_module
 from diffusion_core import unet
 from diffusion_core.train import TrainConfig, train
-from diffusion_core.unet import count_flops
+from diffusion_core.unet import UNet, count_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_RECIPE = ROOT / "configs" / "emoji32_text_prompts.json"  # the stage that exports checkpoints/emoji32
@@ -112,6 +117,71 @@ def measure(config: str, batch: int, steps: int, warmup: int = 3, profile: bool 
     return result
 
 
+def conv_shapes(config: str, batch: int) -> list[tuple]:
+    """(in channels, out channels, kernel, stride, input size, is the first, calls per forward) for each distinct
+    convolution of the recipe's U-Net, found by running it once."""
+    cfg = TrainConfig.from_json(config)
+    model = UNet(**cfg.unet_kwargs(context_dim=4, vocab_size=2 if cfg.text else 0))
+    seen: dict = {}
+
+    def note(conv, inputs, output):
+        key = (conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], inputs[0].shape[-1],
+               conv is model.conv_in)
+        seen[key] = seen.get(key, 0) + 1
+
+    for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+        conv.register_forward_hook(note)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, cfg.image_size, cfg.image_size), torch.zeros(1, dtype=torch.long))
+    return [(*key, calls) for key, calls in seen.items()]
+
+
+def time_convs(config: str, batch: int, repeats: int = 5) -> list[dict]:
+    """Each convolution's forward, input gradient and weight gradient alone (best of ``repeats``), bf16 channels-last."""
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    rows = []
+    for c_in, c_out, k, stride, size, first, calls in conv_shapes(config, batch):
+        last = torch.channels_last
+        x = torch.randn(batch, c_in, size, size, dtype=torch.bfloat16).contiguous(memory_format=last)
+        w = torch.randn(c_out, c_in, k, k, dtype=torch.bfloat16).contiguous(memory_format=last)
+        args = ([stride] * 2, [k // 2] * 2, [1, 1], False, [0, 0], 1)
+        y = torch.ops.aten.convolution(x, w, None, *args)
+        g = torch.randn_like(y).contiguous(memory_format=last)
+        flops = 2 * batch * y.shape[-1] * y.shape[-2] * c_in * c_out * k * k
+        seconds = {
+            "forward": best(lambda: torch.ops.aten.convolution(x, w, None, *args)),
+            "input grad": best(lambda: torch.ops.aten.convolution_backward(g, x, w, [c_out], *args, [True, False, False])),
+            "weight grad": best(lambda: torch.ops.aten.convolution_backward(g, x, w, [c_out], *args, [False, True, True])),
+        }
+        if first:
+            seconds["input grad"] = 0.0  # the first convolution's input, the noisy picture, needs no gradient
+        rows.append(dict(shape=f"{c_in}->{c_out} {k}x{k}/{stride} at {size}x{size}", calls=calls, flops=flops,
+                         seconds=seconds))
+    return rows
+
+
+def report_convs(rows: list[dict], peak: float) -> None:
+    print(f"{'convolution':28s} {'calls':>5s}  " + "  ".join(f"{p + ' ms, GFLOP/s':>24s}" for p in rows[0]["seconds"]))
+    total_time = total_flops = 0.0
+    for row in sorted(rows, key=lambda r: -r["calls"] * sum(r["seconds"].values())):
+        cells = []
+        for part, seconds in row["seconds"].items():
+            cells.append(f"{1000 * seconds:9.2f} ms {row['flops'] / seconds / 1e9 if seconds else 0:7.0f}  ")
+            total_time += row["calls"] * seconds
+            total_flops += row["calls"] * row["flops"] * (seconds > 0)
+        print(f"{row['shape']:28s} {row['calls']:5d}  " + "  ".join(f"{c:>24s}" for c in cells))
+    print(f"all convolutions of one training step: {1000 * total_time:.0f} ms, {total_flops / total_time / 1e9:.0f} GFLOP/s "
+          f"({total_flops / total_time / 1e9 / peak:.0%} of the bf16 matmul peak, {peak:.0f} GFLOP/s)")
+
+
 def report(result: dict, peaks: dict) -> None:
     gflops = 3 * result["forward_flops"] * result["images_per_s"] / 1e9
     print(f"training images/s        {result['images_per_s']:.1f}")
@@ -150,7 +220,13 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--path", choices=("old", "new"), default="new")
     parser.add_argument("--json", action="store_true", help="print one JSON line (what --compare reads)")
+    parser.add_argument("--convs", action="store_true", help="time each convolution of the network alone")
     args = parser.parse_args()
+    if args.convs:
+        print(f"{Path(args.config).name}: each convolution at batch {args.batch}, bf16, channels-last, "
+              f"{torch.get_num_threads()} threads, best of 5")
+        report_convs(time_convs(args.config, args.batch), matmul_peak(torch.bfloat16))
+        return
     if args.compare:
         compare(args)
         return
