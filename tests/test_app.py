@@ -615,7 +615,10 @@ def test_live_redraws_asked_while_one_runs_are_dropped_but_the_newest(tiny_pipel
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"], headless=True)
             page = browser.new_page()
             page.goto(url)
-            page.get_by_role("tab", name="Context").click(force=True)  # (a loading overlay may cover the page)
+            tab, deadline = page.get_by_role("tab", name="Context"), time.time() + 60
+            while tab.get_attribute("aria-selected") != "true" and time.time() < deadline:
+                tab.click(force=True)  # (a loading overlay may cover the page and swallow a click)
+                time.sleep(0.2)
             panel = page.locator("[role=tabpanel]:visible")
             panel.get_by_label("live: redraw with the fast model whenever a control is released").check(force=True)
             deadline = time.time() + 60
