@@ -117,7 +117,7 @@ def measure(config: str, batch: int, steps: int, warmup: int = 3, profile: bool 
     return result
 
 
-def conv_shapes(config: str, batch: int) -> list[tuple]:
+def conv_shapes(config: str) -> list[tuple]:
     """(in channels, out channels, kernel, stride, input size, is the first, calls per forward) for each distinct
     convolution of the recipe's U-Net, found by running it once."""
     cfg = TrainConfig.from_json(config)
@@ -148,7 +148,7 @@ def time_convs(config: str, batch: int, repeats: int = 5) -> list[dict]:
         return min(times)
 
     rows = []
-    for c_in, c_out, k, stride, size, first, calls in conv_shapes(config, batch):
+    for c_in, c_out, k, stride, size, first, calls in conv_shapes(config):
         last = torch.channels_last
         x = torch.randn(batch, c_in, size, size, dtype=torch.bfloat16).contiguous(memory_format=last)
         w = torch.randn(c_out, c_in, k, k, dtype=torch.bfloat16).contiguous(memory_format=last)

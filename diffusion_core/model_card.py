@@ -142,7 +142,8 @@ def text_note(cfg) -> str:
 
 
 def patch_note(cfg) -> str:
-    if getattr(cfg, "patch_size", 1) == 1:
+    """What the card says about a U-Net on patches of pixels (nothing for one pixel per position)."""
+    if cfg.patch_size == 1:
         return ""
     p = cfg.patch_size
     return f", on {p}x{p}-pixel patches, so its top level runs at {cfg.image_size // p}x{cfg.image_size // p}"
