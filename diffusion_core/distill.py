@@ -76,6 +76,7 @@ import torch
 
 from .data import load_dataset
 from .dmd import StudentAndCritic, backward_simulation, distribution_matching_loss
+from .model_card import run_recipe
 from .pipeline import DiffusionPipeline
 from .samplers import predict_x0_and_eps
 from .schedule import NoiseSchedule
@@ -354,6 +355,7 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
     if not cfg.default_sampling:
         cfg.default_sampling = student_sampling(cfg.objective, teacher.default_sampling, cfg.skeleton_steps,
                                                 cfg.segments)
+    recipe = run_recipe(cfg, cfg.teacher, cfg.init_student) if procs.is_main else []  # every export's config.json
     walker = progressive_teacher(cfg, device) if cfg.objective == "progressive" else None
     data = load_dataset(cfg.data, teacher.model.image_size)
     images, data_contexts = data.to_tensors()
@@ -381,7 +383,7 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
         if not state_path.exists():
             raise ValueError(f"no distillation state at {state_path} to export")
         step = load_training_state(state_path, model, ema, optimizer)
-        folder = export_student(ema, teacher, cfg, step) if procs.is_main else None
+        folder = export_student(ema, teacher, cfg, step, recipe) if procs.is_main else None
         return {"step": step, "export": str(folder)}
     if resume and state_path.exists():
         step = load_training_state(state_path, model, ema, optimizer)
@@ -474,16 +476,17 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
 
     def save(step: int) -> None:
         save_training_state(state_path, model, ema, optimizer, step, cfg)
-        export_student(ema, teacher, cfg, step)
+        export_student(ema, teacher, cfg, step, recipe)
 
     return run_optimisation(cfg, procs, model, ema, optimizer, step, batch_loss, save, show_progress, averaged=student)
 
 
-def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, step: int) -> Path:
+def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, step: int,
+                   recipe: list[str] | None = None) -> Path:
     """The EMA student as a checkpoint folder that ``DiffusionPipeline.from_pretrained`` loads like any
     other (config.json says it predicts v, takes w and samples by ``default_sampling``), with its
     card, the distillation log and a sample grid (8 per class at the default sampling)."""
-    from .model_card import distillation_card, run_recipe, save_with_card, write_log_up_to
+    from .model_card import distillation_card, save_with_card, write_log_up_to
     from .viz import save_grid
 
     student = UNet(**ema._hub_mixin_config)
@@ -492,7 +495,7 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     pipe = DiffusionPipeline(student, NoiseSchedule(teacher.schedule.kind, teacher.schedule.num_timesteps),
                              teacher.labels, teacher.styles, "v", device="cpu", vocabulary=teacher.vocabulary,
                              default_sampling=cfg.default_sampling,
-                             recipe=run_recipe(cfg, cfg.teacher, cfg.init_student))
+                             recipe=recipe)
     out_dir = Path(cfg.out_dir)
     per_class = 8
     grid = pipe.generate(num_images=per_class * len(pipe.labels),

@@ -105,7 +105,7 @@ def read_config(path: Path) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{path} must hold a JSON object")
     expected = config_keys(config)
-    config = {**{k: v for k, v in ADDED_KEYS.items() if k in expected}, **config}
+    config = {**ADDED_KEYS, **config}
     unknown, missing = sorted(config.keys() - expected), sorted(expected - config.keys())
     if unknown:
         raise ValueError(f"{path} holds unknown keys {unknown} (this version reads {sorted(expected)})")
@@ -148,7 +148,8 @@ class DiffusionPipeline:
                  dtype: str = "float32", vocabulary: Vocabulary | None = None, default_sampling: dict | None = None,
                  recipe: list[str] | None = None):
         styles = list(styles or [])
-        if not isinstance(recipe or [], list) or not all(isinstance(path, str) for path in recipe or []):
+        recipe = [] if recipe is None else recipe
+        if not isinstance(recipe, list) or not all(isinstance(path, str) for path in recipe):
             raise ValueError(f"recipe must be a list of config paths, got {recipe!r}")
         if model.context_dim != len(labels) + len(styles):
             raise ValueError(f"the model's context_dim ({model.context_dim}) must equal the number of labels "
@@ -159,7 +160,7 @@ class DiffusionPipeline:
         self.schedule, self.labels, self.styles = schedule, list(labels), styles
         self.vocabulary = vocabulary
         self.default_sampling = {**FALLBACK_SAMPLING, **(default_sampling or {})}
-        self.recipe = list(recipe or [])  # the config files that made these weights, in the order they ran
+        self.recipe = list(recipe)  # the config files that made these weights, in the order they ran
         self.prediction_type = prediction_type
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.memory_format = torch.channels_last  # see set_dtype

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .data import SpriteData, load_dataset
-from .model_card import write_log_up_to
+from .model_card import run_recipe, write_log_up_to
 from .pipeline import FALLBACK_SAMPLING, DiffusionPipeline, cpu_has_native_bf16
 from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
@@ -480,6 +480,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
     num_classes = len(data.class_names)
     vocabulary = training_vocabulary(data, cfg.max_tokens) if cfg.text else None
     vocab_size = len(vocabulary) if vocabulary else 0
+    recipe = run_recipe(cfg, cfg.init_from) if procs.is_main else []  # what every export's config.json names
     schedule = NoiseSchedule(cfg.schedule, cfg.num_timesteps)
     torch.manual_seed(cfg.seed)
     model = UNet(**cfg.unet_kwargs(contexts.shape[1], vocab_size)).to(device)
@@ -493,7 +494,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         if not state_path.exists():
             raise ValueError(f"no training state at {state_path} to export")
         step = load_training_state(state_path, model, ema, optimizer)
-        folder = export(ema, cfg, data, step, out_dir, device, vocabulary) if procs.is_main else None
+        folder = export(ema, cfg, data, step, out_dir, device, vocabulary, recipe) if procs.is_main else None
         return {"step": step, "export": str(folder)}
     if resume and state_path.exists():
         step = load_training_state(state_path, model, ema, optimizer)
@@ -536,22 +537,23 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
 
     def save(step: int) -> None:
         save_training_state(state_path, model, ema, optimizer, step, cfg)
-        export(ema, cfg, data, step, out_dir, device, vocabulary)
+        export(ema, cfg, data, step, out_dir, device, vocabulary, recipe)
 
     return run_optimisation(cfg, procs, model, ema, optimizer, step, batch_loss, save, show_progress, on_step=on_step)
 
 
 def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: torch.device | str = "cpu",
-           vocabulary: Vocabulary | None = None) -> Path:
+           vocabulary: Vocabulary | None = None, recipe: list[str] | None = None) -> Path:
     """Write the EMA weights as a Hub-layout checkpoint (config.json, model.safetensors, model card,
-    training log) to cfg.export_dir, and a sample grid (8 per class, drawn on ``device``) to out_dir."""
-    from .model_card import run_recipe, save_with_card, training_card
+    training log) to cfg.export_dir, and a sample grid (8 per class, drawn on ``device``) to out_dir.
+    ``recipe``: what config.json names as the configs that made the weights (``model_card.run_recipe``)."""
+    from .model_card import save_with_card, training_card
     from .viz import save_grid
 
     pipe = DiffusionPipeline(ema_copy(ema, cfg), NoiseSchedule(cfg.schedule, cfg.num_timesteps),
                              list(data.class_names), list(data.style_names), cfg.prediction_type, device=device,
                              vocabulary=vocabulary, default_sampling=cfg.default_sampling,
-                             recipe=run_recipe(cfg, cfg.init_from))
+                             recipe=recipe)
     per_class = 8
     classes = [name for name in data.class_names for _ in range(per_class)] or None  # None: an unconditional model
     grid = pipe.generate(num_images=len(classes) if classes else 2 * per_class, classes=classes, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0, seed=0)
