@@ -8,6 +8,8 @@ checkpoints/emoji32. If they cannot be had (no network, unknown repo), the app f
 shipped checkpoint and says so on the page. The fast model (a distilled student of the main one, for
 the live redraws of the Context and Prompt tabs) comes from --fast-model or $HF_FAST_MODEL_ID, by
 default the shipped checkpoints/emoji32_fast beside the shipped emoji32; without one those controls hide.
+--dtype or $APP_DTYPE (float32, bfloat16 or auto, the default: bf16 where the CPU has it natively and it
+is faster) sets the precision both models sample in.
 """
 from __future__ import annotations
 
@@ -31,23 +33,29 @@ SHIPPED_FAST_MODEL = ROOT / "checkpoints" / "emoji32_fast"
 QUEUE_SIZE = 100
 TABS = (generate, context, prompt, animation, forward, compare, side_by_side, train, export, about)
 CSS = ".gallery img, img { image-rendering: pixelated; }"
+DTYPES = ("auto", "float32", "bfloat16")  # --dtype / $APP_DTYPE: the precision the models sample in
+# The largest file the server takes (gradio refuses a larger upload while it streams in): a zip of pictures
+# for the Train tab (at most 200 MiB once expanded, diffusion_core/uploads.py) or one picture to noise.
+MAX_FILE_SIZE = 64 * 2**20
+LAUNCH_OPTIONS = dict(css=CSS, show_error=True, max_file_size=MAX_FILE_SIZE)
 
 
-def load_pipeline(model: str | None) -> tuple[DiffusionPipeline, str]:
-    """The pipeline and a note saying where its weights came from."""
+def load_pipeline(model: str | None, dtype: str = "auto") -> tuple[DiffusionPipeline, str]:
+    """The pipeline (sampling in ``dtype``) and a note saying where its weights came from."""
     wanted = model or str(SHIPPED_MODEL)
     try:
-        pipe = DiffusionPipeline.from_pretrained(wanted, dtype="auto")
+        pipe = DiffusionPipeline.from_pretrained(wanted, dtype=dtype)
         return pipe, f"Weights: `{wanted}`."
     except ValueError as err:
         if Path(wanted).resolve() == SHIPPED_MODEL.resolve():
             raise
-        pipe = DiffusionPipeline.from_pretrained(SHIPPED_MODEL, dtype="auto")
+        pipe = DiffusionPipeline.from_pretrained(SHIPPED_MODEL, dtype=dtype)
         return pipe, (f"⚠️ Could not load `{wanted}` ({err}). Using the shipped checkpoint "
                       f"`checkpoints/emoji32` instead.")
 
 
-def load_fast_pipeline(fast_model: str | None, pipe: DiffusionPipeline) -> tuple[DiffusionPipeline | None, str]:
+def load_fast_pipeline(fast_model: str | None, pipe: DiffusionPipeline,
+                       dtype: str = "auto") -> tuple[DiffusionPipeline | None, str]:
     """The distilled student that serves the live redraws, and a note; None when there is none that
     draws what ``pipe`` draws (same classes, styles and text, guidance as an input)."""
     if fast_model is None:
@@ -55,7 +63,7 @@ def load_fast_pipeline(fast_model: str | None, pipe: DiffusionPipeline) -> tuple
             return None, "No fast model."
         fast_model = str(SHIPPED_FAST_MODEL)
     try:
-        fast = DiffusionPipeline.from_pretrained(fast_model, dtype="auto")
+        fast = DiffusionPipeline.from_pretrained(fast_model, dtype=dtype)
     except ValueError as err:
         return None, f"⚠️ Could not load the fast model `{fast_model}` ({err}); live redraws are off."
     if not fast.guidance_distilled or (fast.labels, fast.styles) != (pipe.labels, pipe.styles) \
@@ -87,20 +95,31 @@ def build_app(pipe: DiffusionPipeline, source_note: str, fast: DiffusionPipeline
     return demo
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, its defaults from the environment (a Space sets variables, not flags)."""
     parser = argparse.ArgumentParser(description="Watch a diffusion model draw (Gradio app).")
     parser.add_argument("--model", default=os.environ.get("HF_MODEL_ID"), help="Hub repo id or checkpoint folder")
     parser.add_argument("--fast-model", default=os.environ.get("HF_FAST_MODEL_ID"),
                         help="distilled student for live redraws (default: the shipped one, with the shipped model)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    args = parser.parse_args()
+    parser.add_argument("--dtype", choices=DTYPES, default=os.environ.get("APP_DTYPE", "auto"),
+                        help="precision of sampling: auto (bf16 where the CPU has it natively and it is faster), "
+                             "float32 or bfloat16 (default: $APP_DTYPE, else auto)")
+    args = parser.parse_args(argv)
+    if args.dtype not in DTYPES:  # argparse checks the choices of a flag, not of a default from the environment
+        parser.error(f"APP_DTYPE must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     worker = torch_worker()  # the main thread runs no torch: loading and warm-up happen on the torch thread
-    pipe, note = worker.call(load_pipeline, args.model)
-    fast, fast_note = worker.call(load_fast_pipeline, args.fast_model, pipe)
+    pipe, note = worker.call(load_pipeline, args.model, args.dtype)
+    fast, fast_note = worker.call(load_fast_pipeline, args.fast_model, pipe, args.dtype)
     worker.call(warm_up, pipe, fast)
     print(note.replace("`", ""), fast_note.replace("`", ""), f"Device {pipe.device}, precision {pipe.dtype}.", flush=True)
-    build_app(pipe, note, fast, fast_note).launch(server_name=args.host, server_port=args.port, css=CSS, show_error=True)
+    build_app(pipe, note, fast, fast_note).launch(server_name=args.host, server_port=args.port, **LAUNCH_OPTIONS)
 
 
 if __name__ == "__main__":

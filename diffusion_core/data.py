@@ -153,41 +153,20 @@ def load_course_sprites(images_path: str | os.PathLike, labels_path: str | os.Pa
 
 
 def load_image_folder(root: str | os.PathLike, image_size: int = 32) -> SpriteData:
-    """A folder with one sub-folder per class (torchvision's ImageFolder), resized to image_size."""
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
+    """Your own folder of pictures: one sub-folder per class (or pictures side by side, unconditional),
+    each picture read by ``uploads.read_picture`` with the command line's limits (``uploads.OWN_FILES``)."""
+    from .uploads import OWN_FILES, load_picture_folder
 
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{root}: not a folder (expected one sub-folder of images per class)")
-    transform = v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)])
-    try:
-        folder = ImageFolder(str(root), transform=transform, loader=_load_rgb_on_white)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise ValueError(f"{root}: {err}") from err
-    images, labels = [], []
-    for i in range(len(folder)):
-        try:
-            image, label = folder[i]
-        except Exception as err:
-            raise ValueError(f"{folder.samples[i][0]}: unreadable image ({err})") from err
-        images.append(image.permute(1, 2, 0).numpy())
-        labels.append(label)
-    labels = np.array(labels, dtype=np.int64)
-    return SpriteData(np.stack(images).astype(np.uint8), one_hot(labels, len(folder.classes)), labels, tuple(folder.classes))
+    limits = {k: OWN_FILES[k] for k in ("min_images", "max_pixels", "min_per_class")}
+    return load_picture_folder(root, image_size, **limits)
 
 
 def load_image_zip(path: str | os.PathLike, image_size: int = 32) -> SpriteData:
-    """A zip holding the folder layout of ``load_image_folder`` (what ``export-dataset`` writes)."""
-    import tempfile
-    import zipfile
+    """A zip of ``load_image_folder``'s layout (what ``export-dataset`` writes), read by the app's checked
+    zip reader (``uploads.load_picture_zip``) with the command line's limits."""
+    from .uploads import OWN_FILES, load_picture_zip
 
-    try:
-        with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as root:
-            archive.extractall(root)  # zipfile keeps every member inside root (it strips '..' and '/')
-            return load_image_folder(root, image_size)
-    except (OSError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a readable zip of class folders ({err})") from err
+    return load_picture_zip(path, image_size, **OWN_FILES)
 
 
 def rgb_on_white(image):
@@ -197,13 +176,6 @@ def rgb_on_white(image):
     image = image.convert("RGBA")
     background = Image.new("RGBA", image.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, image).convert("RGB")
-
-
-def _load_rgb_on_white(path: str):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return rgb_on_white(image)
 
 
 def load_dataset(spec: str, image_size: int = 32) -> SpriteData:

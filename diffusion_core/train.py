@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .data import SpriteData, load_dataset
 from .model_card import run_recipe, write_log_up_to
-from .pipeline import FALLBACK_SAMPLING, DiffusionPipeline, cpu_has_native_bf16
+from .pipeline import FALLBACK_SAMPLING, MAX_IMAGES, DiffusionPipeline, cpu_has_native_bf16
 from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
 from .text import Vocabulary, data_texts, words
@@ -542,10 +542,36 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
     return run_optimisation(cfg, procs, model, ema, optimizer, step, batch_loss, save, show_progress, on_step=on_step)
 
 
+GRID_PER_CLASS = 8  # a sample grid's pictures per class (fewer when many classes share one request)
+
+
+def grid_plan(class_names, per_class: int = GRID_PER_CLASS, max_images: int = MAX_IMAGES) -> tuple[list[str] | None, int]:
+    """A sample grid's classes, one row of each (``None`` for an unconditional model: two rows), and its
+    pictures per class: ``per_class``, fewer when the classes would not fit one request of ``max_images``,
+    at least one."""
+    if not class_names:
+        return None, per_class
+    per_class = max(1, min(per_class, max_images // len(class_names)))
+    return [name for name in class_names for _ in range(per_class)], per_class
+
+
+def draw_grid(pipe: DiffusionPipeline, class_names, seed: int = 0, **sampling) -> tuple[np.ndarray, int]:
+    """A sample grid (uint8 pictures, row by row) and its row length, for any number of classes: requests of
+    at most MAX_IMAGES pictures, the k-th with seed ``seed + k``."""
+    classes, per_class = grid_plan(class_names)
+    if classes is None:
+        return pipe.generate(num_images=2 * per_class, seed=seed, **sampling).images, per_class
+    chunks = [classes[i:i + MAX_IMAGES] for i in range(0, len(classes), MAX_IMAGES)]
+    parts = [pipe.generate(num_images=len(chunk), classes=chunk, seed=seed + k, **sampling).images
+             for k, chunk in enumerate(chunks)]
+    return np.concatenate(parts), per_class
+
+
 def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: torch.device | str = "cpu",
            vocabulary: Vocabulary | None = None, recipe: list[str] | None = None) -> Path:
     """Write the EMA weights as a Hub-layout checkpoint (config.json, model.safetensors, model card,
-    training log) to cfg.export_dir, and a sample grid (8 per class, drawn on ``device``) to out_dir.
+    training log) to cfg.export_dir, and a sample grid (``draw_grid``: up to 8 per class, drawn on ``device``)
+    to out_dir.
     ``recipe``: what config.json names as the configs that made the weights (``model_card.run_recipe``)."""
     from .model_card import save_with_card, training_card
     from .viz import save_grid
@@ -554,17 +580,15 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
                              list(data.class_names), list(data.style_names), cfg.prediction_type, device=device,
                              vocabulary=vocabulary, default_sampling=cfg.default_sampling,
                              recipe=recipe)
-    per_class = 8
-    classes = [name for name in data.class_names for _ in range(per_class)] or None  # None: an unconditional model
-    grid = pipe.generate(num_images=len(classes) if classes else 2 * per_class, classes=classes, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0, seed=0)
+    grid, per_class = draw_grid(pipe, data.class_names, seed=0, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0)
     pipe.model.cpu()  # the weights are saved from the CPU
-    save_grid(grid.images, out_dir / f"samples_{step:07d}.png", nrow=per_class)
+    save_grid(grid, out_dir / f"samples_{step:07d}.png", nrow=per_class)
     folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: training_card(cfg, step, out_dir / "log.csv", evaluation),
                             cfg.weights_dtype)
     # every step's export, for learning curves, with its card: a run started from one keeps the whole story
     pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}", weights_dtype=cfg.weights_dtype,
                          model_card=training_card(cfg, step, out_dir / "log.csv", None))
-    save_grid(grid.images, folder / "samples.png", nrow=per_class)
+    save_grid(grid, folder / "samples.png", nrow=per_class)
     write_log_up_to(out_dir / "log.csv", step, folder / "training_log.csv")
     return folder
 

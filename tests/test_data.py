@@ -138,7 +138,7 @@ def test_image_folder_errors_name_the_problem(tmp_path):
         load_image_folder(tmp_path / "absent")
     (tmp_path / "cls").mkdir()
     (tmp_path / "cls" / "broken.png").write_bytes(b"\x89PNG garbage")
-    with pytest.raises(ValueError, match="broken.png: unreadable image"):
+    with pytest.raises(ValueError, match="broken.png is not a picture Pillow can read"):
         load_image_folder(tmp_path)
 
 

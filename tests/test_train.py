@@ -44,6 +44,46 @@ def test_training_writes_log_checkpoint_grid_and_a_loadable_export(course_files,
     assert "| steps | 6 |" in card and "python -m diffusion_core train" in card
 
 
+def test_a_folder_of_twelve_classes_trains_and_exports(tmp_path):
+    """More classes than fit one request of 8 per class (MAX_IMAGES 64): the export's grid draws fewer per class."""
+    from PIL import Image
+
+    folder = tmp_path / "pictures"
+    for k in range(12):
+        (folder / f"class_{k:02d}").mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (20, 20), (20 * k, 100 * i, 0)).save(folder / f"class_{k:02d}" / f"{i}.png")
+    cfg = tiny_config(f"folder:{folder}", tmp_path, "twelve", max_steps=1, checkpoint_every=1)
+    assert train(cfg, show_progress=False)["step"] == 1
+    pipe = DiffusionPipeline.from_pretrained(cfg.export_dir)
+    assert pipe.labels == [f"class_{k:02d}" for k in range(12)]
+    assert (Path(cfg.export_dir) / "samples.png").is_file() and (Path(cfg.out_dir) / "samples_0000001.png").is_file()
+
+
+def test_a_grid_of_any_number_of_classes_is_drawn_in_requests_of_at_most_max_images():
+    from types import SimpleNamespace
+
+    from diffusion_core.pipeline import MAX_IMAGES
+    from diffusion_core.train import draw_grid, grid_plan
+
+    calls = []
+
+    class Pipe:
+        def generate(self, num_images, classes=None, seed=0, **sampling):
+            assert num_images <= MAX_IMAGES and (classes is None or len(classes) == num_images)
+            calls.append((classes, seed))
+            return SimpleNamespace(images=np.full((num_images, 2, 2, 3), seed, dtype=np.uint8))
+
+    assert grid_plan(["a", "b"])[1] == 8 and grid_plan([f"c{k}" for k in range(12)])[1] == 5
+    names = [f"c{k}" for k in range(100)]
+    images, per_class = draw_grid(Pipe(), names, seed=7, steps=2)
+    assert per_class == 1 and len(images) == 100 and [seed for _, seed in calls] == [7, 8]
+    assert [name for classes, _ in calls for name in classes] == names  # every class once, in order
+    calls.clear()
+    images, per_class = draw_grid(Pipe(), [], seed=3)  # unconditional: two rows
+    assert len(images) == 2 * per_class and calls == [(None, 3)]
+
+
 def test_a_patch_model_trains_exports_and_loads_and_a_checkpoint_from_before_patches_reads_as_pixels(course_files, tmp_path):
     cfg = tiny_config(course_files, tmp_path, "p", patch_size=2, max_steps=3, checkpoint_every=3)
     train(cfg, show_progress=False)

@@ -1,5 +1,5 @@
 """Uploaded zips of pictures: layouts read as classes or unconditional, and every hostile upload refused
-with a message before the work it would cost (DESIGN.md, "Uploads from strangers")."""
+with a message before the work it would cost (diffusion_core/uploads.py says which checks guard what)."""
 from __future__ import annotations
 
 import struct

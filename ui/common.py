@@ -31,6 +31,7 @@ MAX_WORK = 32_000
 MAX_IMAGE_STEPS = MAX_WORK // 2  # images x steps of the heaviest (guided) request
 MAX_GUIDANCE = 10.0
 MAX_SEED = 2**31 - 1
+MAX_TEXT = 200                 # characters of one prompt or name (a text box's max_length is only the browser's)
 ANY = "any"
 SCALE = 4                      # sprites are shown 4x larger, nearest-neighbour, so pixels stay crisp
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
@@ -43,9 +44,9 @@ def as_int(value, name: str, low: int, high: int) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a whole number in {low}..{high}, got {value!r}")
+        raise gr.Error(f"{name} must be a whole number in {low}..{high}, got {shown(value)}")
     if not math.isfinite(number) or number != int(number) or not low <= number <= high:
-        raise gr.Error(f"{name} must be a whole number in {low}..{high}, got {value!r}")
+        raise gr.Error(f"{name} must be a whole number in {low}..{high}, got {shown(value)}")
     return int(number)
 
 
@@ -53,24 +54,51 @@ def as_float(value, name: str, low: float, high: float) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a number in {low:g}..{high:g}, got {value!r}")
+        raise gr.Error(f"{name} must be a number in {low:g}..{high:g}, got {shown(value)}")
     if not math.isfinite(number) or not low <= number <= high:
-        raise gr.Error(f"{name} must be a number in {low:g}..{high:g}, got {value!r}")
+        raise gr.Error(f"{name} must be a number in {low:g}..{high:g}, got {shown(value)}")
     return number
 
 
 def as_choice(value, name: str, choices: list[str]) -> str:
     if value not in choices:
-        raise gr.Error(f"{name} must be one of {choices}, got {value!r}")
+        raise gr.Error(f"{name} must be one of {choices}, got {shown(value)}")
     return value
 
 
-def as_text(value, name: str, max_chars: int = 200) -> str:
+def as_text(value, name: str, max_chars: int = MAX_TEXT) -> str:
     if value is None:
         return ""
     if not isinstance(value, str) or len(value) > max_chars:
-        raise gr.Error(f"{name} must be text of at most {max_chars} characters")
+        raise gr.Error(f"{name} must be text of at most {max_chars:,} characters"
+                       + (f", got {len(value):,}" if isinstance(value, str) else ""))
     return value.strip()
+
+
+def as_names(value, name: str, choices: list[str] | None, most: int | None = None) -> list[str]:
+    """A list of at most ``most`` names (by default as many as ``choices``), each one of ``choices`` (None:
+    any text of at most MAX_TEXT characters, checked later); None is the empty list."""
+    if value is None:
+        return []
+    most = len(choices) if most is None else most
+    if not isinstance(value, (list, tuple)) or len(value) > most or not all(
+            isinstance(v, str) and (v in choices if choices is not None else len(v) <= MAX_TEXT) for v in value):
+        raise gr.Error(f"{name} must be a list of names" + (f" from {choices}" if choices is not None else "")
+                       + f" (at most {most}), got {shown(value)}")
+    return list(value)
+
+
+def shown(value, most: int = 60) -> str:
+    """``value`` as an error message shows it: its repr, cut to about ``most`` characters (a message never
+    echoes a 10 MB input back)."""
+    if isinstance(value, dict) or isinstance(value, (list, tuple)) and len(value) > 8:
+        return f"a {type(value).__name__} of {len(value):,} items"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(shown(v, 20) for v in value) + "]"
+    if isinstance(value, str) and len(value) > most:
+        return f"{value[:most]!r}... ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= most else text[:most] + "..."
 
 
 class App:

@@ -7,10 +7,11 @@ import gradio as gr
 
 from diffusion_core.export import MAX_LABELS, export_dataset
 
-from .common import (ANY, MAX_GUIDANCE, MAX_WORK, App, as_choice, as_float, as_int, check_work, explanation,
+from .common import (ANY, MAX_GUIDANCE, MAX_WORK, App, as_choice, as_float, as_int, as_names, as_text, check_work, explanation,
                      fresh_output_dir, guidance_slider, sampler_controls, seed_controls, unknown_note)
 
 MAX_PER_CLASS = 2_000
+MAX_PROMPTS_TEXT = 2_000  # characters of the prompts box, all lines together
 # An export draws this many images per turn of the sampling lane, then lets any waiting request go first
 # (ui/lane.py): the default request's size, so a request made during an export waits for at most one.
 EXPORT_BATCH = 16
@@ -37,12 +38,10 @@ def build(app: App) -> None:
 
     def export(classes, prompts, per_class, style, guidance, sampler, steps, seed, request: gr.Request = None,
                progress=gr.Progress()):
-        if not isinstance(classes, list) or not all(c in labels for c in classes):
-            raise gr.Error(f"classes must be a list of names from {labels}")
-        prompt_list = [line.strip() for line in (prompts or "").splitlines() if line.strip()] if isinstance(
-            prompts, (str, type(None))) else None
-        if prompt_list is None:
-            raise gr.Error("prompts must be text, one prompt per line")
+        classes = as_names(classes, "classes", labels)
+        prompt_list = [line.strip() for line in as_text(prompts, "prompts", MAX_PROMPTS_TEXT).splitlines() if line.strip()]
+        for line in prompt_list:
+            as_text(line, "each prompt")
         if not classes and not prompt_list:
             raise gr.Error("choose at least one class (or type a prompt)")
         if prompt_list and not app.has_text:
@@ -97,7 +96,7 @@ def build(app: App) -> None:
             with gr.Column(scale=1):
                 classes = gr.CheckboxGroup(labels, value=list(labels), label="classes")
                 prompts = gr.Textbox("", lines=3, label="prompts, one per line (each gets its own folder)",
-                                     visible=app.has_text, max_length=2000)
+                                     visible=app.has_text, max_length=MAX_PROMPTS_TEXT)
                 per_class = gr.Slider(1, MAX_PER_CLASS, value=2, step=1, label="images per class or prompt")
                 style = gr.Radio([ANY, *styles], value=ANY, label="style")
                 guidance = guidance_slider(app)

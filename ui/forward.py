@@ -10,6 +10,7 @@ import torch
 
 from diffusion_core.pipeline import to_uint8
 from diffusion_core.schedule import NoiseSchedule
+from diffusion_core.uploads import read_picture
 from diffusion_core.viz import upscale
 
 from .common import App, as_choice, as_int, explanation
@@ -31,19 +32,15 @@ LEGEND = "blue: ᾱ_t (share of the picture left) · orange: log10(SNR) / 10 · 
 
 def read_upload(upload, size: int) -> np.ndarray:
     """An uploaded picture (gradio's file payload, already in its upload cache) as a uint8 size x size
-    RGB image on white."""
-    from PIL import Image, UnidentifiedImageError
-
+    RGB image on white, through the one checked reader (``diffusion_core.uploads.read_picture``: its
+    pixel count is checked from the header before it is decoded)."""
     path = upload.get("path") if isinstance(upload, dict) else None
     if not path:
         raise gr.Error("upload must be an image file")
     try:
-        with Image.open(path) as image:
-            rgba = image.convert("RGBA")
-    except (OSError, UnidentifiedImageError):
-        raise gr.Error("upload must be an image file (PNG, JPEG, ...); this one could not be read")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB").resize((size, size), Image.LANCZOS))
+        return read_picture(path, size, name="the upload")
+    except ValueError as err:
+        raise gr.Error(str(err))
 
 
 def noisy_image(schedule: NoiseSchedule, x0_uint8: np.ndarray, t: int, seed: int = 0) -> np.ndarray:

@@ -21,27 +21,26 @@ import numpy as np
 import pandas as pd
 
 from diffusion_core.data import EMOJI_CLASSES, EMOJI_STYLES, load_emoji, select_emoji
-from diffusion_core.pipeline import DiffusionPipeline
+from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
 from diffusion_core.schedule import NoiseSchedule
-from diffusion_core.train import TrainConfig, train
+from diffusion_core.train import GRID_PER_CLASS, TrainConfig, draw_grid, train
 from diffusion_core.uploads import load_picture_zip
 from diffusion_core.viz import image_grid
 
-from .common import LATEX, MAX_GUIDANCE, MAX_SEED, App, as_choice, as_float, as_int, explanation, fresh_output_dir, \
-    gallery_of, sprite_gallery
+from .common import LATEX, MAX_GUIDANCE, MAX_SEED, App, as_choice, as_float, as_int, as_names, explanation, \
+    fresh_output_dir, gallery_of, sprite_gallery
 
 TRAIN_MAX_MINUTES = float(os.environ.get("TRAIN_MAX_MINUTES", "10"))  # the server's cap on one training's length
 MAX_TRAIN_STEPS = 20_000
 SERVED_PER_STEP = 8              # sampling requests answered between two training steps while a line waits
 MAX_WAITING = 8                  # trainings that may wait in line (each holds a server thread while it waits)
 EMOJI, UPLOAD = "emoji sprites", "my pictures (zip)"
-DEFAULT_CLASSES = ["face", "flag"]  # learn fastest (DESIGN.md: faces, symbols and flags emerge first)
-GRID_PER_CLASS = 8
+DEFAULT_CLASSES = ["face", "flag"]  # learn fastest (faces and flags come out recognisable first: README.md, "Honest limits")
 GRID_LABEL = "samples from one fixed noise (the EMA model)"
 GRID_SAMPLING = dict(sampler="ddim", steps=20, guidance=3.0)
-# Small U-Nets for two CPU cores: "small" is configs/emoji32.json's family at 3 levels (DESIGN.md: at 16 px it
-# trains at about 830 images/s on 2 cores, and faces and flags emerge within about two minutes), "tiny" half
-# as wide, for a first look in under a minute.
+# Small U-Nets for two CPU cores: "small" is configs/emoji32.json's family at 3 levels (at 16 px its default
+# run made 331 steps in 2 minutes, about 425 images/s beside a browser, and drew recognisable faces:
+# benchmarks/results/app_load.md), "tiny" half as wide, for a first look in under a minute.
 PRESETS = {
     "small": dict(base_channels=32, channel_mults=[1, 2, 2], num_heads=4, num_groups=16, batch_size=128, lr=1e-3,
                   ema_decay=0.99, warmup_steps=50),
@@ -66,7 +65,8 @@ being any worse. The darker line is the mean of the last steps; it falls slowly 
 stop changing much, because $L$ never reaches 0: at small $t$ no network can tell the noise from the picture.
 
 **What the grid shows.** Every few steps the model's exponential moving average (EMA) of its weights, the
-one that is saved, draws the same starting noise with the same sampler, {per} per class. The noise never
+one that is saved, draws the same starting noise with the same sampler, {per} per class (fewer when there are
+more than {fit} classes). The noise never
 changes, so everything that changes in the grid is what the network learned since the last one: first
 blobs of the right colour, then outlines, then faces and flags.
 
@@ -74,7 +74,7 @@ blobs of the right colour, then outlines, then faces and flags.
 behind `python -m diffusion_core train --config ...`; the tab only builds the config (shown under the
 download) and listens to each step. Stop ends it at the next step and keeps what was learned: the state and
 the exported model are written as at the end of a full run.
-""".replace("{per}", str(GRID_PER_CLASS))
+""".replace("{per}", str(GRID_PER_CLASS)).replace("{fit}", str(MAX_IMAGES // GRID_PER_CLASS))
 
 
 class TrainingLine:
@@ -121,19 +121,10 @@ class TrainingJob:
         self.started = False
 
 
-def grid_requests(data) -> tuple[list[str] | None, int]:
-    """The classes of the fixed-noise grid (GRID_PER_CLASS each; None and 16 pictures when unconditional)."""
-    if not data.class_names:
-        return None, 2 * GRID_PER_CLASS
-    classes = [name for name in data.class_names for _ in range(GRID_PER_CLASS)]
-    return classes, len(classes)
-
-
 def run_job(app: App, job: TrainingJob) -> dict:
     """On the torch thread: ``train`` with a hook that reports each step, draws the grid, answers the
     sampling requests that arrived, and stops on request or at the time cap."""
     cfg, data = job.cfg, job.data
-    classes, count = grid_requests(data)
     viewer: dict = {}
 
     def on_step(progress) -> bool:
@@ -143,9 +134,9 @@ def run_job(app: App, job: TrainingJob) -> dict:
                 viewer["pipe"] = DiffusionPipeline(progress.ema, NoiseSchedule(cfg.schedule, cfg.num_timesteps),
                                                    list(data.class_names), list(data.style_names), cfg.prediction_type,
                                                    device="cpu")
-            out = viewer["pipe"].generate(num_images=count, classes=classes, seed=cfg.seed,
-                                          **{**GRID_SAMPLING, "guidance": GRID_SAMPLING["guidance"] if classes else 1.0})
-            job.events.put(("grid", progress.step, out.images))
+            images, per_class = draw_grid(viewer["pipe"], data.class_names, seed=cfg.seed, **{
+                **GRID_SAMPLING, "guidance": GRID_SAMPLING["guidance"] if data.class_names else 1.0})
+            job.events.put(("grid", progress.step, images, per_class))
         # other people's sampling requests, between two steps: while the sampling line holds more, up to
         # SERVED_PER_STEP of them, so a class pressing Generate is answered without stopping the training
         app.worker.serve_waiting(more=lambda: app.lane.waiting() > 0, at_most=SERVED_PER_STEP)
@@ -214,9 +205,8 @@ def build(app: App) -> None:
                     preset="small", steps=DEFAULTS["steps"], minutes=DEFAULTS["minutes"], grid_every=DEFAULTS["grid_every"],
                     seed=0, request: gr.Request = None):
         """The defaults are the controls' (``upload=None`` tells API clients they may leave the upload out)."""
-        if not all(isinstance(v, (list, tuple, type(None))) for v in (classes, styles)):
-            raise gr.Error("classes and styles must be lists of names")
-        classes, styles = list(classes or []), list(styles or [])
+        classes = as_names(classes, "emoji classes", list(EMOJI_CLASSES))
+        styles = as_names(styles, "emoji styles", list(EMOJI_STYLES))
         source = as_choice(source, "data", [EMOJI, UPLOAD])
         image_size = int(as_choice(str(image_size), "image size", ["16", "32"]))
         preset = as_choice(preset, "model", list(PRESETS))
@@ -288,8 +278,8 @@ def build(app: App) -> None:
                               f"{max(left, 0):,.0f} s left. Loss (mean of the last 20 steps): "
                               f"**{np.mean(losses[-20:]):.4f}**")
                 else:
-                    step, images = payload
-                    grid = gr.update(value=image_grid(images, nrow=GRID_PER_CLASS, scale=6),
+                    step, images, per_class = payload
+                    grid = gr.update(value=image_grid(images, nrow=per_class, scale=6),
                                      label=f"{GRID_LABEL}: step {step}")
             if changed and (done or time.monotonic() - last_yield > 0.5):
                 last_yield = time.monotonic()
@@ -319,6 +309,7 @@ def build(app: App) -> None:
         guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
         num_images = as_int(num_images, "number of images", 1, 64)
         seed = as_int(seed, "seed", 0, MAX_SEED)
+        classes = as_names(classes, "classes", None, most=MAX_IMAGES)  # the model's own names: checked once it is loaded
 
         def work():
             if folder not in models:
