@@ -134,10 +134,11 @@ def test_a_zip_that_expands_to_gigabytes_is_refused_by_the_app_and_the_command_l
 # The server: the app on a tiny model, served in this process with the launch options app.py uses.
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def served():
+def page():
+    """The app's page on a tiny model that is its own fast model too (so every tab's controls are there)."""
     import torch
 
-    from app import LAUNCH_OPTIONS, build_app
+    from app import build_app
     from diffusion_core.pipeline import DiffusionPipeline
     from diffusion_core.schedule import NoiseSchedule
     from diffusion_core.unet import UNet
@@ -146,10 +147,16 @@ def served():
 
     torch.manual_seed(0)
     pipe = DiffusionPipeline(UNet(**TINY_UNET), NoiseSchedule("linear", 50), TINY_LABELS, TINY_STYLES, device="cpu")
-    demo = build_app(pipe, "Weights: tiny.")
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **LAUNCH_OPTIONS)
+    return build_app(pipe, "Weights: tiny.", pipe, "Fast model: tiny.")
+
+
+@pytest.fixture(scope="module")
+def served(page):
+    from app import LAUNCH_OPTIONS
+
+    _, url, _ = page.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **LAUNCH_OPTIONS)
     yield url
-    demo.close()
+    page.close()
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +222,14 @@ def test_a_long_list_or_a_long_name_is_refused_without_echoing_it():
     with pytest.raises(gr.Error, match=r"classes must be a list of names from \['a', 'b', 'c'\] \(at most 3\), "
                                        r"got a list of 1,000,000 items"):
         as_names(["a"] * 1_000_000, "classes", TINY_LABELS)
+
+
+def test_the_app_docs_name_every_route_a_client_can_call(page):
+    """docs/app.md's API table lists every public route and every live-redraw route of the page."""
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "app.md").read_text()
+    routes = {fn.api_name for fn in page.fns.values() if fn.api_visibility == "public" or fn.api_name.startswith("live_")}
+    assert {"generate", "train_draw", "cancel_export", "live_generate_context"} <= routes
+    assert sorted(route for route in routes if f"`{route}`" not in docs) == []
 
 
 # ---------------------------------------------------------------------------------------------
