@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import edm
 from .autoguidance import autoguided_denoiser
 from .samplers import DEFAULT_SAMPLER, MAX_GUIDANCE, SAMPLERS, check_sampling_args, sample
 from .schedule import NoiseSchedule
@@ -314,8 +315,11 @@ class DiffusionPipeline:
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None,
                 guidance: torch.Tensor | None = None) -> torch.Tensor:
         """The model as a denoiser callable, under bf16 autocast when chosen; returns float32. A
-        context wider than the model's carries token ids after the class and style weights."""
+        context wider than the model's carries token ids after the class and style weights. An EDM model
+        (``prediction_type`` "edm") gets its input scaled by c_in here, as it was in training."""
         tokens = None
+        if self.prediction_type == "edm":  # EDM's c_in: the network sees x_t / √k (edm.py)
+            x_t = x_t * edm.coefficients(self.schedule.alphas_cumprod[t.cpu()], x_t)[0]
         if context is not None and context.shape[1] > self.model.context_dim:
             context, tokens = context[:, :self.model.context_dim], context[:, self.model.context_dim:].round().long()
         n, pad = len(x_t), -len(x_t) % NETWORK_ROWS

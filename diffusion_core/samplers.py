@@ -19,11 +19,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import edm
 from .schedule import NoiseSchedule
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "consistency")
 DEFAULT_SAMPLER = "dpmpp_2m_sde"  # best measured quality at 20 steps for the shipped model (docs/models.md)
-PREDICTION_TYPES = ("epsilon", "v")
+PREDICTION_TYPES = ("epsilon", "v", "edm")
 MAX_GUIDANCE = 50.0
 
 
@@ -64,13 +65,17 @@ def image_seed(seed: int, index: int) -> int:
 # ---------------------------------------------------------------------------------------------
 def predict_x0_and_eps(model_output, x_t, alpha_bar: float, prediction_type: str, clip_x0: bool):
     """x̂_0 and ε̂ from the network output. ε-prediction: x̂_0 = (x_t - √(1-ᾱ) ε̂)/√ᾱ (DDPM eq. 15);
-    v-prediction: x̂_0 = √ᾱ x_t - √(1-ᾱ) v̂, ε̂ = √(1-ᾱ) x_t + √ᾱ v̂. With ``clip_x0`` x̂_0 is clamped
-    to the data range [-1, 1] and ε̂ recomputed from it, as DDPM's reference code does. ``alpha_bar`` is
+    v-prediction: x̂_0 = √ᾱ x_t - √(1-ᾱ) v̂, ε̂ = √(1-ᾱ) x_t + √ᾱ v̂; EDM: x̂_0 = D = c_skip x + c_out F
+    (edm.py; the denoiser scaled its input by c_in itself), ε̂ = (x_t - √ᾱ x̂_0)/√(1-ᾱ). With ``clip_x0``
+    x̂_0 is clamped to the data range [-1, 1] and ε̂ recomputed from it, as DDPM's reference code does. ``alpha_bar`` is
     a number, or a tensor that broadcasts against x_t (one ᾱ per picture, as in distillation)."""
     a, s = alpha_bar ** 0.5, (1.0 - alpha_bar) ** 0.5
     if prediction_type == "epsilon":
         eps = model_output
         x0 = (x_t - s * eps) / a
+    elif prediction_type == "edm":
+        x0 = edm.denoised(model_output, x_t, alpha_bar)
+        eps = (x_t - a * x0) / s
     else:
         x0 = a * x_t - s * model_output
         eps = s * x_t + a * model_output

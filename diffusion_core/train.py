@@ -30,6 +30,7 @@ from torch import nn
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from . import edm
 from .data import SpriteData, load_dataset
 from .model_card import run_recipe, write_log_up_to
 from .pipeline import FALLBACK_SAMPLING, MAX_IMAGES, DiffusionPipeline, cpu_has_native_bf16
@@ -78,7 +79,7 @@ class TrainConfig(JsonConfig):
     # diffusion
     schedule: str = "cosine"
     num_timesteps: int = 1000
-    prediction_type: str = "epsilon"
+    prediction_type: str = "epsilon"       # "epsilon", "v", or "edm" (EDM's preconditioning, noise levels and loss: edm.py)
     context_dropout: float = 0.15          # p of training on the all-zero ("no context") input
     style_dropout: float = 0.3             # p of zeroing only the style part, so "class, any style" works
     # text (emoji data: names and keywords)
@@ -134,7 +135,9 @@ class TrainConfig(JsonConfig):
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
-            (self.prediction_type in ("epsilon", "v"), "prediction_type must be 'epsilon' or 'v'"),
+            (self.prediction_type in ("epsilon", "v", "edm"), "prediction_type must be 'epsilon', 'v' or 'edm'"),
+            (self.prediction_type != "edm" or not self.min_snr_gamma,
+             "min_snr_gamma does not apply to EDM training (its loss weight is EDM's λ(σ)): set it to 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -198,12 +201,15 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 def diffusion_loss(model, schedule: NoiseSchedule, x0, context, t, noise, prediction_type: str,
                    tokens: torch.Tensor | None = None, min_snr_gamma: float = 0.0,
                    flipped: torch.Tensor | None = None) -> torch.Tensor:
-    """DDPM eq. 14, L_simple = E‖ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)‖², or the same with the v target;
-    with ``min_snr_gamma`` = γ > 0, each picture's error is weighted by min_snr_weight. ``flipped`` (N,)
+    """DDPM eq. 14, L_simple = E‖ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)‖², or the same with the v target, or
+    EDM's preconditioned loss (``prediction_type`` "edm", edm.edm_loss); with ``min_snr_gamma`` = γ > 0, each
+    picture's error is weighted by min_snr_weight. ``flipped`` (N,)
     tells a flip-conditioned model which x_0 were mirrored (EDM's non-leaky augmentation)."""
+    extra = {} if flipped is None else {"flipped": flipped}
+    if prediction_type == "edm":
+        return edm.edm_loss(model, schedule, x0, context, t, noise, tokens, extra)
     x_t = schedule.add_noise(x0, noise, t)
     target = noise if prediction_type == "epsilon" else schedule.velocity(x0, noise, t)
-    extra = {} if flipped is None else {"flipped": flipped}
     prediction = model(x_t, t, context, **extra) if tokens is None else model(x_t, t, context, tokens, **extra)
     if not min_snr_gamma:
         return F.mse_loss(prediction.float(), target)
@@ -514,7 +520,8 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         batch = torch.randint(len(images), (cfg.batch_size,), generator=g)
         idx = batch[shard]
-        t = torch.randint(cfg.num_timesteps, (cfg.batch_size,), generator=g)[shard].to(device)
+        t = (edm.training_timesteps(schedule, cfg.batch_size, g) if cfg.prediction_type == "edm"
+             else torch.randint(cfg.num_timesteps, (cfg.batch_size,), generator=g))[shard].to(device)
         noise = torch.randn((cfg.batch_size, *images.shape[1:]), generator=g)[shard].to(device)
         keep = (torch.rand(cfg.batch_size, generator=g) >= cfg.context_dropout)[shard].to(device)
         flip = (torch.rand(cfg.batch_size, generator=g) < 0.5)[shard].to(device)
