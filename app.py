@@ -18,8 +18,10 @@ import os
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from diffusion_core.pipeline import DiffusionPipeline
+from ui.body_limit import BodyLimit
 from ui import about, animation, common, compare, context, export, forward, generate, prompt, side_by_side, train
 from ui.worker import torch_worker
 
@@ -37,7 +39,15 @@ DTYPES = ("auto", "float32", "bfloat16")  # --dtype / $APP_DTYPE: the precision 
 # The largest file the server takes (gradio refuses a larger upload while it streams in): a zip of pictures
 # for the Train tab (at most 200 MiB once expanded, diffusion_core/uploads.py) or one picture to noise.
 MAX_FILE_SIZE = 64 * 2**20
-LAUNCH_OPTIONS = dict(css=CSS, show_error=True, max_file_size=MAX_FILE_SIZE)
+# The largest body of any other request (JSON: every text in it is checked by its handler, the longest
+# allowed is 2,000 characters); larger ones are refused before they are read (ui/body_limit.py).
+MAX_BODY_SIZE = 16 * 2**20
+
+
+def launch_options() -> dict:
+    """``launch``'s options (a fresh dict each time: gradio adds to its ``app_kwargs``)."""
+    return dict(css=CSS, show_error=True, max_file_size=MAX_FILE_SIZE,
+                app_kwargs={"middleware": [Middleware(BodyLimit, max_bytes=MAX_BODY_SIZE)]})
 
 
 def load_pipeline(model: str | None, dtype: str = "auto") -> tuple[DiffusionPipeline, str]:
@@ -119,7 +129,7 @@ def main() -> None:
     fast, fast_note = worker.call(load_fast_pipeline, args.fast_model, pipe, args.dtype)
     worker.call(warm_up, pipe, fast)
     print(note.replace("`", ""), fast_note.replace("`", ""), f"Device {pipe.device}, precision {pipe.dtype}.", flush=True)
-    build_app(pipe, note, fast, fast_note).launch(server_name=args.host, server_port=args.port, **LAUNCH_OPTIONS)
+    build_app(pipe, note, fast, fast_note).launch(server_name=args.host, server_port=args.port, **launch_options())
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ an upload over the server's file size) is refused within a second or so with a m
 while a normal request made at the same time is answered; and --dtype / $APP_DTYPE reach the pipeline."""
 from __future__ import annotations
 
+import socket
 import struct
 import threading
 import time
@@ -19,9 +20,14 @@ from diffusion_core.data import load_dataset
 from diffusion_core.uploads import load_picture_zip, read_picture
 
 from conftest import TINY_LABELS
-from test_app import QUIET, free_port
 
 FAST = 5.0  # seconds: "within a second", loosely, for a busy CI machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:
@@ -130,6 +136,26 @@ def test_a_zip_that_expands_to_gigabytes_is_refused_by_the_app_and_the_command_l
     refused_quickly(lambda: load_dataset(f"folder:{hostile['bomb.zip']}"), "the zip expands to 2,048 MiB; at most 1,024 MiB")
 
 
+def test_a_cameras_photo_is_decoded_at_a_reduced_scale_and_a_redraw_reads_an_upload_once(tmp_path):
+    """A 12-megapixel JPEG (under the cap) is decoded at 1/8 scale for a sprite: fast, and as the full decode
+    resized; the Forward tab's slider redraws reuse the picture read."""
+    from ui.forward import _read_upload, read_upload
+
+    x = np.zeros((3024, 4032, 3), np.uint8)
+    x[..., 0] = np.linspace(0, 255, 4032).astype(np.uint8)[None]
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(x).save(photo, quality=90)
+    start = time.perf_counter()
+    small = read_picture(photo, 32)
+    assert time.perf_counter() - start < FAST
+    with Image.open(photo) as image:
+        full = np.asarray(image.convert("RGB").resize((32, 32), Image.Resampling.LANCZOS))
+    assert np.abs(full.astype(int) - small).max() <= 2
+    _read_upload.cache_clear()
+    first, again = (read_upload({"path": str(photo)}, 32) for _ in range(2))
+    assert (first == small).all() and (again == small).all() and _read_upload.cache_info().hits == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # The server: the app on a tiny model, served in this process with the launch options app.py uses.
 # ---------------------------------------------------------------------------------------------
@@ -152,9 +178,9 @@ def page():
 
 @pytest.fixture(scope="module")
 def served(page):
-    from app import LAUNCH_OPTIONS
+    from app import launch_options
 
-    _, url, _ = page.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **LAUNCH_OPTIONS)
+    _, url, _ = page.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options())
     yield url
     page.close()
 
@@ -209,6 +235,26 @@ def test_an_upload_over_the_servers_file_size_is_refused_while_it_streams_in(ser
     reply = httpx.post(served.rstrip("/") + "/gradio_api/upload",
                        files={"files": ("big.png", b"\0" * (MAX_FILE_SIZE + 1), "image/png")}, timeout=60)
     assert reply.status_code == 413 and f"maximum allowed size of {MAX_FILE_SIZE} bytes" in reply.text
+
+
+def test_a_request_body_over_the_servers_limit_is_refused_before_it_is_read(served):
+    import httpx
+
+    from app import MAX_BODY_SIZE
+
+    start = time.perf_counter()
+    reply = httpx.post(served.rstrip("/") + "/gradio_api/queue/join", content=b"{" + b" " * MAX_BODY_SIZE + b"}",
+                       headers={"content-type": "application/json"}, timeout=60)
+    assert reply.status_code == 413 and f"larger than {MAX_BODY_SIZE:,} bytes" in reply.text
+    assert time.perf_counter() - start < FAST
+
+    def chunks():  # the same without a Content-Length: cut off once it passes the limit (FastAPI then
+        for _ in range(MAX_BODY_SIZE // 2**20 + 2):  # answers 400, "error parsing the body")
+            yield b" " * 2**20
+
+    reply = httpx.post(served.rstrip("/") + "/gradio_api/queue/join", content=chunks(),
+                       headers={"content-type": "application/json"}, timeout=60)
+    assert reply.status_code in (400, 413)
 
 
 def test_a_long_list_or_a_long_name_is_refused_without_echoing_it():

@@ -1,7 +1,9 @@
 """Tab "Forward process": q(x_t | x_0) on a training image or an upload, with the schedule's curves."""
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import gradio as gr
 import numpy as np
@@ -33,14 +35,20 @@ LEGEND = "blue: ᾱ_t (share of the picture left) · orange: log10(SNR) / 10 · 
 def read_upload(upload, size: int) -> np.ndarray:
     """An uploaded picture (gradio's file payload, already in its upload cache) as a uint8 size x size
     RGB image on white, through the one checked reader (``diffusion_core.uploads.read_picture``: its
-    pixel count is checked from the header before it is decoded)."""
+    pixel count is checked from the header before it is decoded). The slider's redraws reuse the pictures
+    last read (a 4,096 x 4,096 PNG takes a second or more to decode)."""
     path = upload.get("path") if isinstance(upload, dict) else None
-    if not path:
+    if not path or not isinstance(path, str):
         raise gr.Error("upload must be an image file")
     try:
-        return read_picture(path, size, name="the upload")
-    except ValueError as err:
-        raise gr.Error(str(err))
+        return _read_upload(path, os.stat(path).st_mtime_ns, size).copy()
+    except (OSError, ValueError) as err:
+        raise gr.Error(str(err) if isinstance(err, ValueError) else "upload must be an image file")
+
+
+@functools.lru_cache(maxsize=16)
+def _read_upload(path: str, _mtime_ns: int, size: int) -> np.ndarray:
+    return read_picture(path, size, name="the upload")
 
 
 def noisy_image(schedule: NoiseSchedule, x0_uint8: np.ndarray, t: int, seed: int = 0) -> np.ndarray:
