@@ -5,18 +5,25 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 
 def image_grid(images: np.ndarray, nrow: int = 8, scale: int = 4, padding: int = 2) -> np.ndarray:
     """uint8 (N, H, W, 3) -> one uint8 grid image, upscaled ``scale``x with nearest neighbour so
     sprites stay crisp."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    grid = make_grid(x, nrow=min(nrow, len(images)), padding=padding, pad_value=255)
-    return grid.permute(1, 2, 0).numpy()
+    x = upscale(np.asarray(images), scale)
+    if len(x) == 1:  # one picture: itself, unpadded (as torchvision's make_grid gave it)
+        return np.ascontiguousarray(x[0])
+    n, h, w, c = x.shape
+    cols = min(nrow, n)
+    rows = -(-n // cols)
+    # torchvision's make_grid layout (without importing torchvision, seconds at every start): each cell is
+    # the picture and `padding` pixels of pad colour above and to its left, one more padding at the bottom/right
+    grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c), 255, dtype=x.dtype)
+    for k in range(n):
+        top, left = (k // cols) * (h + padding) + padding, (k % cols) * (w + padding) + padding
+        grid[top:top + h, left:left + w] = x[k]
+    return grid
 
 
 def upscale(images: np.ndarray, scale: int) -> np.ndarray:
