@@ -43,10 +43,12 @@ def cmd_sample(args) -> None:
     if len(prompts) > args.num:
         raise ValueError(f"--num {args.num} is fewer than the {len(prompts)} prompts; each prompt needs an image")
     prompt = prompts if len(prompts) > 1 else prompts[0] if prompts else None
+    init_image, strength, mask = edit_inputs(args, pipe, prompts)
     result = pipe.generate(num_images=args.num, classes=classes, style=args.style, prompt=prompt,
                            sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed,
                            guidance_interval=interval,
-                           autoguidance="default" if args.autoguidance is None else None if args.autoguidance == 1 else args.autoguidance)
+                           autoguidance="default" if args.autoguidance is None else None if args.autoguidance == 1 else args.autoguidance,
+                           init_image=init_image, strength=strength, mask=mask)
     print_word_notes(result)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npz":
@@ -61,8 +63,56 @@ def cmd_sample(args) -> None:
     sampling = {k: v if v is not None else pipe.default_sampling[k]
                 for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance))}
     guided = f"autoguidance {result.autoguidance:g}" if result.autoguidance else f"guidance {sampling['guidance']:g}"
+    edited = "" if init_image is None else f", strength {strength:g}" + (", masked" if mask is not None else "")
     print(f"wrote {len(result.images)} images to {out} in {result.seconds:.2f} s "
-          f"({sampling['sampler']}, {sampling['steps']} steps, {guided}, {pipe.device}, {pipe.dtype})")
+          f"({sampling['sampler']}, {sampling['steps']} steps, {guided}{edited}, {pipe.device}, {pipe.dtype})")
+
+
+EDIT_STRENGTH = 0.6  # --init's default strength
+
+
+def edit_inputs(args, pipe, prompts: list[str]):
+    """--init / --start-from-name, --strength and --mask as ``generate``'s init_image, strength and mask.
+    Pictures go through the one guarded picture reader (uploads.read_picture: pixel cap, transparency on
+    white, resized to the model's size); a mask is white (or transparent) where the model may repaint."""
+    import numpy as np
+
+    from .uploads import read_picture
+
+    size = pipe.model.image_size
+    if args.init and args.start_from_name:
+        raise ValueError("give --init or --start-from-name, not both")
+    init_image, strength = None, 1.0 if args.strength is None else args.strength
+    if args.start_from_name:
+        from .data import load_emoji
+        from .named_sprite import NAMED_STRENGTH, find_named_sprite
+
+        if not prompts:
+            raise ValueError("--start-from-name needs --prompt: the emoji it names is the picture it starts from")
+        data = load_emoji(split="train", image_size=size)
+        avoid = args.style if args.style in data.style_names else None  # a model's own styles may not be the data's
+        found = []
+        for text in prompts:
+            sprite = find_named_sprite(data, text, avoid_style=avoid)
+            if sprite is None:
+                raise ValueError(f"no training emoji's name or keywords match the words of {text!r}"
+                                 + (f" in a style other than {avoid}" if avoid else ""))
+            print(f"starting from the emoji it names: {text!r} -> {sprite.name!r} ({sprite.style} sprite, "
+                  f"row {sprite.index} of the training emoji, match {sprite.score:.2f})")
+            found.append(sprite)
+        init_image = np.stack([data.images[found[i % len(found)].index] for i in range(args.num)])
+        strength = NAMED_STRENGTH if args.strength is None else args.strength
+    elif args.init:
+        init_image = read_picture(Path(args.init), size)
+        strength = EDIT_STRENGTH if args.strength is None else args.strength
+    elif args.strength is not None:
+        raise ValueError("--strength needs a picture to start from: --init PICTURE or --start-from-name")
+    mask = None
+    if args.mask:
+        if init_image is None:
+            raise ValueError("--mask needs a picture to apply to: --init PICTURE (or --start-from-name)")
+        mask = read_picture(Path(args.mask), size).mean(axis=-1) > 127.5
+    return init_image, strength, mask
 
 
 def cmd_animate(args) -> None:
@@ -226,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guide with the checkpoint's guide model at strength W instead of classifier-free guidance "
                         "(1 = off; default: the checkpoint's, for samples with no class, style or prompt)")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0..1)")
+    s.add_argument("--init", default=None, metavar="PICTURE",
+                   help="redraw this picture (SDEdit): noised to --strength, then denoised (docs/editing.md)")
+    s.add_argument("--strength", type=float, default=None,
+                   help=f"how far the picture is noised, 0..1: 0 keeps it, 1 ignores it (default {EDIT_STRENGTH} "
+                        "with --init, the measured one with --start-from-name)")
+    s.add_argument("--mask", default=None, metavar="PICTURE",
+                   help="with --init: repaint only where this picture is white (or transparent), keep the rest")
+    s.add_argument("--start-from-name", action="store_true",
+                   help="with --prompt: start from the training emoji the prompt names, in another style than "
+                        "--style, and redraw it (prints which sprite)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default="float32", help="float32, bfloat16 or auto")
     s.add_argument("--nrow", type=int, default=8)

@@ -30,6 +30,7 @@ import torch
 from . import edm
 from .autoguidance import autoguided_denoiser
 from .samplers import DEFAULT_SAMPLER, MAX_GUIDANCE, SAMPLERS, check_sampling_args, sample
+from .sdedit import check_strength
 from .schedule import NoiseSchedule
 from .lexicon import read_word
 from .text import VOCAB_NAME, Vocabulary, words
@@ -139,6 +140,29 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         return Path(snapshot_download(name, allow_patterns=files + [f"{GUIDE_FOLDER}/{f}" for f in files]))
     except Exception as err:  # offline, not cached, unknown repo, no network: all mean "not available"
         raise ValueError(f"could not get model {name!r} from the Hugging Face Hub or its cache: {err}") from err
+
+
+def check_pictures(pictures, name: str, num_images: int, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``pictures`` of one picture's ``shape`` (used for all ``num_images``) or (num_images, *shape), of
+    ``dtype``, as (num_images, *shape); a ValueError that names the expected and the given otherwise."""
+    kind = "uint8" if dtype == np.uint8 else "bool"
+    size = "x".join(map(str, shape[:2]))
+    expected = f"{kind} {shape} or ({num_images}, {', '.join(map(str, shape))})"
+    if not isinstance(pictures, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, {expected}; got {type(pictures).__name__}")
+    if pictures.dtype != dtype:
+        raise ValueError(f"{name} must be {kind}, {expected}; got {pictures.dtype}")
+    if pictures.ndim == len(shape):
+        pictures = np.broadcast_to(pictures, (num_images, *pictures.shape))
+    if pictures.ndim != len(shape) + 1 or pictures.shape[-len(shape):][2:] != shape[2:]:
+        raise ValueError(f"{name} must have shape {expected}; got {pictures.shape}")
+    if pictures.shape[1:3] != shape[:2]:
+        raise ValueError(f"{name} must be {size} pixels, the model's size (resize it first, as uploads.read_picture "
+                         f"does); got {pictures.shape[1]}x{pictures.shape[2]}")
+    if len(pictures) != num_images:
+        raise ValueError(f"{name} holds {len(pictures)} pictures for {num_images} images: give one picture, or one "
+                         "per image")
+    return pictures
 
 
 class DiffusionPipeline:
@@ -392,7 +416,9 @@ class DiffusionPipeline:
                  sampler: str | None = None, steps: int | None = None, guidance: float | None = None, eta: float = 0.0,
                  seed: int = 0, return_trajectory: bool = False, callback=None,
                  guidance_interval: tuple[float, float] | None | str = "default",
-                 autoguidance: float | None | str = "default", read_words: bool = True) -> GenerationOutput:
+                 autoguidance: float | None | str = "default", read_words: bool = True,
+                 init_image: np.ndarray | None = None, strength: float = 1.0,
+                 mask: np.ndarray | None = None) -> GenerationOutput:
         """Sample ``num_images`` (1..MAX_IMAGES) images as uint8 (n, H, W, 3). Sampler, steps,
         guidance and the guidance interval (``samplers.sample``; None: guide every step) default to
         the checkpoint's ``default_sampling``. ``autoguidance=w`` guides with the checkpoint's guide
@@ -400,7 +426,12 @@ class DiffusionPipeline:
         ``default_sampling["autoguidance"]`` for requests with no class, style or prompt, where
         classifier-free guidance has nothing to contrast. ``callback(step)`` sees every SamplerStep
         (for progress bars and live previews). With ``read_words``, a prompt's words the model does not know
-        are read as ones it knows where WordNet links them ("croissant" as "bread": ``read_prompt``)."""
+        are read as ones it knows where WordNet links them ("croissant" as "bread": ``read_prompt``).
+
+        Editing (sdedit.py): ``init_image`` uint8 (H, W, 3) at the model's size, used for every image, or
+        (n, H, W, 3), one per image, is noised to ``strength`` s (0 keeps it, 1 ignores it) and redrawn in
+        ``steps`` steps (SDEdit); ``mask`` bool (H, W) or (n, H, W), True where the model may repaint, keeps
+        the other pixels (RePaint's replacement). At most ``sdedit.max_steps(s, T)`` steps."""
         if isinstance(guidance_interval, str) and guidance_interval == "default":
             guidance_interval = self.default_sampling.get("guidance_interval")
         sampler = self.default_sampling["sampler"] if sampler is None else sampler
@@ -423,6 +454,7 @@ class DiffusionPipeline:
             autoguidance = self.default_sampling.get("autoguidance") if self.guide is not None and context is None else None
         elif autoguidance is not None and guidance_asked:
             raise ValueError("autoguidance replaces classifier-free guidance: leave guidance unset (or 1) with it")
+        init, strength, mask = self.edit_tensors(int(num_images), init_image, strength, mask)
         trajectory = Trajectory() if return_trajectory else None
 
         def on_step(step):
@@ -451,9 +483,29 @@ class DiffusionPipeline:
             x0 = sample(denoiser, self.schedule, (int(num_images), self.model.in_channels, size, size),
                         sampler=sampler, steps=steps, eta=eta, guidance=guidance, context=context,
                         prediction_type=self.prediction_type, seed=int(seed), callback=on_step,
-                        clip_x0=True, device=self.device, guidance_interval=guidance_interval)
+                        clip_x0=True, device=self.device, guidance_interval=guidance_interval,
+                        init=init, strength=strength, mask=mask)
         return GenerationOutput(to_uint8(x0), class_index, time.perf_counter() - start, trajectory, unknown, dropped,
                                 None if autoguidance is None else float(autoguidance), read_as)
+
+    def edit_tensors(self, num_images: int, init_image, strength, mask):
+        """``generate``'s picture and mask as the sampler's (n, C, H, W) float in [-1, 1] and (n, 1, H, W)
+        bool, each checked with a message that names what is wrong."""
+        strength = check_strength(strength)
+        if init_image is None:
+            if mask is not None:
+                raise ValueError("a mask needs the picture it applies to: give init_image as well")
+            if strength != 1.0:
+                raise ValueError(f"strength {strength:g} needs a picture to start from (init_image); without one "
+                                 "it must be 1")
+            return None, strength, None
+        size, channels = self.model.image_size, self.model.in_channels
+        pictures = check_pictures(init_image, "init_image", num_images, (size, size, channels), np.uint8)
+        x0 = torch.from_numpy(np.ascontiguousarray(pictures)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if mask is not None:
+            mask = torch.from_numpy(check_pictures(mask, "mask", num_images, (size, size), np.bool_)).unsqueeze(1)
+            mask = mask.to(self.device)
+        return x0.to(self.device), strength, mask
 
     def read_prompt(self, prompt: str | list[str]) -> tuple[str | list[str], dict[str, str]]:
         """The prompt(s) with each unknown word replaced by the known word it is read as (a singular form, or

@@ -8,7 +8,8 @@ Sources: DDPM, Ho et al. 2020 (eq. 6, 7, 11); DDIM, Song et al. 2021 (eq. 12, 16
 DPM-Solver++(2M) and its stochastic twin SDE-DPM-Solver++(2M), Lu et al. 2022 ("DPM-Solver++",
 Algorithm 2 and appendix); multistep consistency sampling, Song et al. 2023 ("Consistency
 Models", Algorithm 1), the few-step sampler of a distilled student; classifier-free guidance,
-Ho & Salimans 2022 (eq. 6); v-prediction, Salimans & Ho 2022 (sec. 4).
+Ho & Salimans 2022 (eq. 6); v-prediction, Salimans & Ho 2022 (sec. 4). Edits of a picture (SDEdit's
+partial noising, RePaint's inpainting) are in sdedit.py; the loop below only calls them.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import sdedit
 from . import edm
 from .schedule import NoiseSchedule
 
@@ -244,6 +246,9 @@ def sample(
     clip_x0: bool = False,
     device: torch.device | str | None = None,
     guidance_interval: tuple[float, float] | None = None,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw ``shape[0]`` samples in ``steps`` denoiser calls (per guidance branch).
 
@@ -254,18 +259,32 @@ def sample(
     ``guidance_interval=(σ_lo, σ_hi)`` applies guidance only at steps whose noise level
     σ_t = √((1-ᾱ_t)/ᾱ_t) lies in (σ_lo, σ_hi], plain conditional sampling (one branch) elsewhere
     (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval improves sample and
-    distribution quality in diffusion models", sec. 3)."""
+    distribution quality in diffusion models", sec. 3).
+
+    Editing a picture ``init`` (N,C,H,W) in [-1, 1] (sdedit.py): ``strength`` s starts the chain at
+    t_0 = round(s·(T-1)) from q(x_{t_0} | x_0 = init), built from the same first noise draw plain sampling
+    starts from, and makes ``steps`` steps on t_0, ..., 0 (SDEdit); s = 1 is plain sampling exactly, s = 0
+    returns init without calling the denoiser. ``mask`` (N,1,H,W), True or 1 where the model may repaint:
+    after every step the other pixels are init noised to the next step's level with fresh noise, and init
+    itself after the last (RePaint's replacement)."""
     check_sampling_args(schedule, shape, sampler, steps, eta, guidance, context, prediction_type)
     check_guidance_interval(guidance_interval)
+    strength = sdedit.check_edit(shape, init, strength, mask)
     device = torch.device(device) if device is not None else (context.device if context is not None else torch.device("cpu"))
     num_images = shape[0]
     noise = ImageNoise(seed, num_images, shape[1:], device)
     context = None if context is None else context.to(device)
     guided, conditional = guided_denoiser(denoiser, context, float(guidance)), guided_denoiser(denoiser, context, 1.0)
 
-    timesteps = schedule.respace(int(steps)).tolist()
+    t_start = sdedit.start_timestep(strength, schedule.num_timesteps)
+    if init is not None:
+        init = init.to(device=device, dtype=torch.float32)
+        mask = None if mask is None else mask.to(device)
+        if t_start == 0:  # an empty chain: nothing to denoise
+            return init.clamp(-1.0, 1.0) if clip_x0 else init.clone()
+    timesteps = sdedit.edit_timesteps(schedule, strength, int(steps))
     alphas_cumprod = schedule.alphas_cumprod.tolist()
-    x = noise()
+    x = noise() if init is None else sdedit.start_point(schedule, init, noise(), t_start)
     x0_previous, h_previous = None, None
     for index, t in enumerate(timesteps):
         alpha_bar = alphas_cumprod[t]
@@ -288,4 +307,6 @@ def sample(
         else:
             x, h_previous = dpmpp_2m_sde_step(x, x0, x0_previous, alpha_bar, alpha_bar_prev, h_previous, noise)
             x0_previous = x0
+        if mask is not None:
+            x = sdedit.keep_known(x, init, mask, alpha_bar_prev, noise)
     return x.clamp(-1.0, 1.0) if clip_x0 else x

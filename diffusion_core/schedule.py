@@ -76,13 +76,18 @@ class NoiseSchedule:
         abar = self.alphas_cumprod if t is None else self.alphas_cumprod[torch.as_tensor(t).long()]
         return abar / (1 - abar)
 
-    def respace(self, steps: int) -> torch.Tensor:
+    def respace(self, steps: int, start: int | None = None) -> torch.Tensor:
         """The ``steps`` timesteps a sampler visits, noisiest first, with trailing spacing (Lin et al.
-        2023, table 2): round(T - k·T/n) - 1 for k = 0..n-1. The first is always T-1; with n = T they
-        are T-1, ..., 0. The step after the last one lands on clean data (ᾱ = 1)."""
+        2023, table 2): round(L - k·L/n) - 1 for k = 0..n-1 on a chain of L = T timesteps. The first is
+        always T-1; with n = T they are T-1, ..., 0. The step after the last one lands on clean data (ᾱ = 1).
+        ``start`` shortens the chain to t_start, ..., 0 (L = t_start + 1 timesteps, at most L steps): an
+        edit that starts from a partly noised picture (SDEdit, sdedit.py); None is the full chain."""
         T = self.num_timesteps
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-            raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
-        ratio = T / steps
-        timesteps = torch.round(T - torch.arange(steps, dtype=torch.float64) * ratio).long() - 1
+        if start is not None and (isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < T):
+            raise ValueError(f"start must be a timestep in 0..{T - 1}, got {start!r}")
+        length = T if start is None else start + 1
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= length:
+            raise ValueError(f"steps must be an integer in 1..{length}, got {steps!r}")
+        ratio = length / steps
+        timesteps = torch.round(length - torch.arange(steps, dtype=torch.float64) * ratio).long() - 1
         return timesteps
