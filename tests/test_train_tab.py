@@ -105,7 +105,7 @@ def test_bad_settings_and_uploads_get_a_visible_message(tiny_pipeline, tmp_path)
     with pytest.raises(gr.Error, match="choose at least one class"):
         list(train(*run(classes=[])))
     (tmp_path / "x.zip").write_bytes(b"not a zip")
-    with pytest.raises(gr.Error, match="upload: the upload is not a readable zip"):
+    with pytest.raises(gr.Error, match="upload: x.zip is not a readable zip"):
         list(train(*run(source="my pictures (zip)", upload=str(tmp_path / "x.zip"))))
     with pytest.raises(gr.Error, match="train a model first"):
         handlers(tiny_pipeline)["train_draw"]("", [], 3, 2.0, 2, 0, progress=QUIET)
