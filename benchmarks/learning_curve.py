@@ -1,10 +1,12 @@
 """A training run's learning curve per style: each export (``OUT_DIR/exports/step_*``) evaluated as
 ``python -m diffusion_core evaluate`` does, one row per export, the worst style first.
 
-    python -m benchmarks.learning_curve --run runs/emoji32_scratch [--steps 1000 2000] [--compare checkpoints/emoji32]
-                                        [--setting dpmpp_2m_sde:20:4] [--prompts 100] [--out FILE.md]
+    python -m benchmarks.learning_curve --run runs/emoji32_scratch [--steps 1000 2000 | --minutes 30 60 120 240]
+                                        [--compare checkpoints/emoji32] [--setting dpmpp_2m_sde:20:4] [--prompts 100]
+                                        [--out FILE.md]
 
-Columns: images seen (step x the run's batch size), the worst style (the highest FD / its floor) and each
+Columns: images seen (step x the run's batch size), minutes of training to that step (summed over the run's
+log, so across resumes; they are the minutes of whatever machine and load it ran on), the worst style (the highest FD / its floor) and each
 style's FD / floor, the lowest recall against real's, class accuracy, and with ``--prompts N`` the text check
 (for N training names, the share whose sample's nearest training sprite is that emoji; held-out names' class
 accuracy). ``--compare`` adds rows for finished checkpoints at the same setting (e.g. the shipped model).
@@ -16,6 +18,7 @@ import json
 from pathlib import Path
 
 from diffusion_core.evaluate import evaluate, parse_setting
+from diffusion_core.model_card import log_facts
 
 
 def exports_of(run: Path, steps: list[int] | None) -> list[tuple[int, Path]]:
@@ -26,12 +29,26 @@ def exports_of(run: Path, steps: list[int] | None) -> list[tuple[int, Path]]:
     return [(s, p) for s, p in found if steps is None or s in steps]
 
 
-def curve_row(name: str, images: int | None, result: dict) -> dict:
+def at_minutes(run: Path, exports: list[tuple[int, Path]], batch: int, minutes: list[float]) -> list[tuple[int, Path]]:
+    """For each mark, the last export trained within that many minutes (a mark the run has not reached yet, or
+    one before its first export, is left out with a note)."""
+    trained = [(log_facts(run / "log.csv", batch, step)[0] / 60, step, folder) for step, folder in exports]
+    chosen = []
+    for mark in minutes:
+        within = [(step, folder) for spent, step, folder in trained if spent <= mark]
+        if within and trained[-1][0] >= mark * 0.95:
+            chosen.append(within[-1])
+        else:
+            print(f"note: no export at {mark:g} minutes (the run's exports span {trained[0][0]:.0f}-{trained[-1][0]:.0f} min)")
+    return list(dict.fromkeys(chosen))
+
+
+def curve_row(name: str, images: int | None, result: dict, minutes: float | None = None) -> dict:
     (row,) = result["rows"]
     floors = result["style_floors"]
     recall_gap = {s: floors[s]["recall"] - row["per_style"][s]["recall"] for s in floors}
     prompts = result.get("prompts") or {}
-    return {"name": name, "images": images, "worst": row["worst_style"],
+    return {"name": name, "images": images, "minutes": minutes, "worst": row["worst_style"],
             "fd_over_floor": {s: row["per_style"][s]["fd"] / floors[s]["fd"] for s in floors},
             "worst_recall_gap": max(recall_gap.items(), key=lambda kv: kv[1]), "class_accuracy": row["class_accuracy"],
             "fd_over_floor_all": row["fd"] / result["floor"]["fd"], "copies": row["copies"],
@@ -39,7 +56,7 @@ def curve_row(name: str, images: int | None, result: dict) -> dict:
 
 
 def table(rows: list[dict], styles: list[str]) -> list[str]:
-    head = ("| model | images seen | worst style (FD / floor) | " + " | ".join(styles) + " | all styles | "
+    head = ("| model | images seen | minutes | worst style (FD / floor) | " + " | ".join(styles) + " | all styles | "
             "largest recall gap | class accuracy | copies | names drawn as that emoji | held-out names' class |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -47,7 +64,8 @@ def table(rows: list[dict], styles: list[str]) -> list[str]:
         gap_style, gap = r["worst_recall_gap"]
         percent = lambda v: "" if v is None else f"{100 * v:.0f}%"  # noqa: E731
         images = "" if r["images"] is None else f"{r['images']:,}"
-        lines.append(f"| {r['name']} | {images} | "
+        minutes = "" if r["minutes"] is None else f"{r['minutes']:.0f}"
+        lines.append(f"| {r['name']} | {images} | {minutes} | "
                      f"**{worst['style']} {worst['fd_over_floor']:.2f}x** | "
                      + " | ".join(f"{r['fd_over_floor'][s]:.2f}x" for s in styles)
                      + f" | {r['fd_over_floor_all']:.2f}x | {gap_style} {gap:+.2f} | {percent(r['class_accuracy'])} | "
@@ -59,6 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="a training run's out_dir (holds config.json and exports/)")
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="only these steps' exports")
+    parser.add_argument("--minutes", type=float, nargs="+", default=None,
+                        help="instead of --steps: the last export within each of these minutes of training")
     parser.add_argument("--compare", nargs="*", default=[], help="checkpoint folders to score at the same setting")
     parser.add_argument("--setting", default="dpmpp_2m_sde:20:4")
     parser.add_argument("--prompts", type=int, default=0)
@@ -70,11 +90,15 @@ def main() -> None:
     setting = parse_setting(args.setting)
     rows, styles = [], None
     jobs = [(f"`{Path(c)}`", None, Path(c)) for c in args.compare]
-    jobs += [(f"step {s:,}", s * batch, folder) for s, folder in exports_of(run, args.steps)]
+    exports = exports_of(run, args.steps)
+    if args.minutes:
+        exports = at_minutes(run, exports, batch, args.minutes)
+    jobs += [(f"step {s:,}", s * batch, folder) for s, folder in exports]
     for name, images, folder in jobs:
         result = evaluate(str(folder), settings=[setting], dtype=args.dtype, prompts=args.prompts, log=lambda _: None)
         styles = styles or list(result["style_floors"])
-        rows.append(curve_row(name, images, result))
+        minutes = None if images is None else log_facts(run / "log.csv", batch, images // batch)[0] / 60
+        rows.append(curve_row(name, images, result, minutes))
         print("\n".join(table(rows[-1:], styles)[2:]), flush=True)
     lines = [f"Learning curve of `{run}` (`python -m benchmarks.learning_curve --run {run} --setting {args.setting}"
              f"{f' --prompts {args.prompts}' if args.prompts else ''}`; {args.dtype} sampling; one sample per held-out "

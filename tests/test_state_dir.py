@@ -3,10 +3,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from diffusion_core.__main__ import main
 from diffusion_core.distill import DistillConfig
-from diffusion_core.train import TrainConfig, under_state_dir
+import diffusion_core.train as train_module
+from diffusion_core.train import TrainConfig, train, under_state_dir
 
 
 def test_relative_run_folders_move_under_the_state_dir_and_absolute_ones_stay(tmp_path):
@@ -49,3 +52,43 @@ def test_train_keeps_its_state_in_the_state_dir_and_resumes_from_it(course_files
     assert [row.split(",")[0] for row in log[1:]] == ["1", "2", "3", "4"]  # resumed at 2, not restarted
     assert json.loads((state / "runs" / "t" / "config.json").read_text())["max_steps"] == 4
 
+
+def tiny_run(course_files, tmp_path, max_steps) -> TrainConfig:
+    return TrainConfig(data=course_files, image_size=16, base_channels=8, channel_mults=[1, 2], attention_resolutions=[8],
+                       num_heads=2, num_groups=4, batch_size=4, warmup_steps=1, num_timesteps=50, precision="fp32",
+                       out_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "run" / "export"), checkpoint_every=2,
+                       log_every=1, max_steps=max_steps)
+
+
+def test_a_lost_state_resumes_from_the_one_before_it_and_then_from_the_newest_export_and_says_what_was_lost(
+        course_files, tmp_path, capsys, monkeypatch):
+    cfg = tiny_run(course_files, tmp_path, 4)
+    train(cfg, show_progress=False)
+    run = Path(cfg.out_dir)
+    state, previous = run / "state.safetensors", run / "state.previous.safetensors"
+    assert previous.is_file()  # the state saved at step 2 stays beside the one of step 4
+    state.write_bytes(state.read_bytes()[:1000])  # cut off mid-write by a full disk, say
+    cfg6 = TrainConfig(**{**cfg.__dict__, "max_steps": 6})
+    train(cfg6, resume=True, show_progress=False)
+    said = capsys.readouterr().out
+    assert "`state.safetensors` could not be read" in said and "resumed from `state.previous.safetensors` (step 2)" in said
+    log = (run / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log[1:]] == ["1", "2", "3", "4", "5", "6"]  # steps 3-4 were run again
+    assert "state.previous.safetensors" in (run / "resume_log.md").read_text()
+
+    state.unlink()
+    previous.unlink()
+    cfg8 = TrainConfig(**{**cfg.__dict__, "max_steps": 8})
+    started, original = {}, train_module.run_optimisation
+
+    def recording(cfg, procs, model, ema, optimizer, step, *args, **kwargs):
+        started.update(step=step, ema={k: v.clone() for k, v in ema.state_dict().items()})
+        return original(cfg, procs, model, ema, optimizer, step, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "run_optimisation", recording)
+    train(cfg8, resume=True, show_progress=False)
+    assert started["step"] == 6  # the newest export, exports/step_0000006
+    exported = load_file(str(run / "exports" / "step_0000006" / "model.safetensors"))
+    assert all(torch.equal(started["ema"][k], exported[k].float()) for k in exported)
+    notes = (run / "resume_log.md").read_text().splitlines()
+    assert len(notes) == 2 and "AdamW's moments were lost" in notes[1] and "`state.safetensors` is missing" in notes[1]
