@@ -281,19 +281,15 @@ def test_the_app_docs_name_every_route_a_client_can_call(page):
 # ---------------------------------------------------------------------------------------------
 # --dtype / $APP_DTYPE
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("argv, env, dtype", [([], None, "auto"), ([], "float32", "float32"),
-                                              (["--dtype", "bfloat16"], "float32", "bfloat16")])
+@pytest.mark.parametrize("argv, env, dtype", [([], "float32", "float32"), (["--dtype", "bfloat16"], "float32", "bfloat16")])
 def test_the_dtype_flag_and_its_environment_variable_reach_the_pipeline(tiny_pipeline, tmp_path, monkeypatch,
                                                                         argv, env, dtype):
-    """``main`` as `python app.py` runs it, its page and server stubbed: the models sample in the asked dtype
-    (auto: bf16 only where the CPU has it natively and it is faster), and the server gets its file size cap."""
+    """``main`` as `python app.py` runs it, its page and server stubbed: the models sample in the dtype the
+    environment asks for, unless the flag says otherwise, and the server gets its file size cap."""
     import app
 
     folder = tiny_pipeline.save_pretrained(tmp_path / "tiny")
-    if env is None:
-        monkeypatch.delenv("APP_DTYPE", raising=False)
-    else:
-        monkeypatch.setenv("APP_DTYPE", env)
+    monkeypatch.setenv("APP_DTYPE", env)
     monkeypatch.setattr("sys.argv", ["app.py", "--model", str(folder), *argv])
     seen = {}
 
@@ -309,7 +305,7 @@ def test_the_dtype_flag_and_its_environment_variable_reach_the_pipeline(tiny_pip
     app.main()
     assert seen["launch"]["max_file_size"] == app.MAX_FILE_SIZE
     pipe = seen["pipe"]
-    assert pipe.folder == folder and pipe.dtype in (("float32", "bfloat16") if dtype == "auto" else (dtype,))
+    assert pipe.folder == folder and pipe.dtype == dtype
 
 
 def test_a_wrong_app_dtype_is_a_clear_error(monkeypatch, capsys):
