@@ -23,7 +23,7 @@ from starlette.middleware import Middleware
 from diffusion_core.pipeline import DiffusionPipeline
 from ui.body_limit import BodyLimit
 from ui import about, animation, common, compare, context, export, forward, generate, prompt, side_by_side, train
-from ui.worker import torch_worker
+from ui.scheduler import Work, scheduler
 
 ROOT = Path(__file__).resolve().parent
 SHIPPED_MODEL = ROOT / "checkpoints" / "emoji32"
@@ -124,10 +124,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    worker = torch_worker()  # the main thread runs no torch: loading and warm-up happen on the torch thread
-    pipe, note = worker.call(load_pipeline, args.model, args.dtype)
-    fast, fast_note = worker.call(load_fast_pipeline, args.fast_model, pipe, args.dtype)
-    worker.call(warm_up, pipe, fast)
+    torch = scheduler()  # the main thread runs no torch: loading and warm-up are jobs of the scheduler
+    load = Work("load", what="loading the models")
+    pipe, note = torch.run(load, load_pipeline, args.model, args.dtype)
+    fast, fast_note = torch.run(load, load_fast_pipeline, args.fast_model, pipe, args.dtype)
+    torch.run(load, warm_up, pipe, fast)
     print(note.replace("`", ""), fast_note.replace("`", ""), f"Device {pipe.device}, precision {pipe.dtype}.", flush=True)
     build_app(pipe, note, fast, fast_note).launch(server_name=args.host, server_port=args.port, **launch_options())
 

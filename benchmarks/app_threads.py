@@ -9,7 +9,7 @@ fresh process per case:
                  threads did this: the app loaded its models on the main thread);
   second+passive the same with OMP_WAIT_POLICY=PASSIVE (every idle OpenMP thread sleeps at once);
   main+passive   the main thread only, OMP_WAIT_POLICY=PASSIVE;
-  worker         the app's fix: every torch call on one dedicated thread (ui.worker), the main thread none.
+  worker         the app's fix: every torch call on one dedicated thread (ui.scheduler), the main thread none.
 Each case also reports the OpenMP threads the process holds (libgomp keeps one team per Python thread
 that ran a parallel region). libgomp spins idle threads only while it manages no more threads than there
 are CPUs; past that it sleeps them almost at once (its "throttled" spin count), and each parallel region
@@ -60,10 +60,9 @@ def one_case(case: str, model: str, repeats: int) -> dict:
         thread.join()
         times = result["times"]
     elif case == "worker":
-        from ui.worker import TorchWorker
+        from ui.scheduler import Scheduler, Work
 
-        worker = TorchWorker()
-        times = worker.call(load_and_time)
+        times = Scheduler().run(Work("load"), load_and_time)
     else:
         times = load_and_time()
     return {"case": case, "times": times, "extra_threads": os_threads() - before}

@@ -115,13 +115,14 @@ def tiny_fast(pipe):
     from diffusion_core.distill import student_of
 
     return DiffusionPipeline(student_of(pipe), pipe.schedule, pipe.labels, pipe.styles, "v", device="cpu",
+                             vocabulary=pipe.vocabulary,
                              default_sampling={"sampler": "consistency", "steps": 3, "guidance": 4.0})
 
 
 def test_every_torch_call_of_the_app_runs_on_its_one_torch_thread(tiny_pipeline, tmp_path):
     """The main thread (and Gradio's handler threads) never run the network: one OpenMP team."""
     from ui import forward
-    from ui.worker import torch_worker
+    from ui.scheduler import scheduler
 
     fast = tiny_fast(tiny_pipeline)
     threads = []
@@ -141,7 +142,7 @@ def test_every_torch_call_of_the_app_runs_on_its_one_torch_thread(tiny_pipeline,
         fns["forward_process"](0, {"path": str(tmp_path / "red.png")}, 10, "linear")
     finally:
         forward.noisy_image = noisy
-    assert len(threads) == 2 + 2 + 2 + 1 and set(threads) == {torch_worker().thread}
+    assert len(threads) == 2 + 2 + 2 + 1 and set(threads) == {scheduler().thread}
     assert threading.main_thread() not in threads
 
 
@@ -154,15 +155,24 @@ def test_a_deep_line_is_answered_by_the_fast_model_and_the_page_says_so(tiny_pip
     request = (1.0, 0.0, 0.0, "any", 2.0, "ddim", 4, 2, 0, "full")
     _, quiet_info = fn(*request, progress=QUIET)
     assert "full model: 4 steps" in quiet_info and "Busy" not in quiet_info
-    import ui.lane  # the sampling lane all tabs wait in: make it look 20 requests deep
+    from ui.scheduler import Work, scheduler  # the line all tabs wait in: 20 default requests ahead
 
-    original = ui.lane.SamplingLane.waiting
-    ui.lane.SamplingLane.waiting = lambda self: 20
+    release = threading.Event()
+    holder = scheduler().submit(Work("test"), release.wait, 60)
+    ahead = [scheduler().submit(Work("full", 16, 20, 2), lambda: None) for _ in range(20)]
+    scheduler().seconds_per_row["full"] = 2.0 / 640  # each about 2 s, whatever the tiny model taught it
+    busy: list = []
+    answer = threading.Thread(target=lambda: busy.extend(fn(*request, progress=QUIET)))
     try:
-        _, busy_info = fn(*request, progress=QUIET)
+        answer.start()
+        deadline = time.time() + 30
+        while scheduler().waiting() < 1 + 20 + 1 and time.time() < deadline:  # the request is in line
+            time.sleep(0.05)
     finally:
-        ui.lane.SamplingLane.waiting = original
-    assert "fast model: 3 steps" in busy_info and "⚡ Busy" in busy_info
+        release.set()
+    answer.join(timeout=60)
+    assert "fast model: 3 steps" in busy[1] and "about 40 s of requests were ahead" in busy[1]
+    assert holder.future.done() and all(job.future.done() for job in ahead)
 
 
 def browser_test_server():

@@ -2,18 +2,14 @@
 shows each step's numbers."""
 from __future__ import annotations
 
-import queue
-import threading
-
 import gradio as gr
 import numpy as np
 
 from diffusion_core.explain import step_update
-from diffusion_core.pipeline import to_uint8
 from diffusion_core.viz import save_gif, save_mp4, trajectory_frames
 
-from .common import (ANY, LATEX, MAX_GUIDANCE, SCALE, App, as_choice, as_float, as_int, explanation, fresh_output_dir,
-                     guidance_slider, run_controls)
+from .common import (ANY, FULL, LATEX, MAX_GUIDANCE, SCALE, App, Work, as_choice, as_float, as_int, explanation,
+                     fresh_output_dir, guidance_slider, run_controls)
 
 MAX_ANIMATION_IMAGES = 16
 MAX_FRAMES = 120               # the GIF, MP4 and scrubber keep at most this many steps, evenly spaced
@@ -44,37 +40,14 @@ def build(app: App) -> None:
         guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
         guided = app.branches(guidance=guidance, conditioned=class_name != ANY)
         sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed, MAX_ANIMATION_IMAGES, guided)
-        frames: queue.Queue = queue.Queue()
-        result: dict = {}
-        live_every = max(1, steps // 50)  # stream at most ~50 live frames
 
-        def on_step(step):
-            if step.index % live_every == 0 or step.index == steps - 1:
-                frame = trajectory_frames([to_uint8(step.x_t)], [to_uint8(step.x0_pred)], scale=SCALE)[0]
-                frames.put((step.index, frame))
+        def show(index, frame):
+            return frame, gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"step {index + 1}/{steps}", gr.skip()
 
-        def work():
-            try:
-                with app.lane.turn():  # one sampling request at a time (ui/lane.py)
-                    result["out"] = app.worker.call(  # torch runs on the app's one torch thread (ui/worker.py)
-                        app.pipe.generate,
-                        num_images=num_images, classes=None if class_name == ANY else [class_name], sampler=sampler,
-                        steps=steps, guidance=guidance if class_name != ANY else 1.0, seed=seed,
-                        return_trajectory=True, callback=on_step)
-            except Exception as err:  # surfaced below as a visible error
-                result["error"] = err
-            frames.put(None)
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        while (item := frames.get()) is not None:
-            index, frame = item
-            progress((index + 1, steps), desc="denoising")
-            yield frame, gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"step {index + 1}/{steps}", gr.skip()
-        thread.join()
-        if "error" in result:
-            raise gr.Error(str(result["error"]))
-        out = result["out"]
+        out = yield from app.stream(progress, "denoising", Work(FULL, num_images, steps, guided), show,
+                                    num_images=num_images, classes=None if class_name == ANY else [class_name],
+                                    sampler=sampler, steps=steps, guidance=guidance if class_name != ANY else 1.0,
+                                    seed=seed, return_trajectory=True)
         keep = np.unique(np.linspace(0, steps - 1, min(steps, MAX_FRAMES)).round().astype(int))  # bounded memory
         recorded = {"x_t": [out.trajectory.x_t[i] for i in keep], "x0_pred": [out.trajectory.x0_pred[i] for i in keep],
                     "final": out.images, "step": keep.tolist(), "sampler": sampler, "steps": steps}

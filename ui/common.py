@@ -3,6 +3,7 @@ call, and the controls most tabs have (sampler, steps, seed, a gallery, an expla
 from __future__ import annotations
 
 import math
+import queue
 import random
 import shutil
 import tempfile
@@ -13,21 +14,15 @@ import gradio as gr
 import numpy as np
 
 from diffusion_core.data import load_emoji
-from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
-from diffusion_core.viz import upscale
+from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline, to_uint8
+from diffusion_core.viz import trajectory_frames, upscale
 
-from .lane import SamplingLane
-from .worker import torch_worker
+from .scheduler import MAX_WORK, Work, check_work, scheduler
 
 SAMPLER_CHOICES = [("DPM-Solver++ 2M SDE (stochastic)", "dpmpp_2m_sde"),
                    ("DPM-Solver++ 2M (deterministic)", "dpmpp_2m"), ("DDIM", "ddim"), ("DDPM", "ddpm"),
                    ("Consistency (for the fast, distilled model)", "consistency")]
 FULL, FAST = "full", "fast"    # the model choice: the checkpoint, or its distilled few-step student
-# The work budget of one request: images x steps x network branches (two under classifier-free guidance
-# or autoguidance, one otherwise), i.e. image rows through the network. 16 images at 1000 guided DDPM
-# steps, the largest request the app allowed before the budget counted branches; the default Context
-# request is 640 (16 x 20 x 2), about a second on 2 cores in bf16. An export counts all its images.
-MAX_WORK = 32_000
 MAX_IMAGE_STEPS = MAX_WORK // 2  # images x steps of the heaviest (guided) request
 MAX_GUIDANCE = 10.0
 MAX_SEED = 2**31 - 1
@@ -113,8 +108,7 @@ class App:
         self.sampling = dict(pipe.default_sampling)  # the checkpoint's measured default (config.json)
         self.has_text = pipe.vocabulary is not None
         self.real = load_emoji(split="all") if pipe.model.image_size == 32 else None
-        self.lane = SamplingLane()  # one sampling request at a time, first come first served (ui/lane.py)
-        self.worker = torch_worker()  # the one thread that runs torch (ui/worker.py)
+        self.scheduler = scheduler()  # the one line and thread of all torch work (ui/scheduler.py)
 
     def check_common(self, sampler, steps, num_images, seed, max_images=MAX_IMAGES, branches=1):
         """The common controls, and the request's work (``num_images`` x ``steps`` x ``branches``, see
@@ -141,30 +135,65 @@ class App:
             raise gr.Error("this app has no fast model (start it with --fast-model FOLDER)")
         return self.fast if model == FAST else self.pipe
 
-    def run(self, progress, desc, model=FULL, **kwargs):
-        """``generate`` on the chosen model when the sampling lane is free (progress says it waits)."""
+    def run(self, progress, desc, model=FULL, work: Work | None = None, **kwargs):
+        """``generate`` on the chosen model, in its turn in the scheduler's line (progress says its place);
+        ``work`` is its cost (by default the images x steps of ``kwargs``, guided when they ask for it)."""
         steps = kwargs["steps"]
         pipe = self.pipe_for(model)
+        if work is None:
+            guided = self.branches(model, kwargs.get("guidance", 1.0), any(kwargs.get(k) for k in CONDITIONS),
+                                   kwargs.get("autoguidance"))
+            work = Work(model, kwargs["num_images"], steps, guided)
 
         def tick(step):
+            self.scheduler.checkpoint()
             progress((step.index + 1, steps), desc=desc)
 
-        progress(0, desc="waiting for the sampler (one request at a time)")
         try:
-            with self.lane.turn():
-                return self.worker.call(pipe.generate, callback=tick, **kwargs)
+            return self.scheduler.run(work, pipe.generate, callback=tick, on_wait=waiting_text(progress), **kwargs)
         except ValueError as err:  # anything the pipeline rejects is the user's to fix
             raise gr.Error(str(err))
 
+    def stream(self, progress, desc, work: Work, show, frames: int = 50, **kwargs):
+        """``generate`` on the main model as a job of the scheduler, streamed while it runs: for at most
+        ``frames`` of its steps, yields ``show(step index, picture of x_t beside the predicted x_0)``; returns
+        its output (``out = yield from app.stream(...)``)."""
+        steps, pictures = kwargs["steps"], queue.Queue()
+        every = max(1, steps // frames)
 
-def check_work(num_images: int, steps: int, branches: int = 1, what: str = "this request") -> int:
-    """``num_images`` x ``steps`` x ``branches`` against MAX_WORK; raises gr.Error naming the budget."""
-    work = num_images * steps * branches
-    if work > MAX_WORK:
-        each = f" x {branches} network branches (guidance)" if branches > 1 else ""
-        raise gr.Error(f"work budget: {what} needs {num_images:,} images x {steps} steps{each} = {work:,} network "
-                       f"rows, over the limit of {MAX_WORK:,} per request; lower the images or the steps")
-    return work
+        def on_step(step):
+            self.scheduler.checkpoint()
+            if step.index % every == 0 or step.index == steps - 1:
+                pictures.put((step.index, trajectory_frames([to_uint8(step.x_t)], [to_uint8(step.x0_pred)],
+                                                            scale=SCALE)[0]))
+
+        job = self.scheduler.submit(work, self.pipe.generate, callback=on_step, **kwargs)
+        job.future.add_done_callback(lambda _: pictures.put(None))
+        on_wait = waiting_text(progress)
+        while True:
+            self.scheduler.tell_place(job, on_wait)
+            try:
+                item = pictures.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is None:
+                break
+            progress((item[0] + 1, steps), desc=desc)
+            yield show(*item)
+        try:
+            return job.future.result()
+        except Exception as err:  # anything the pipeline rejects is the user's to fix
+            raise gr.Error(str(err))
+
+
+CONDITIONS = ("classes", "blend", "style", "prompt")  # generate's arguments that condition (guidance applies)
+
+
+def waiting_text(progress):
+    """The progress text of a job waiting in the scheduler's line: its place and the wait before it."""
+    def on_wait(place, seconds):
+        progress(0, desc=f"waiting: number {place} in line, about {seconds:.0f} s of work before yours")
+    return on_wait
 
 
 def gallery_of(images: np.ndarray) -> list[np.ndarray]:

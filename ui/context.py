@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import gradio as gr
 
 from diffusion_core.pipeline import MAX_IMAGES
 
 from .common import (ANY, FAST, FAST_EXPLANATION, FULL, LATEX, MAX_GUIDANCE, App, as_choice, as_float, describe_blend,
-                     explanation, gallery_of, guidance_slider, model_controls, model_note, run_controls, sprite_gallery,
-                     wire_live)
+                     Work, explanation, gallery_of, guidance_slider, model_controls, model_note, run_controls,
+                     sprite_gallery, wire_live)
 
 EXPLANATION = r"""
 The context $c$ is a vector: one weight per class (a blend such as 0.6 food + 0.4 animal is allowed) and
@@ -33,46 +32,24 @@ def guidance_numbers(w) -> str:
             rf"\epsilon_\theta(x_t, c)$" + (" (the unconditional branch is subtracted)." if w > 1 else "."))
 
 
-# When a full-model request would be answered later than this (the line ahead of it plus its own time), the
-# fast model answers it instead (and says so): a full request alone takes about 2 s, so the first three of a
-# crowd get the full model, and a class of 30 pressing Generate together is served within about 15 s on 2
-# cores (benchmarks/app_load.py; 10 s here left 5 full requests ahead of the rest, p95 19.5 s). Before the
-# first request is timed, a full request counts as 2 s, a fast one 0.5 s.
+# When a full-model request would be answered later than this (the scheduler's line ahead of it at each
+# job's measured cost, plus its own), the fast model answers it instead (and says so): a full request alone
+# takes about 2 s, so the first three of a crowd get the full model, and a class of 30 pressing Generate
+# together is served within about 15 s on 2 cores (benchmarks/app_load.py; 10 s here left 5 full requests
+# ahead of the rest, p95 19.5 s). Before the first request is timed, a default full request counts as 2 s,
+# a default fast one 0.5 s.
 DEEP_QUEUE_SECONDS = float(os.environ.get("APP_DEEP_QUEUE_SECONDS", "6"))
 PRIOR_SECONDS = {FULL: 2.0, FAST: 0.5}
 CONTEXT_AT_ONCE = 32  # Context requests let into the handler at once (Gradio's thread pool holds 40)
 
 
-class Backlog:
-    """The estimated seconds of the sampling line: this tab's waiting requests at their models' measured
-    time (a running mean of the last requests), other tabs' requests at a full request's."""
-
-    def __init__(self, lane):
-        self.lane, self._lock = lane, threading.Lock()
-        self.seconds = dict(PRIOR_SECONDS)
-        self.mine: dict[int, float] = {}
-
-    def wait_seconds(self) -> float:
-        with self._lock:
-            others = max(self.lane.waiting() - len(self.mine), 0)
-            return sum(self.mine.values()) + others * self.seconds[FULL]
-
-    def enter(self, model: str) -> int:
-        with self._lock:
-            ticket = max(self.mine, default=-1) + 1
-            self.mine[ticket] = self.seconds[model]
-            return ticket
-
-    def leave(self, ticket: int, model: str, seconds: float | None) -> None:
-        with self._lock:
-            self.mine.pop(ticket, None)
-            if seconds is not None:
-                self.seconds[model] = 0.7 * self.seconds[model] + 0.3 * seconds
-
-
 def build(app: App) -> None:
     labels, styles = app.pipe.labels, app.pipe.styles
-    backlog = Backlog(app.lane)
+    for kind, pipe in ((FULL, app.pipe), (FAST, app.fast)):
+        if pipe is not None:
+            sampling = pipe.default_sampling  # the prior is a default request's: 16 images
+            rows = 16 * sampling["steps"] * app.branches(kind, sampling["guidance"])
+            app.scheduler.expect(kind, PRIOR_SECONDS[kind], rows)
 
     def generate_context(*args, progress=gr.Progress()):
         *weights, style, guidance, sampler, steps, num_images, seed, model = args
@@ -85,18 +62,14 @@ def build(app: App) -> None:
             raise gr.Error("set at least one class weight above 0 (or pick a style)")
         sampler, steps, num_images, seed = app.check_common(sampler, steps, num_images, seed,
                                                             branches=app.branches(model, guidance))
-        waited, deep = backlog.wait_seconds(), ""
-        if model == FULL and app.fast is not None and waited + backlog.seconds[FULL] > DEEP_QUEUE_SECONDS:
+        waited, deep = app.scheduler.backlog(), ""
+        own = app.scheduler.estimate(Work(FULL, num_images, steps, app.branches(FULL, guidance)))
+        if model == FULL and app.fast is not None and waited + own > DEEP_QUEUE_SECONDS:
             model, sampler, steps = FAST, app.fast.default_sampling["sampler"], app.fast.default_sampling["steps"]
             deep = (f"\n\n⚡ Busy: about {waited:.0f} s of requests were ahead of yours, so the **fast model** answered "
                     f"({steps} steps) to keep the wait short. Press Generate again when it is quieter for the full model.")
-        ticket, seconds = backlog.enter(model), None
-        try:
-            out = app.run(progress, "sampling", model=model, num_images=num_images, blend=blend,
-                          style=None if style == ANY else style, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-            seconds = out.seconds if num_images == 16 else None  # the cost of a default-sized request
-        finally:
-            backlog.leave(ticket, model, seconds)
+        out = app.run(progress, "sampling", model=model, num_images=num_images, blend=blend,
+                      style=None if style == ANY else style, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
         mix = describe_blend(blend) or "no class"
         return gallery_of(out.images), (f"{mix}, style {style}, guidance {guidance:g}: {out.seconds:.2f} s"
                                         f" ({model_note(app, model, steps)}){deep}")
@@ -116,7 +89,7 @@ def build(app: App) -> None:
                 explanation(EXPLANATION + (FAST_EXPLANATION if app.fast is not None else ""))
                 numbers = gr.Markdown(guidance_numbers(guidance.value), latex_delimiters=LATEX)
         inputs = [*weights, style, guidance, sampler, steps, num, seed, model]
-        # its requests enter the handler together and wait in the sampling lane, so each sees how deep the line is
+        # its requests enter the handler together and wait in the scheduler's line, so each sees how deep it is
         button.click(generate_context, inputs, [gallery, info], api_name="generate_context", preprocess=False,
                      concurrency_id="context", concurrency_limit=CONTEXT_AT_ONCE)
         wire_live(app, live, [*(w.release for w in weights), style.change, guidance.release, num.release, seed.submit],

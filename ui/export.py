@@ -7,13 +7,14 @@ import gradio as gr
 
 from diffusion_core.export import MAX_LABELS, export_dataset
 
-from .common import (ANY, MAX_GUIDANCE, MAX_WORK, App, as_choice, as_float, as_int, as_names, as_text, check_work, explanation,
-                     fresh_output_dir, guidance_slider, sampler_controls, seed_controls, unknown_note)
+from .common import (ANY, FULL, MAX_GUIDANCE, MAX_WORK, App, Work, as_choice, as_float, as_int, as_names, as_text,
+                     check_work, explanation, fresh_output_dir, guidance_slider, sampler_controls, seed_controls,
+                     unknown_note, waiting_text)
 
 MAX_PER_CLASS = 2_000
 MAX_PROMPTS_TEXT = 2_000  # characters of the prompts box, all lines together
-# An export draws this many images per turn of the sampling lane, then lets any waiting request go first
-# (ui/lane.py): the default request's size, so a request made during an export waits for at most one.
+# An export draws this many images per job of the scheduler, then goes to the back of its line (ui/scheduler.py):
+# the default request's size, so a request made during an export waits for at most one batch.
 EXPORT_BATCH = 16
 
 
@@ -63,11 +64,13 @@ def build(app: App) -> None:
         def check_cancel(_step=None):
             if stop.is_set():
                 raise ExportCancelled
+            app.scheduler.checkpoint()  # (on the torch thread) the page that asked has gone
 
         def draw(**kwargs):
             check_cancel()
-            with app.lane.turn():
-                return app.worker.call(app.pipe.generate, callback=check_cancel, **kwargs)  # the torch thread
+            work = Work(FULL, kwargs["num_images"], steps, app.branches(guidance=guidance), what="an export batch")
+            return app.scheduler.run(work, app.pipe.generate, callback=check_cancel, on_wait=waiting_text(progress),
+                                     **kwargs)
 
         path = fresh_output_dir() / "emoji_dataset.zip"
         try:

@@ -15,7 +15,7 @@ from diffusion_core.schedule import NoiseSchedule
 from diffusion_core.uploads import read_picture
 from diffusion_core.viz import upscale
 
-from .common import App, as_choice, as_int, explanation
+from .common import App, Work, as_choice, as_int, explanation
 
 EXPLANATION = r"""
 Training pictures are destroyed step by step with Gaussian noise. Thanks to a property of Gaussians one
@@ -79,12 +79,15 @@ def build(app: App) -> None:
                 raise gr.Error("upload an image: this model has no shipped training images")
             image_index = as_int(image_index, "image index", 0, len(app.real) - 1)
             x0 = app.real.images[image_index]
-        schedule = NoiseSchedule(schedule_kind, app.T)
-        abar = schedule.alphas_cumprod[t].item()
+
+        def noise():  # the torch part, a job of the scheduler
+            schedule = NoiseSchedule(schedule_kind, app.T)
+            return schedule.alphas_cumprod[t].item(), noisy_image(schedule, x0, t), schedule_curves(schedule, t)
+
+        abar, noisy, curves = app.scheduler.run(Work("forward", what="the noise picture"), noise)
         text = (f"**t = {t}:** $\\bar\\alpha_t = {abar:.4f}$, so $x_t = {math.sqrt(abar):.3f}\\,x_0 + "
                 f"{math.sqrt(1 - abar):.3f}\\,\\epsilon$ and SNR $= {abar / (1 - abar):.3g}$")
-        return (upscale(x0[None], 8)[0], upscale(app.worker.call(noisy_image, schedule, x0, t)[None], 8)[0],
-                schedule_curves(schedule, t), text)
+        return upscale(x0[None], 8)[0], upscale(noisy[None], 8)[0], curves, text
 
     with gr.Tab("Forward process"):
         count = len(app.real) - 1 if app.real is not None else 0

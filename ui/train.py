@@ -3,8 +3,8 @@ sprites), then draw from it and download it. The training is ``diffusion_core.tr
 function the CLI runs; this tab only chooses its config and data, and listens to its ``on_step``.
 
 One training at a time for the whole server, each at most $TRAIN_MAX_MINUTES minutes; others wait in a
-line and see their place. Training runs on the app's torch thread (ui/worker.py), which answers the
-other tabs' sampling requests between two training steps.
+line and see their place. A training is a job of the app's scheduler (ui/scheduler.py), which answers the
+other tabs' requests that wait in its line between two training steps.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from diffusion_core.train import GRID_PER_CLASS, TrainConfig, draw_grid, train
 from diffusion_core.uploads import load_picture_zip
 from diffusion_core.viz import image_grid
 
-from .common import LATEX, MAX_GUIDANCE, MAX_SEED, App, as_choice, as_float, as_int, as_names, explanation, \
-    fresh_output_dir, gallery_of, sprite_gallery
+from .common import LATEX, MAX_GUIDANCE, MAX_SEED, App, Work, as_choice, as_float, as_int, as_names, explanation, \
+    fresh_output_dir, gallery_of, sprite_gallery, waiting_text
 
 TRAIN_MAX_MINUTES = float(os.environ.get("TRAIN_MAX_MINUTES", "10"))  # the server's cap on one training's length
 MAX_TRAIN_STEPS = 20_000
@@ -137,9 +137,9 @@ def run_job(app: App, job: TrainingJob) -> dict:
             images, per_class = draw_grid(viewer["pipe"], data.class_names, seed=cfg.seed, **{
                 **GRID_SAMPLING, "guidance": GRID_SAMPLING["guidance"] if data.class_names else 1.0})
             job.events.put(("grid", progress.step, images, per_class))
-        # other people's sampling requests, between two steps: while the sampling line holds more, up to
-        # SERVED_PER_STEP of them, so a class pressing Generate is answered without stopping the training
-        app.worker.serve_waiting(more=lambda: app.lane.waiting() > 0, at_most=SERVED_PER_STEP)
+        # other people's requests, between two steps: up to SERVED_PER_STEP of those waiting in the scheduler's
+        # line, so a class pressing Generate is answered without stopping the training
+        app.scheduler.serve_waiting(at_most=SERVED_PER_STEP)
         return job.stop.is_set() or progress.elapsed_s > job.minutes * 60
 
     try:
@@ -228,7 +228,7 @@ def build(app: App) -> None:
             if job.stop.is_set():
                 yield ("Stopped before it started.", *(gr.skip(),) * 6)
                 return
-            future = app.worker.submit(run_job, app, job)
+            future = app.scheduler.submit(Work("train", what="a training"), run_job, app, job).future
             yield from follow(job, future, steps, minutes)
             summary = future.result()
         except ValueError as err:
@@ -310,6 +310,7 @@ def build(app: App) -> None:
         num_images = as_int(num_images, "number of images", 1, 64)
         seed = as_int(seed, "seed", 0, MAX_SEED)
         classes = as_names(classes, "classes", None, most=MAX_IMAGES)  # the model's own names: checked once it is loaded
+        branches = 2 if classes and guidance not in (0.0, 1.0) else 1  # classifier-free guidance: two rows
 
         def work():
             if folder not in models:
@@ -321,11 +322,15 @@ def build(app: App) -> None:
                 as_choice(name, "class", pipe.labels)
             wanted = list(classes or []) or None
             return pipe.generate(num_images=num_images, classes=wanted, sampler="dpmpp_2m", steps=steps,
-                                 guidance=guidance if wanted else 1.0, seed=seed,
-                                 callback=lambda s: progress((s.index + 1, steps), desc="sampling"))
+                                 guidance=guidance if wanted else 1.0, seed=seed, callback=tick)
+
+        def tick(step):
+            app.scheduler.checkpoint()
+            progress((step.index + 1, steps), desc="sampling")
 
         try:
-            out = app.worker.call(work)
+            out = app.scheduler.run(Work("trained", num_images, steps, branches, what="this drawing"), work,
+                                    on_wait=waiting_text(progress))
         except ValueError as err:
             raise gr.Error(str(err))
         return gallery_of(out.images), f"{num_images} images, {', '.join(classes or []) or 'unconditional'}, " \
