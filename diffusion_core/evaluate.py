@@ -530,6 +530,8 @@ def evaluate_samples(path: str | os.PathLike, classifier: str | None = None, sty
 
 
 def evaluate_command(args) -> None:
+    if args.prompts < 0:  # said at once, before the model, the data and the feature network are loaded
+        raise ValueError(f"--prompts needs a number of names >= 1, got {args.prompts}")
     if args.samples:
         print(json.dumps(evaluate_samples(args.samples, args.classifier, args.styles), indent=2))
         return
