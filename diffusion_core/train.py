@@ -37,7 +37,7 @@ from .pipeline import FALLBACK_SAMPLING, MAX_IMAGES, DiffusionPipeline, cpu_has_
 from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
 from .text import Vocabulary, data_texts, words
-from .unet import CrossAttention, UNet, round_weights, weights_torch_dtype
+from .unet import CrossAttention, UNet, load_weights_strict, round_weights, weights_torch_dtype
 
 LOG_FIELDS = ("step", "loss", "lr", "images_per_s", "elapsed_s")
 
@@ -264,7 +264,61 @@ def save_training_state(path: Path, model, ema, optimizer, step: int, cfg: Train
     save_file(tensors, str(tmp), metadata=meta)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    if path.exists():  # the state before this one stays, for a resume when this one is lost
+        os.replace(path, previous_state_path(path))
     os.replace(tmp, path)
+
+
+def previous_state_path(path: Path) -> Path:
+    return path.with_name(path.name.replace(".safetensors", ".previous.safetensors"))
+
+
+def resume_from_surviving_state(state_path: Path, model, ema, optimizer) -> int:
+    """Load the newest state of a run that can still be read, and return its step (0: nothing survives).
+    Tried in order: the state, the one saved before it, then the newest export under out_dir/exports
+    (its EMA weights start both the model and the EMA; AdamW's moments start afresh). What was lost on the
+    way is printed and appended to out_dir/resume_log.md."""
+    lost, step, outcome = [], 0, "nothing survives: starting afresh"
+    for path in (state_path, previous_state_path(state_path)):
+        problem = unreadable(path)
+        if problem:
+            lost.append(f"`{path.name}` {problem}")
+            continue
+        step, outcome = load_training_state(path, model, ema, optimizer), f"resumed from `{path.name}`"
+        break
+    else:
+        for weights in sorted(state_path.parent.glob("exports/step_*/model.safetensors"), reverse=True):
+            try:
+                load_weights_strict(ema, str(weights))
+            except ValueError as err:
+                lost.append(f"`exports/{weights.parent.name}` {err}")
+                continue
+            model.load_state_dict(ema.state_dict())
+            step = int(weights.parent.name.split("_")[1])
+            outcome = f"resumed from the EMA weights of `exports/{weights.parent.name}`: AdamW's moments were lost"
+            break
+    line = "; ".join([*lost, f"{outcome} (step {step})"])
+    print(line)
+    if step and lost:  # something was lost: the run's folder keeps the story
+        with open(state_path.parent / "resume_log.md", "a") as f:
+            f.write(f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {line}\n")
+    return step
+
+
+def unreadable(path: Path) -> str | None:
+    """Why the safetensors file at ``path`` cannot be read (missing, truncated, not safetensors), or None."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return "is missing"
+    try:
+        with safe_open(str(path), "pt") as f:
+            int(f.metadata()["step"])
+            for key in f.keys():
+                f.get_tensor(key)
+    except Exception as err:  # safetensors' own error types for a damaged file
+        return f"could not be read ({type(err).__name__}: {err})"
+    return None
 
 
 def load_training_state(path: Path, model, ema, optimizer) -> int:
@@ -502,11 +556,9 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         step = load_training_state(state_path, model, ema, optimizer)
         folder = export(ema, cfg, data, step, out_dir, device, vocabulary, recipe) if procs.is_main else None
         return {"step": step, "export": str(folder)}
-    if resume and state_path.exists():
-        step = load_training_state(state_path, model, ema, optimizer)
-    else:
-        if resume and procs.is_main:
-            print(f"no checkpoint at {state_path}; starting from step 0")
+    if resume:
+        step = resume_from_surviving_state(state_path, model, ema, optimizer)
+    if not step:
         if cfg.init_from:
             fresh = init_weights(model, cfg, data)
             ema.load_state_dict(model.state_dict())
