@@ -22,7 +22,7 @@ from starlette.middleware import Middleware
 
 from diffusion_core.pipeline import DiffusionPipeline
 from ui.body_limit import BodyLimit
-from ui import about, animation, common, compare, context, export, forward, generate, prompt, side_by_side, train
+from ui import about, animation, common, compare, context, export, forward, generate, prompt, side_by_side, sketch, train
 from ui.scheduler import Work, scheduler
 
 ROOT = Path(__file__).resolve().parent
@@ -33,7 +33,7 @@ SHIPPED_FAST_MODEL = ROOT / "checkpoints" / "emoji32_fast"
 # at the default request's measured 3.6 s (2 cores with bf16) to 15 s (2 cores, AVX2, fp32) the 100th in
 # line waits 6 to 25 minutes, and each waiting request holds only its arguments, so memory stays bounded.
 QUEUE_SIZE = 100
-TABS = (generate, context, prompt, animation, forward, compare, side_by_side, train, export, about)
+TABS = (generate, context, prompt, sketch, animation, forward, compare, side_by_side, train, export, about)
 CSS = ".gallery img, img { image-rendering: pixelated; }"
 DTYPES = ("auto", "float32", "bfloat16")  # --dtype / $APP_DTYPE: the precision the models sample in
 # The largest file the server takes (gradio refuses a larger upload while it streams in): a zip of pictures
