@@ -110,3 +110,33 @@ def tiny_distill_config(teacher_dir, data, tmp_path, name, **overrides) -> Disti
                   checkpoint_every=2, log_every=1, precision="fp32", out_dir=str(tmp_path / name / "run"),
                   export_dir=str(tmp_path / name / "export"))
     return DistillConfig(**{**values, **overrides})
+
+
+def narrow_copy(pipe: DiffusionPipeline) -> DiffusionPipeline:
+    """A pipeline with ``pipe``'s interface (labels, styles, vocabulary, schedule, prediction type, default
+    sampling, a guide where it has one, guidance as an input where it has it) on an 8-channel U-Net with
+    random weights: it draws noise, tens of times faster."""
+    config = {**pipe.model._hub_mixin_config, "base_channels": 8, "num_groups": 4, "num_heads": 2, "text_dim": 16}
+    torch.manual_seed(0)
+    model = UNet(**{k: v for k, v in config.items() if k in UNet._hub_mixin_init_parameters})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    narrow = DiffusionPipeline(model, NoiseSchedule(pipe.schedule.kind, pipe.schedule.num_timesteps), pipe.labels,
+                               pipe.styles, pipe.prediction_type, device="cpu", vocabulary=pipe.vocabulary,
+                               default_sampling=pipe.default_sampling, recipe=pipe.recipe)
+    if pipe.guide is not None:
+        narrow.set_guide(narrow_copy(pipe.guide))
+    return narrow
+
+
+@pytest.fixture(scope="session")
+def shipped_stand_ins(tmp_path_factory) -> tuple[str, str]:
+    """Folders of narrow copies of the shipped model (with its guide) and of its fast model: what the served
+    app's tests run on (the shipped weights at the defaults of every tab take minutes on 2 cores)."""
+    from app import SHIPPED_FAST_MODEL, SHIPPED_MODEL
+
+    folder = tmp_path_factory.mktemp("shipped_stand_ins")
+    main = narrow_copy(DiffusionPipeline.from_pretrained(SHIPPED_MODEL)).save_pretrained(folder / "emoji32")
+    fast = narrow_copy(DiffusionPipeline.from_pretrained(SHIPPED_FAST_MODEL)).save_pretrained(folder / "emoji32_fast")
+    return str(main), str(fast)

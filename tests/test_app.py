@@ -33,13 +33,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_app(model: str | None, log_name: str, start_timeout: float = 180):
-    """Start `python app.py` (offline, with $HF_MODEL_ID = model when given), yield its URL, stop it."""
+def serve_app(model: str | None, log_name: str, start_timeout: float = 180, fast_model: str | None = None):
+    """Start `python app.py` (offline, with $HF_MODEL_ID = model and $HF_FAST_MODEL_ID = fast_model when
+    given), yield its URL, stop it."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     env.pop("HF_MODEL_ID", None)
+    env.pop("HF_FAST_MODEL_ID", None)
     if model:
         env["HF_MODEL_ID"] = model
+    if fast_model:
+        env["HF_FAST_MODEL_ID"] = fast_model
     (ROOT / "artifacts").mkdir(exist_ok=True)
     log = open(ROOT / "artifacts" / log_name, "w")
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
@@ -66,15 +70,21 @@ def serve_app(model: str | None, log_name: str, start_timeout: float = 180):
 
 
 @pytest.fixture(scope="module")
-def server():
-    """The app asked for a Hub model it cannot get offline: it must fall back to the shipped one."""
-    yield from serve_app("nobody/not-in-any-cache", "app_test.log")
+def server(shipped_stand_ins):
+    """`python app.py`, served once for every test here that calls it, on narrow copies of the shipped model
+    and fast model (their labels, styles, vocabulary, guide and default sampling; conftest.narrow_copy).
+    With $SCREENSHOT_DIR set (retaking the README's screenshots) it is the app as `python app.py` starts it.
+    That the shipped weights load and draw, and the fallback from a Hub model it cannot get, are proved
+    in-process (test_app_falls_back_to_the_shipped_checkpoint_and_says_so)."""
+    if TAKE_ALL_SCREENSHOTS:
+        yield from serve_app(None, "app_test.log")
+    else:
+        yield from serve_app(shipped_stand_ins[0], "app_test.log", fast_model=shipped_stand_ins[1])
 
 
 @pytest.fixture(scope="module")
-def default_server():
-    """The app as `python app.py` starts it (the README's screenshots come from this one)."""
-    yield from serve_app(None, "app_test_default.log")
+def default_server(server):
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +102,31 @@ def gallery_images(gallery) -> list[np.ndarray]:
     return [read(item["image"] if isinstance(item, dict) and "image" in item else item) for item in gallery]
 
 
-def test_app_falls_back_to_the_shipped_checkpoint_and_says_so(server):
-    import httpx
+def test_app_falls_back_to_the_shipped_checkpoint_and_says_so(monkeypatch):
+    """In-process, as `main()` starts it: $HF_MODEL_ID names a Hub model it cannot get offline, so it loads the
+    shipped checkpoint and its page says so (the served app, started without $HF_MODEL_ID, shows no warning)."""
+    import gradio as gr
+    import huggingface_hub.constants
 
-    config = httpx.get(server + "config", timeout=10).text
-    assert "Could not load" in config and "checkpoints/emoji32" in config
+    import app
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_MODEL_ID", "nobody/not-in-any-cache")
+    args = app.parse_args([])
+    pipe, note = app.load_pipeline(args.model, args.dtype)
+    assert Path(pipe.folder).resolve() == (ROOT / "checkpoints" / "emoji32").resolve()
+    assert "Could not load `nobody/not-in-any-cache`" in note and "checkpoints/emoji32" in note
+    shown = [b.value for b in app.build_app(pipe, note).blocks.values() if isinstance(b, gr.Markdown)]
+    assert any("Could not load" in text and "checkpoints/emoji32" in text for text in shown)
+    # as `python app.py` starts it (no $HF_MODEL_ID): the shipped model, its guide and its fast model, no warning
+    monkeypatch.delenv("HF_MODEL_ID")
+    monkeypatch.delenv("HF_FAST_MODEL_ID", raising=False)
+    args = app.parse_args([])
+    pipe, note = app.load_pipeline(args.model, args.dtype)
+    fast, fast_note = app.load_fast_pipeline(args.fast_model, pipe, args.dtype)
+    assert note == f"Weights: `{ROOT / 'checkpoints' / 'emoji32'}`." and pipe.guide is not None
+    assert fast is not None and fast_note == f"Fast model: `{ROOT / 'checkpoints' / 'emoji32_fast'}`."
+    app.warm_up(pipe, fast)  # each draws (two pictures in two steps)
 
 
 def test_generate_returns_crisp_upscaled_sprites_and_same_seed_same_images(client):
@@ -200,7 +230,7 @@ def test_every_tab_works_in_a_real_browser(default_server):
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(default_server)
         page.get_by_role("tab", name="Generate").click()
-        assert "Could not load" not in page.content()  # the shipped default loads as it is
+        assert "Could not load" not in page.content()  # the models it was given load as they are
         tab_runs = [  # (tab, its main button, the text that appears once the result is in)
             ("Generate", "Generate", rf"16 images, dpmpp_2m_sde, 20 steps{AUTOGUIDED}: [\d.]+ s"),
             ("Context", "Generate", rf"guidance {DEFAULT_SAMPLING['guidance']:g}: [\d.]+ s"),
@@ -291,10 +321,12 @@ def test_fifty_people_at_once_are_all_served_each_with_their_own_pictures(client
 
 
 @pytest.mark.parametrize("endpoint", ["/side_by_side", "/generate"])
-def test_endpoints_answer_their_defaults(client, endpoint):
-    """Called with no arguments, an endpoint uses its controls' defaults and draws (the browser test runs
-    every tab from its default state, the slow ones included)."""
-    result = client.predict(api_name=endpoint)
+def test_endpoints_answer_their_defaults(gated_server, endpoint):
+    """Called with no arguments, an endpoint uses its controls' defaults and draws (on the tiny model; the
+    browser test runs every tab from its default state, the slow ones included)."""
+    from gradio_client import Client
+
+    result = Client(gated_server[0], verbose=False).predict(api_name=endpoint)
     assert result and all(part is not None for part in result)
 
 
