@@ -95,7 +95,7 @@ def test_bad_prompt_check_arguments_are_clear_errors_before_any_sampling(args, m
 
 def test_prompts_only_prints_the_prompt_check_beside_its_real_values(capsys):
     assert main(["evaluate", "--model", str(ROOT / "checkpoints" / "emoji32"), "--prompts", "2", "--prompts-only",
-                 "--dtype", "bfloat16"]) in (0, None)
+                 "--dtype", "auto"]) in (0, None)  # bf16 only where native (emulated it takes twice as long)
     out = capsys.readouterr().out
     summary, report = out.split("\n", 1)
     assert summary.startswith("Prompts (one sample each at the default setting): for 2 training emoji names")
