@@ -308,7 +308,9 @@ def build(app: App) -> None:
                       api_visibility="undocumented", queue=False, show_progress="hidden", preprocess=False)
         upload.upload(put_upload, upload, [canvas, read_as], api_name="sketch_upload", preprocess=False)
         preview = [canvas, mode, strength, seed]
-        for event in (canvas.change, mode.change, strength.release, seed.change):
+        # the start point follows the controls, and is redrawn with each Redraw (the editor reports no change
+        # for its first stroke)
+        for event in (canvas.change, mode.change, strength.change, seed.change, button.click):
             event(start_point, preview, [read_as, start, start_text], api_visibility="undocumented",
                   show_progress="hidden", trigger_mode="always_last", concurrency_id="sketch_preview",
                   concurrency_limit=4)
