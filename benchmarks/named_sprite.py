@@ -1,7 +1,7 @@
 """Start from the emoji it names: how often the redraw is that emoji in another sprite, per strength and style.
 
     for s in noto openmoji twemoji fluent emojione; do
-        python -m benchmarks.named_sprite --strength 0.85 0.9 --style $s &   # the redraws, one style a process
+        python -m benchmarks.named_sprite --strength 0.75 0.8 0.85 0.9 --style $s &   # one style a process
     done; wait
     python -m benchmarks.named_sprite --report   # measures them: OUT.json, OUT.md, the figure
 
@@ -39,7 +39,7 @@ from diffusion_core.viz import image_grid, labelled_blocks, save_atomic
 FEATURES = Path("artifacts/real_features.npz")  # the classifier's features of every real sprite (not in git)
 KEPT = Path("artifacts/named_sprite")  # each strength's pictures, for the figure (not in git)
 COMMAND = ("for s in noto openmoji twemoji fluent emojione; do python -m benchmarks.named_sprite --strength "
-           "0.85 0.9 --style $s & done; wait; python -m benchmarks.named_sprite --report")
+           "0.75 0.8 0.85 0.9 --style $s & done; wait; python -m benchmarks.named_sprite --report")
 
 
 def pick_names(data, num: int, seed: int = 0) -> list[str]:

@@ -27,7 +27,7 @@ NAME_WEIGHT, KEYWORD_WEIGHT = 1.0, 0.5
 STOP_WORDS = {"a", "an", "the", "of", "with", "and", "in", "on", "at", "to"}  # match too many names to mean one
 # strength at which a named emoji is redrawn by default: measured per style in
 # benchmarks/results/named_sprite_emoji32.md (benchmarks/named_sprite.py)
-NAMED_STRENGTH = 0.85
+NAMED_STRENGTH = 0.8
 
 
 @dataclass
