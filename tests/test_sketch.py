@@ -86,8 +86,11 @@ def scribble() -> np.ndarray:
 
 def redraw(fns, canvas, mode="whole", strength=0.6, class_name="any", prompt="", style="any", guidance=3.0,
            sampler="ddim", steps=4, num=4, seed=0):
-    return last(fns["sketch"](canvas, mode, strength, class_name, prompt, style, guidance, sampler, steps, num, seed,
-                              progress=QUIET))
+    """The final frame, the gallery and the line under it (then the start point it shows, as ``start_point``)."""
+    out = last(fns["sketch"](canvas, mode, strength, class_name, prompt, style, guidance, sampler, steps, num, seed,
+                             progress=QUIET))
+    assert len(out) == 6
+    return out[:3]
 
 
 def cells(images: list[np.ndarray]) -> np.ndarray:

@@ -244,7 +244,8 @@ def build(app: App) -> None:
                       guidance=guidance if conditioned else 1.0, seed=seed, init_image=x0, strength=strength, mask=mask)
         # a job in the scheduler's line, as every tab's sampling, its frames streamed as they come
         out = yield from app.stream(progress, "redrawing", Work(FULL, num_images, run_steps, branches),
-                                    lambda index, frame: (frame, gr.skip(), f"step {index + 1}/{run_steps}"),
+                                    lambda index, frame: (frame, gr.skip(), f"step {index + 1}/{run_steps}",
+                                                          gr.skip(), gr.skip(), gr.skip()),
                                     frames=30, **kwargs)
         parts = (class_name if class_name != ANY else "", f"“{prompt}”" if prompt else "",
                  f"style {style}" if style != ANY else "")
@@ -256,7 +257,7 @@ def build(app: App) -> None:
         info = (f"{num_images} redraws at strength {strength:g} (from $t_0 = {t_start}$), {run_steps} steps{fewer}, "
                 f"{what}{guided}{kept}: {out.seconds:.2f} s")
         final = trajectory_frames([], [], final=out.images, scale=SCALE)[0]
-        yield final, gallery_of(out.images), info
+        yield final, gallery_of(out.images), info, *start_images(x0, mask, strength, seed)
 
     # the tab opens with a sprite on the canvas (draw over it, or clear it), so Redraw shows at once what it does
     first = int(np.flatnonzero(names == DEFAULT_SPRITE)[0]) if names is not None and \
@@ -308,11 +309,11 @@ def build(app: App) -> None:
                       api_visibility="undocumented", queue=False, show_progress="hidden", preprocess=False)
         upload.upload(put_upload, upload, [canvas, read_as], api_name="sketch_upload", preprocess=False)
         preview = [canvas, mode, strength, seed]
-        # the start point follows the controls, and is redrawn with each Redraw (the editor reports no change
-        # for its first stroke)
-        for event in (canvas.change, mode.change, strength.change, seed.change, button.click):
+        # the start point follows the controls, and Redraw shows it too (the editor reports no change for its
+        # first stroke; a second listener on Redraw would race it for the canvas's blobs, which are taken once)
+        for event in (canvas.change, mode.change, strength.release, seed.change):
             event(start_point, preview, [read_as, start, start_text], api_visibility="undocumented",
                   show_progress="hidden", trigger_mode="always_last", concurrency_id="sketch_preview",
                   concurrency_limit=4)
         button.click(sketch, [canvas, mode, strength, class_name, prompt, style, guidance, sampler, steps, num, seed],
-                     [live, gallery, info], api_name="sketch")  # preprocessed: the canvas's blobs (undecoded)
+                     [live, gallery, info, read_as, start, start_text], api_name="sketch")  # preprocessed: the canvas's blobs (undecoded)
