@@ -126,6 +126,7 @@ def test_every_route_of_the_app_runs_its_torch_work_inside_a_scheduler_job(vocab
     from diffusion_core.schedule import NoiseSchedule
     from diffusion_core.unet import UNet
     from test_train_tab import QUIET, TINY_RUN, tiny_fast
+    from ui.common import fresh_output_dir
     from ui.scheduler import scheduler
 
     ran: dict[str, list[bool]] = {}  # route -> for each torch call, whether it ran inside a job
@@ -139,12 +140,12 @@ def test_every_route_of_the_app_runs_its_torch_work_inside_a_scheduler_job(vocab
 
         monkeypatch.setattr(cls, name, watched)
     pipe = text_pipeline(vocab, default_sampling={"sampler": "ddim", "steps": 2, "guidance": 2.0})
-    pipe.save_pretrained(tmp_path / "trained")
+    trained = pipe.save_pretrained(fresh_output_dir() / "trained")  # where the Train tab's models live
     Image.new("RGB", (20, 20), (255, 0, 0)).save(tmp_path / "red.png")
     upload = {"path": str(tmp_path / "red.png")}
     cheap = {  # handler name -> its arguments, where the defaults would not do
         "train_model": list({**TINY_RUN, "steps": 2, "grid_every": 1}.values()),
-        "draw": [str(tmp_path / "trained"), ["a"], 3, 2.0, 2, 0],
+        "draw": [str(trained), ["a"], 3, 2.0, 2, 0],
         "forward_process": [0, upload, 10, "linear"],
         "load_example": [(0, [])],  # gradio's own: fills in a preset
     }

@@ -109,6 +109,9 @@ def test_bad_settings_and_uploads_get_a_visible_message(tiny_pipeline, tmp_path)
         list(train(*run(source="my pictures (zip)", upload=str(tmp_path / "x.zip"))))
     with pytest.raises(gr.Error, match="train a model first"):
         handlers(tiny_pipeline)["train_draw"]("", [], 3, 2.0, 2, 0, progress=QUIET)
+    tiny_pipeline.save_pretrained(tmp_path / "elsewhere")  # a loadable model, but not one this tab trained
+    with pytest.raises(gr.Error, match="only a model this tab trained"):
+        handlers(tiny_pipeline)["train_draw"](str(tmp_path / "elsewhere"), [], 3, 2.0, 2, 0, progress=QUIET)
 
 
 def tiny_fast(pipe):

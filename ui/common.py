@@ -220,9 +220,14 @@ def unknown_note(words: list[str], dropped: list[str] = (), read_as: dict[str, s
     return note
 
 
+def output_root() -> Path:
+    """The one folder under which the app writes files (each request's in a folder of its own)."""
+    return Path(tempfile.gettempdir()) / "diffusion_app"
+
+
 def fresh_output_dir(keep_seconds: float = 3600.0) -> Path:
     """A new folder for one request's files, under one app folder whose hour-old entries are removed."""
-    root = Path(tempfile.gettempdir()) / "diffusion_app"
+    root = output_root()
     root.mkdir(exist_ok=True)
     for old in root.iterdir():
         if time.time() - old.stat().st_mtime > keep_seconds:

@@ -28,7 +28,7 @@ from diffusion_core.uploads import load_picture_zip
 from diffusion_core.viz import image_grid
 
 from .common import LATEX, MAX_GUIDANCE, MAX_SEED, App, Work, as_choice, as_float, as_int, as_names, explanation, \
-    fresh_output_dir, gallery_of, sprite_gallery, waiting_text
+    fresh_output_dir, gallery_of, output_root, sprite_gallery, waiting_text
 
 TRAIN_MAX_MINUTES = float(os.environ.get("TRAIN_MAX_MINUTES", "10"))  # the server's cap on one training's length
 MAX_TRAIN_STEPS = 20_000
@@ -305,6 +305,8 @@ def build(app: App) -> None:
     def draw(folder, classes, steps, guidance, num_images, seed, progress=gr.Progress()):
         if not folder:
             raise gr.Error("train a model first (the Train button above)")
+        if not isinstance(folder, str) or not Path(folder).resolve().is_relative_to(output_root().resolve()):
+            raise gr.Error("Draw takes only a model this tab trained (train one with the Train button above)")
         steps = as_int(steps, "steps", 1, 1000)
         guidance = as_float(guidance, "guidance", 0.0, MAX_GUIDANCE)
         num_images = as_int(num_images, "number of images", 1, 64)
