@@ -19,6 +19,7 @@ from .forward import noisy_image
 
 CANVAS = 8                     # the canvas shows a sprite pixel as 8x8 screen pixels: 256x256 for 32 px sprites
 MIN_REDRAWS, MAX_REDRAWS = 4, 16
+KEPT_BLOBS = 8                 # the newest strokes' blobs kept for the events that name them
 MAX_LAYERS = 8                 # paint layers read from one canvas (the editor makes one; the API could send more)
 WHOLE, ERASE = "whole", "erase"
 MODES = [("redraw the whole picture", WHOLE), ("erase and redraw only what I paint over (the rest is kept)", ERASE)]
@@ -68,7 +69,11 @@ def undecoded(editor: gr.ImageEditor, payload):
     if payload is None:
         return None
     if payload.id is not None:  # the browser's blobs, sent just before the event
-        blobs = editor.blob_storage.pop(payload.id, None)
+        # kept, not taken: the start point's event and Redraw may both name the blobs of one stroke; only the
+        # newest few are kept
+        for old in list(editor.blob_storage)[:-KEPT_BLOBS]:
+            editor.blob_storage.pop(old, None)
+        blobs = editor.blob_storage.get(payload.id)
         if blobs is None:
             return None
         return {"background": blobs.background, "layers": [b for b in blobs.layers if b is not None],
