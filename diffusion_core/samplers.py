@@ -20,8 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import sdedit
-from . import edm
+from . import edm, sdedit
 from .schedule import NoiseSchedule
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "consistency")
@@ -69,8 +68,8 @@ def predict_x0_and_eps(model_output, x_t, alpha_bar: float, prediction_type: str
     """x̂_0 and ε̂ from the network output. ε-prediction: x̂_0 = (x_t - √(1-ᾱ) ε̂)/√ᾱ (DDPM eq. 15);
     v-prediction: x̂_0 = √ᾱ x_t - √(1-ᾱ) v̂, ε̂ = √(1-ᾱ) x_t + √ᾱ v̂; EDM: x̂_0 = D = c_skip x + c_out F
     (edm.py; the denoiser scaled its input by c_in itself), ε̂ = (x_t - √ᾱ x̂_0)/√(1-ᾱ). With ``clip_x0``
-    x̂_0 is clamped to the data range [-1, 1] and ε̂ recomputed from it, as DDPM's reference code does. ``alpha_bar`` is
-    a number, or a tensor that broadcasts against x_t (one ᾱ per picture, as in distillation)."""
+    x̂_0 is clamped to the data range [-1, 1] and ε̂ recomputed from it, as DDPM's reference code does.
+    ``alpha_bar`` is a number, or a tensor that broadcasts against x_t (one ᾱ per picture, as in distillation)."""
     a, s = alpha_bar ** 0.5, (1.0 - alpha_bar) ** 0.5
     if prediction_type == "epsilon":
         eps = model_output

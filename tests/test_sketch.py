@@ -262,6 +262,7 @@ def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(
     import re
 
     import httpx
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from diffusion_core.data import load_emoji
@@ -323,7 +324,17 @@ def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(
                 time.sleep(0.2)
             panel.get_by_label("erase and redraw only what I paint over (the rest is kept)").check()
             panel.get_by_role("button", name="Brush", exact=True).click()
-            stroke(page, panel, [(0.4, 0.45), (0.6, 0.45), (0.6, 0.55), (0.4, 0.55)])
+            # paint until the start point counts the painted pixels: the paint has reached the server before Redraw
+            # is pressed, as a person's second between stroke and button allows (the editor may report no change
+            # for the first stroke after its value was set, so the same place is painted again if need be)
+            counted = panel.get_by_text(re.compile(r"; [1-9]\d* of 1024 pixels to redraw")).first
+            for _ in range(3):
+                stroke(page, panel, [(0.4, 0.45), (0.6, 0.45), (0.6, 0.55), (0.4, 0.55)])
+                try:
+                    counted.wait_for(timeout=20_000)
+                    break
+                except PlaywrightTimeout:
+                    continue
             panel.get_by_role("button", name="Redraw", exact=True).click()
             done = panel.get_by_text(re.compile(r"the (\d+) painted of 1024 pixels redrawn, the rest kept: [\d.]+ s"))
             done.first.wait_for(timeout=120_000)
