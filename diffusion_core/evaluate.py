@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import load_emoji
+from .feature_cache import remembered_predict
 from .metrics import (COPY_RMSE, MIN_IMAGES, NEIGHBOURS, check_images, copy_share, frechet_distance,
                       kernel_inception_distance, load_classifier, precision_recall, predict, real_roles)
 from .model_card import EVALUATION_FILE, EVALUATION_JSON, weights_fingerprint
@@ -130,14 +131,15 @@ class RealData:
         self.class_names, self.styles = list(train.class_names), list(styles or train.style_names)
         self.train, self.held = train, held
         self.reference = real_roles(train)[1]
-        self.reference_features = predict(self.classifier, self.reference.images)[1]
-        self.floor = self.score(held.images, held.labels)
+        self.reference_features = remembered_predict(self.classifier, self.reference.images)[1]
+        self.floor = self.score(held.images, held.labels, real=True)
 
-    def score(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict:
-        """n, class_accuracy (None without labels), fd, kid, precision, recall, copies."""
+    def score(self, images: np.ndarray, labels: np.ndarray | None = None, real: bool = False) -> dict:
+        """n, class_accuracy (None without labels), fd, kid, precision, recall, copies. ``real``: pictures
+        scored again by later evaluations (real or damaged real ones), whose features are remembered."""
         check_images(images, minimum=max(MIN_IMAGES, NEIGHBOURS + 1))
         labels = check_labels(labels, len(images), len(self.class_names))
-        pred, features = predict(self.classifier, images)
+        pred, features = (remembered_predict if real else predict)(self.classifier, images)
         precision, recall = precision_recall(self.reference_features, features)
         known = labels >= 0
         return {"n": int(len(images)),
@@ -189,7 +191,7 @@ def calibration_sets(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> d
 
 
 def calibration(real: RealData) -> dict[str, dict]:
-    return {name: real.score(images, labels) for name, (images, labels) in calibration_sets(real.held.images, real.held.labels).items()}
+    return {name: real.score(images, labels, real=True) for name, (images, labels) in calibration_sets(real.held.images, real.held.labels).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +308,7 @@ def prompt_check(pipe: DiffusionPipeline, real: RealData, num: int = 200, seed: 
     names = real.train.names
     train_names = sorted(set(names.tolist()))
     held_names = sorted(set(real.held.names.tolist()))
-    features = torch.from_numpy(predict(real.classifier, real.train.images)[1])
+    features = torch.from_numpy(remembered_predict(real.classifier, real.train.images)[1])
 
     def draw(prompts):
         chunks = [prompts[i:i + MAX_IMAGES] for i in range(0, len(prompts), MAX_IMAGES)]

@@ -108,6 +108,7 @@ class TrainConfig(JsonConfig):
     export_dir: str = "runs/emoji32/export"  # never checkpoints/: copying there is --ship's job
     weights_dtype: str = "float32"         # how exports store the weights: "float32" or "float16" (half the bytes)
     checkpoint_every: int = 1000
+    grid_per_class: int = 8                # each export's sample grid: pictures per class (fewer if they would not fit)
     log_every: int = 50
     num_threads: int = 0                   # torch CPU threads; 0 = torch's default
 
@@ -134,6 +135,7 @@ class TrainConfig(JsonConfig):
             (self.min_snr_gamma >= 0, "min_snr_gamma must be >= 0 (0 turns the weighting off)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
+            (1 <= self.grid_per_class <= GRID_PER_CLASS, f"grid_per_class must be in 1..{GRID_PER_CLASS}"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
             (self.prediction_type in ("epsilon", "v", "edm"), "prediction_type must be 'epsilon', 'v' or 'edm'"),
             (self.prediction_type != "edm" or not self.min_snr_gamma,
@@ -614,10 +616,11 @@ def grid_plan(class_names, per_class: int = GRID_PER_CLASS, max_images: int = MA
     return [name for name in class_names for _ in range(per_class)], per_class
 
 
-def draw_grid(pipe: DiffusionPipeline, class_names, seed: int = 0, **sampling) -> tuple[np.ndarray, int]:
+def draw_grid(pipe: DiffusionPipeline, class_names, seed: int = 0, per_class: int = GRID_PER_CLASS,
+              **sampling) -> tuple[np.ndarray, int]:
     """A sample grid (uint8 pictures, row by row) and its row length, for any number of classes: requests of
     at most MAX_IMAGES pictures, the k-th with seed ``seed + k``."""
-    classes, per_class = grid_plan(class_names)
+    classes, per_class = grid_plan(class_names, per_class)
     if classes is None:
         return pipe.generate(num_images=2 * per_class, seed=seed, **sampling).images, per_class
     chunks = [classes[i:i + MAX_IMAGES] for i in range(0, len(classes), MAX_IMAGES)]
@@ -629,7 +632,7 @@ def draw_grid(pipe: DiffusionPipeline, class_names, seed: int = 0, **sampling) -
 def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: torch.device | str = "cpu",
            vocabulary: Vocabulary | None = None, recipe: list[str] | None = None) -> Path:
     """Write the EMA weights as a Hub-layout checkpoint (config.json, model.safetensors, model card,
-    training log) to cfg.export_dir, and a sample grid (``draw_grid``: up to 8 per class, drawn on ``device``)
+    training log) to cfg.export_dir, and a sample grid (``draw_grid``: up to cfg.grid_per_class per class, drawn on ``device``)
     to out_dir.
     ``recipe``: what config.json names as the configs that made the weights (``model_card.run_recipe``)."""
     from .model_card import save_with_card, training_card
@@ -639,7 +642,8 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
                              list(data.class_names), list(data.style_names), cfg.prediction_type, device=device,
                              vocabulary=vocabulary, default_sampling=cfg.default_sampling,
                              recipe=recipe)
-    grid, per_class = draw_grid(pipe, data.class_names, seed=0, sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0)
+    grid, per_class = draw_grid(pipe, data.class_names, seed=0, per_class=cfg.grid_per_class, sampler=DEFAULT_SAMPLER,
+                                steps=20, guidance=3.0)
     pipe.model.cpu()  # the weights are saved from the CPU
     save_grid(grid, out_dir / f"samples_{step:07d}.png", nrow=per_class)
     folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: training_card(cfg, step, out_dir / "log.csv", evaluation),

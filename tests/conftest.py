@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models and the exact denoiser for Gaussian data."""
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,12 @@ from diffusion_core.schedule import NoiseSchedule
 from diffusion_core.text import Vocabulary
 from diffusion_core.train import TrainConfig
 from diffusion_core.unet import UNet
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite runs as two workers on two cores (scripts/test.sh: pytest -n 2): each keeps torch, and the
+    # processes it starts, on one thread (two teams of two threads on two cores cost twice the time)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 TINY_UNET = dict(image_size=16, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
                  attention_resolutions=(8,), context_dim=5, num_heads=2, num_groups=4)
@@ -39,6 +46,16 @@ class GaussianDenoiser:
         return sigma2.sqrt() * (x_t - abar.sqrt() * mu) / (abar * self.s**2 + sigma2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache(tmp_path_factory):
+    """One classifier-feature cache (diffusion_core/feature_cache.py) for the run, shared by its workers and
+    its subprocesses, and none from outside it."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "feature_cache"
+    os.environ["DIFFUSION_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def schedule():
     return NoiseSchedule("cosine", num_timesteps=1000)
@@ -55,8 +72,9 @@ def tiny_pipeline():
 
 
 def tiny_train_config(tmp_path, name, **overrides) -> TrainConfig:
-    """A training run that takes seconds: an 8-channel U-Net, fp32, a few steps, files under tmp_path/name."""
-    values = dict(base_channels=8, num_heads=2, num_groups=4, batch_size=8, max_steps=6, warmup_steps=2,
+    """A training run that takes seconds: an 8-channel U-Net, fp32, a few steps, one grid picture per class,
+    files under tmp_path/name."""
+    values = dict(base_channels=8, num_heads=2, num_groups=4, batch_size=8, max_steps=6, warmup_steps=2, grid_per_class=1,
                   checkpoint_every=3, log_every=1, precision="fp32", num_timesteps=50,
                   out_dir=str(tmp_path / name / "run"), export_dir=str(tmp_path / name / "export"))
     values.update(overrides)

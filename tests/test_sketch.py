@@ -285,8 +285,8 @@ def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(
         x, y, w, h = box["x"], box["y"], box["width"], box["height"]
         page.mouse.move(x + points[0][0] * w, y + points[0][1] * h)
         page.mouse.down()
-        for fx, fy in points[1:]:
-            page.mouse.move(x + fx * w, y + fy * h, steps=8)
+        for fx, fy in points[1:]:  # one move per corner: the editor draws the line between (each move re-renders
+            page.mouse.move(x + fx * w, y + fy * h)  # the canvas, about 0.4 s in a headless browser without a GPU)
         page.mouse.up()
 
     try:
@@ -322,16 +322,17 @@ def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(
             deadline = time.time() + 60
             while shown.get_attribute("src") == before and time.time() < deadline:  # the sprite is on the canvas
                 time.sleep(0.2)
+            time.sleep(1)  # a person's second: the editor finishes taking its new picture before the brush is used
             panel.get_by_label("erase and redraw only what I paint over (the rest is kept)").check()
             panel.get_by_role("button", name="Brush", exact=True).click()
             # paint until the start point counts the painted pixels: the paint has reached the server before Redraw
             # is pressed, as a person's second between stroke and button allows (the editor may report no change
             # for the first stroke after its value was set, so the same place is painted again if need be)
             counted = panel.get_by_text(re.compile(r"; [1-9]\d* of 1024 pixels to redraw")).first
-            for _ in range(3):
+            for _ in range(4):
                 stroke(page, panel, [(0.4, 0.45), (0.6, 0.45), (0.6, 0.55), (0.4, 0.55)])
                 try:
-                    counted.wait_for(timeout=20_000)
+                    counted.wait_for(timeout=10_000)
                     break
                 except PlaywrightTimeout:
                     continue

@@ -82,6 +82,9 @@ def test_a_grid_of_any_number_of_classes_is_drawn_in_requests_of_at_most_max_ima
     calls.clear()
     images, per_class = draw_grid(Pipe(), [], seed=3)  # unconditional: two rows
     assert len(images) == 2 * per_class and calls == [(None, 3)]
+    assert draw_grid(Pipe(), ["a", "b"], per_class=3)[1] == 3 and grid_plan(names[:12], 3)[1] == 3  # a config's grid_per_class
+    with pytest.raises(ValueError, match="grid_per_class must be in 1..8"):
+        TrainConfig(grid_per_class=0).validate()
 
 
 def test_a_patch_model_trains_exports_and_loads_and_a_checkpoint_from_before_patches_reads_as_pixels(course_files, tmp_path):
