@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -82,12 +83,23 @@ def load_fast_pipeline(fast_model: str | None, pipe: DiffusionPipeline,
     return fast, f"Fast model: `{fast_model}`."
 
 
-def warm_up(pipe: DiffusionPipeline, fast: DiffusionPipeline | None) -> None:
+TIMED_ROWS = 32  # the warm-up's timed request: 16 images x 2 steps, one network row each (guidance 1)
+
+
+def warm_up(pipe: DiffusionPipeline, fast: DiffusionPipeline | None) -> dict[str, float]:
     """A two-step request per model (on the torch thread), so the first person does not pay for the
-    kernels' first run."""
-    for model in (pipe, fast):
+    kernels' first run; then each model's speed on this machine, as seconds for TIMED_ROWS network rows.
+    The scheduler's estimates (the Context tab's deep-line rule) start from it: a fixed guess is 5x off
+    between a CPU with AMX and one with AVX2 only."""
+    seconds = {}
+    for kind, model in ((common.FULL, pipe), (common.FAST, fast)):
         if model is not None:
-            model.generate(num_images=2, classes=[model.labels[0]] if model.labels else None, steps=2, seed=0)
+            classes = [model.labels[0]] if model.labels else None
+            model.generate(num_images=2, classes=classes, steps=2, seed=0)
+            start = time.perf_counter()
+            model.generate(num_images=TIMED_ROWS // 2, classes=classes, steps=2, guidance=1.0, autoguidance=None, seed=0)
+            seconds[kind] = time.perf_counter() - start
+    return seconds
 
 
 def build_app(pipe: DiffusionPipeline, source_note: str, fast: DiffusionPipeline | None = None,
@@ -128,7 +140,8 @@ def main() -> None:
     load = Work("load", what="loading the models")
     pipe, note = torch.run(load, load_pipeline, args.model, args.dtype)
     fast, fast_note = torch.run(load, load_fast_pipeline, args.fast_model, pipe, args.dtype)
-    torch.run(load, warm_up, pipe, fast)
+    for kind, seconds in torch.run(load, warm_up, pipe, fast).items():
+        torch.expect(kind, seconds, TIMED_ROWS)
     print(note.replace("`", ""), fast_note.replace("`", ""), f"Device {pipe.device}, precision {pipe.dtype}.", flush=True)
     build_app(pipe, note, fast, fast_note).launch(server_name=args.host, server_port=args.port, **launch_options())
 

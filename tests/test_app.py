@@ -126,7 +126,8 @@ def test_app_falls_back_to_the_shipped_checkpoint_and_says_so(monkeypatch):
     fast, fast_note = app.load_fast_pipeline(args.fast_model, pipe, args.dtype)
     assert note == f"Weights: `{ROOT / 'checkpoints' / 'emoji32'}`." and pipe.guide is not None
     assert fast is not None and fast_note == f"Fast model: `{ROOT / 'checkpoints' / 'emoji32_fast'}`."
-    app.warm_up(pipe, fast)  # each draws (two pictures in two steps)
+    timed = app.warm_up(pipe, fast)  # each draws (two pictures in two steps), then is timed on this machine
+    assert set(timed) == {"full", "fast"} and all(0 < seconds < 120 for seconds in timed.values())
 
 
 def test_generate_returns_crisp_upscaled_sprites_and_same_seed_same_images(client):

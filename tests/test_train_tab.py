@@ -163,6 +163,7 @@ def test_a_deep_line_is_answered_by_the_fast_model_and_the_page_says_so(tiny_pip
     release = threading.Event()
     holder = scheduler().submit(Work("test"), release.wait, 60)
     ahead = [scheduler().submit(Work("full", 16, 20, 2), lambda: None) for _ in range(20)]
+    speeds = dict(scheduler().seconds_per_row)  # put back at the end: the scheduler serves every test
     scheduler().seconds_per_row["full"] = 2.0 / 640  # each about 2 s, whatever the tiny model taught it
     busy: list = []
     answer = threading.Thread(target=lambda: busy.extend(fn(*request, progress=QUIET)))
@@ -174,8 +175,13 @@ def test_a_deep_line_is_answered_by_the_fast_model_and_the_page_says_so(tiny_pip
     finally:
         release.set()
     answer.join(timeout=60)
-    assert "fast model: 3 steps" in busy[1] and "about 40 s of requests were ahead" in busy[1]
+    assert "fast model: 2 steps" in busy[1] and "about 40 s of requests were ahead" in busy[1]  # BUSY_FAST_STEPS
     assert holder.future.done() and all(job.future.done() for job in ahead)
+    scheduler().seconds_per_row["full"] = 10.0 / 16  # a machine where this request alone takes 10 s: no line
+    _, alone = fn(*request, progress=QUIET)
+    scheduler().seconds_per_row.clear()
+    scheduler().seconds_per_row.update(speeds)
+    assert "fast model: 2 steps" in alone and "The full model would take about 10 s on this machine" in alone
 
 
 def browser_test_server():

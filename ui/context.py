@@ -33,13 +33,17 @@ def guidance_numbers(w) -> str:
 
 
 # When a full-model request would be answered later than this (the scheduler's line ahead of it at each
-# job's measured cost, plus its own), the fast model answers it instead (and says so): a full request alone
-# takes about 2 s, so the first three of a crowd get the full model, and a class of 30 pressing Generate
-# together is served within about 15 s on 2 cores (benchmarks/app_load.py; 10 s here left 5 full requests
-# ahead of the rest, p95 19.5 s). Before the first request is timed, a default full request counts as 2 s,
-# a default fast one 0.5 s.
+# job's measured cost, plus its own), the fast model answers it instead (and says so). A full request alone
+# takes about 2 s on 2 cores with AMX, so the first three of a crowd get the full model and a class of 30 is
+# served within about 15 s (benchmarks/app_load.py; 10 s here left 5 full requests ahead of the rest, p95
+# 19.5 s); on an AVX2-only CPU in fp32 it takes about 10 s, so there the fast model answers everyone. The app times each model at start-up (app.warm_up); without that (a test's
+# app), a default full request counts as 2 s and a default fast one 0.5 s until one is timed.
 DEEP_QUEUE_SECONDS = float(os.environ.get("APP_DEEP_QUEUE_SECONDS", "6"))
 PRIOR_SECONDS = {FULL: 2.0, FAST: 0.5}
+# ...and in at most this many steps: the shipped student at 2 steps scores as well as at 4 in its worst style
+# and class accuracy (FD 2.2x its floor overall against 1.7-1.9x) for half the work, which is what holds 30
+# users at once under 20 s on an AVX2-only CPU in fp32 (benchmarks/results/app_load_avx2_fp32.md)
+BUSY_FAST_STEPS = 2
 CONTEXT_AT_ONCE = 32  # Context requests let into the handler at once (Gradio's thread pool holds 40)
 
 
@@ -65,9 +69,15 @@ def build(app: App) -> None:
         waited, deep = app.scheduler.backlog(), ""
         own = app.scheduler.estimate(Work(FULL, num_images, steps, app.branches(FULL, guidance)))
         if model == FULL and app.fast is not None and waited + own > DEEP_QUEUE_SECONDS:
-            model, sampler, steps = FAST, app.fast.default_sampling["sampler"], app.fast.default_sampling["steps"]
-            deep = (f"\n\n⚡ Busy: about {waited:.0f} s of requests were ahead of yours, so the **fast model** answered "
-                    f"({steps} steps) to keep the wait short. Press Generate again when it is quieter for the full model.")
+            model, sampler = FAST, app.fast.default_sampling["sampler"]
+            steps = min(app.fast.default_sampling["steps"], BUSY_FAST_STEPS)
+            if waited >= 1:
+                deep = (f"\n\n⚡ Busy: about {waited:.0f} s of requests were ahead of yours, so the **fast model** "
+                        f"answered ({steps} steps) to keep the wait short. Press Generate again when it is quieter for "
+                        "the full model.")
+            else:  # a machine too slow for the full model within the limit even alone (timed at start-up)
+                deep = (f"\n\n⚡ The full model would take about {own:.0f} s on this machine, so the **fast model** "
+                        f"answered ({steps} steps). The Generate tab always draws with the full model.")
         out = app.run(progress, "sampling", model=model, num_images=num_images, blend=blend,
                       style=None if style == ANY else style, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
         mix = describe_blend(blend) or "no class"
