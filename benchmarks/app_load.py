@@ -2,7 +2,7 @@
 without a training running in the Train tab.
 
     python -m benchmarks.app_load [--users 1 10 30 50] [--model checkpoints/emoji32] [--no-training]
-                                  [--batching] [--out FILE.md]
+                                  [--batching] [--dtype auto|float32|bfloat16] [--out FILE.md]
 
 Starts `python app.py` on the loopback (offline), then for each N submits N default requests (16
 images at the checkpoint's default_sampling, each with its own seed and its own client) at the same
@@ -51,6 +51,19 @@ def start_app(model: str, extra_env: dict | None = None) -> tuple[subprocess.Pop
             time.sleep(1)
     proc.kill()
     raise RuntimeError("the app did not start within 180 s")
+
+
+def cpu_name() -> str:
+    """The CPU's model name and whether it has native bf16 (AMX or AVX-512 BF16), from /proc/cpuinfo."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    kind = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else \
+        "AVX-512, no bf16" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else "no AVX2"
+    return f"{name} ({kind})"
 
 
 def context_request(labels: list[str], sampling: dict, seed: int) -> list:
@@ -148,12 +161,14 @@ def main() -> None:
     parser.add_argument("--users", type=int, nargs="+", default=[1, 10, 30, 50])
     parser.add_argument("--no-training", action="store_true", help="skip the rounds with a training running")
     parser.add_argument("--batching", action="store_true", help="also measure batched sampling rates")
+    parser.add_argument("--dtype", default="auto", help="the app's precision (APP_DTYPE): auto, float32 or bfloat16")
     parser.add_argument("--out", default=None, help="also write the table to this markdown file")
     args = parser.parse_args()
     config = json.loads((Path(args.model) / "config.json").read_text())
     sampling = config["default_sampling"]
     rates = batching_rates(args.model, sampling) if args.batching else {}
-    proc, url = start_app(args.model, {"TRAIN_MAX_MINUTES": os.environ.get("TRAIN_MAX_MINUTES", "30")})
+    proc, url = start_app(args.model, {"TRAIN_MAX_MINUTES": os.environ.get("TRAIN_MAX_MINUTES", "30"),
+                                       "APP_DTYPE": args.dtype})
     request = lambda seed: context_request(config["labels"], sampling, seed)  # noqa: E731
     try:
         rows = [load_round(url, users, request) for users in args.users]
@@ -165,8 +180,8 @@ def main() -> None:
             summary = job.result(timeout=600)[0].split("\n")[0]
     finally:
         proc.terminate()
-    lines = [f"App under load: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-             f"{torch.__version__}, {args.model}; each user asks for 16 images at {sampling['sampler']}, "
+    lines = [f"App under load: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.model}, "
+             f"APP_DTYPE={args.dtype}; each user asks for 16 images at {sampling['sampler']}, "
              f"{sampling['steps']} steps, guidance {sampling['guidance']:g} (Context tab defaults, full model; the app "
              "answers with the fast model when the line is deep).", "", *table(rows)]
     if training_rows:
