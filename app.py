@@ -83,7 +83,7 @@ def load_fast_pipeline(fast_model: str | None, pipe: DiffusionPipeline,
     return fast, f"Fast model: `{fast_model}`."
 
 
-TIMED_ROWS = 32  # the warm-up's timed request: 16 images x 2 steps, one network row each (guidance 1)
+TIMED_ROWS = 32  # the warm-up's timed request: 16 images x 2 steps, one network row each (guidance 1): two full calls
 
 
 def warm_up(pipe: DiffusionPipeline, fast: DiffusionPipeline | None) -> dict[str, float]:

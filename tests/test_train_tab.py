@@ -184,15 +184,14 @@ def test_a_deep_line_is_answered_by_the_fast_model_and_the_page_says_so(tiny_pip
     assert "fast model: 2 steps" in alone and "The full model would take about 10 s on this machine" in alone
 
 
-def browser_test_server():
-    from test_app import serve_app
-
-    yield from serve_app(None, "app_test_train.log", start_timeout=600)  # the shared 2-core machine can be slow
-
-
 @pytest.fixture(scope="module")
-def train_server():
-    yield from browser_test_server()
+def train_server(shipped_stand_ins):
+    """`python app.py` on narrow copies of the shipped models (the Train tab trains a model of its own; the
+    served ones only need the shipped interface), or as it starts with $SCREENSHOT_DIR set."""
+    from test_app import TAKE_ALL_SCREENSHOTS, serve_app
+
+    main, fast = (None, None) if TAKE_ALL_SCREENSHOTS else shipped_stand_ins
+    yield from serve_app(main, "app_test_train.log", start_timeout=600, fast_model=fast)  # a busy 2-core machine can be slow
 
 
 def chromium():
