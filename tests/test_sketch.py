@@ -329,10 +329,11 @@ def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(
             # is pressed, as a person's second between stroke and button allows (the editor may report no change
             # for the first stroke after its value was set, so the same place is painted again if need be)
             counted = panel.get_by_text(re.compile(r"; [1-9]\d* of 1024 pixels to redraw")).first
-            for _ in range(4):
+            # (a reported stroke's pictures may take seconds to upload: 8 s measured beside two busy cores)
+            for patience in (5_000, 30_000, 30_000, 30_000):
                 stroke(page, panel, [(0.4, 0.45), (0.6, 0.45), (0.6, 0.55), (0.4, 0.55)])
                 try:
-                    counted.wait_for(timeout=10_000)
+                    counted.wait_for(timeout=patience)
                     break
                 except PlaywrightTimeout:
                     continue
