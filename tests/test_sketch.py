@@ -262,7 +262,6 @@ def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(
     import re
 
     import httpx
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from diffusion_core.data import load_emoji
