@@ -8,7 +8,8 @@ reads back::
     MODEL_CARD.md                     the card of the weights that drew the pictures
 
 Image ``index`` of row ``seed`` is ``pipe.generate(num_images=index + 1, seed=seed, ...)``'s image
-``index`` (noise is seeded per image), so every picture can be drawn again from its row.
+``index`` with that row's class or prompt (noise is seeded per image, and a picture depends on nothing else in
+its request), so every picture can be drawn again from its row.
 """
 from __future__ import annotations
 
@@ -70,6 +71,20 @@ def export_targets(pipe: DiffusionPipeline, classes, prompts) -> list[tuple[str,
     return targets
 
 
+def export_batches(targets: list, per_label: int, batch_size: int) -> list[list[tuple[tuple, int]]]:
+    """The export's requests: (target, the picture's number within it) in order, ``batch_size`` at a time; a
+    request holds several classes, or several prompts, never both (``generate`` takes a list of either).
+    Full requests matter: the network runs on 16-row chunks (pipeline.NETWORK_ROWS), so 8 classes x 2 pictures
+    drawn class by class cost 8 chunks a step, and drawn together 1."""
+    batches: list[list[tuple[tuple, int]]] = []
+    for target in targets:
+        for number in range(per_label):
+            if not batches or len(batches[-1]) == batch_size or (batches[-1][0][0][1] is None) != (target[1] is None):
+                batches.append([])
+            batches[-1].append((target, number))
+    return batches
+
+
 def png_bytes(image) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
@@ -84,7 +99,8 @@ def export_dataset(pipe: DiffusionPipeline, out: str | os.PathLike, classes=None
     them to the zip ``out`` (atomically: a temporary file beside it, renamed when complete; an error or
     an exception raised by ``progress`` or ``generate``, such as a cancel, leaves no file behind).
     Sampling defaults to the checkpoint's ``default_sampling``; ``progress(done, total)`` is called
-    after every batch. Batch b of the whole export is drawn with seed ``seed + b``. ``generate(**kwargs)``
+    after every batch. Batch b of the whole export (``export_batches``: pictures of several labels share one)
+    is drawn with seed ``seed + b``. ``generate(**kwargs)``
     draws each batch in place of ``pipe.generate`` (the app's waits for its turn in its scheduler)."""
     out = Path(out)
     if out.suffix.lower() != ".zip":
@@ -99,31 +115,30 @@ def export_dataset(pipe: DiffusionPipeline, out: str | os.PathLike, classes=None
                 "guidance": guidance if guidance is not None else pipe.default_sampling["guidance"]}
     pipe.context_for(1, style=style, prompt=[t[2] or "" for t in targets])  # bad style or prompt fails before any work
     generate = pipe.generate if generate is None else generate
-    total, done, batch_index, rows, unknown, dropped, read_as = per_label * len(targets), 0, 0, [], [], [], {}
+    total, done, rows, unknown, dropped, read_as = per_label * len(targets), 0, [], [], [], {}
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(handle)
     start = time.perf_counter()
     try:
         with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
-            for folder, class_name, prompt in targets:
-                for first in range(0, per_label, batch_size):
-                    n = min(batch_size, per_label - first)
-                    batch_seed = seed + batch_index
-                    result = generate(num_images=n, classes=[class_name] if class_name else None, prompt=prompt,
-                                      style=style, seed=batch_seed, **sampling)
-                    unknown += result.unknown_words
-                    dropped += result.dropped_words
-                    read_as.update(result.read_as)
-                    for i, image in enumerate(result.images):
-                        name = f"{folder}/{first + i:06d}.png"
-                        archive.writestr(name, png_bytes(image))
-                        rows.append({"file": name, "class": class_name or "", "prompt": prompt or "",
-                                     "style": style or "", "seed": batch_seed, "index": i, **sampling})
-                    batch_index += 1
-                    done += n
-                    if progress is not None:
-                        progress(done, total)
+            for batch_index, batch in enumerate(export_batches(targets, per_label, batch_size)):
+                batch_seed = seed + batch_index
+                by_class = batch[0][0][1] is not None
+                result = generate(num_images=len(batch), classes=[t[1] for t, _ in batch] if by_class else None,
+                                  prompt=None if by_class else [t[2] for t, _ in batch], style=style, seed=batch_seed,
+                                  **sampling)
+                unknown += result.unknown_words
+                dropped += result.dropped_words
+                read_as.update(result.read_as)
+                for i, ((folder, class_name, prompt), number) in enumerate(batch):
+                    name = f"{folder}/{number:06d}.png"
+                    archive.writestr(name, png_bytes(result.images[i]))
+                    rows.append({"file": name, "class": class_name or "", "prompt": prompt or "",
+                                 "style": style or "", "seed": batch_seed, "index": i, **sampling})
+                done += len(batch)
+                if progress is not None:
+                    progress(done, total)
             archive.writestr(LABELS_CSV, pd.DataFrame(rows).to_csv(index=False))
             card = pipe.folder / "README.md" if pipe.folder is not None else None
             archive.writestr(CARD_NAME, card.read_text() if card is not None and card.exists()

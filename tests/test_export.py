@@ -38,10 +38,12 @@ def test_export_writes_class_folders_labels_and_the_model_card(tiny_pipeline, tm
         labels = pd.read_csv(archive.open("labels.csv"), keep_default_na=False)
         assert list(labels.columns) == ["file", "class", "prompt", "style", "seed", "index", "sampler", "steps", "guidance"]
         assert set(labels["class"]) == {"a", "c"} and set(labels["sampler"]) == {"ddim"}
-        row = labels[labels.file == "a/000003.png"].iloc[0]  # each row redraws its picture
-        again = pipe.generate(num_images=int(row["index"]) + 1, classes=["a"], sampler="ddim", steps=3, guidance=2.0,
-                              seed=int(row.seed))
-        assert np.array_equal(again.images[int(row["index"])], read_png(archive, "a/000003.png"))
+        # requests of 2 pictures, classes sharing one: c 0-1, c 2-3, c 4 + a 0, a 1-2, a 3-4
+        assert labels.seed.tolist() == [7, 7, 8, 8, 9, 9, 10, 10, 11, 11] and labels["index"].tolist() == [0, 1] * 5
+        for row in labels.to_dict("records"):  # each row redraws its picture, alone with its own class
+            again = pipe.generate(num_images=row["index"] + 1, classes=[row["class"]], sampler="ddim", steps=3,
+                                  guidance=2.0, seed=row["seed"])
+            assert np.array_equal(again.images[row["index"]], read_png(archive, row["file"])), row["file"]
     assert not [p for p in (tmp_path / "out").iterdir() if p.name != "set.zip"]  # no temporary file left behind
 
 
@@ -53,6 +55,11 @@ def test_prompts_get_folders_named_after_them_and_unknown_words_come_back(vocab,
     with zipfile.ZipFile(result.path) as archive:
         labels = pd.read_csv(archive.open("labels.csv"), keep_default_na=False)
     assert labels.prompt.tolist()[:2] == ["Red apple!"] * 2 and set(labels["class"]) == {""}
+    assert set(labels.seed) == {0}  # 6 pictures, one request
+    with zipfile.ZipFile(result.path) as archive:
+        row = labels.iloc[3]  # "cat face zebra", picture 1, redrawn alone with its prompt
+        again = pipe.generate(num_images=4, prompt="cat face zebra", sampler="ddim", steps=2, seed=0)
+        assert np.array_equal(again.images[3], read_png(archive, row.file))
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -243,16 +243,16 @@ def test_same_seed_different_conditions_start_from_the_same_noise(tiny_pipeline)
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_network_row_is_computed_the_same_whatever_the_batch_size(dtype):
-    """The shipped model's network output for a row is bit for bit the same in a call of 1, 5, 16 or 37
-    rows (fixed-size internal chunks). Unchunked, oneDNN's fp32 kernels for 4 and 32 rows differ by
+    """The shipped model's network output for a row is bit for bit the same in a call of 1, 5, 16 or 17
+    rows (fixed-size internal chunks: 17 is two of them). Unchunked, oneDNN's fp32 kernels for 4 and 32 rows differ by
     ~6e-6, which the samplers amplify to 13/255 in a picture."""
     pipe = DiffusionPipeline.from_pretrained(ROOT / "checkpoints" / "emoji32_fast", device="cpu", dtype=dtype)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(37, 3, 32, 32, generator=gen)
-    t = torch.randint(0, 1000, (37,), generator=gen)
-    context = torch.zeros(37, 13 + 16)
+    x = torch.randn(17, 3, 32, 32, generator=gen)
+    t = torch.randint(0, 1000, (17,), generator=gen)
+    context = torch.zeros(17, 13 + 16)
     context[:, 0] = 1.0
-    w = torch.full((37,), 5.0)
+    w = torch.full((17,), 5.0)
     full = pipe.denoise(x, t, context, w)
     for n in (1, 5, 16):
         assert torch.equal(pipe.denoise(x[:n], t[:n], context[:n], w[:n]), full[:n]), n
@@ -262,7 +262,7 @@ def test_every_network_row_is_computed_the_same_whatever_the_batch_size(dtype):
 def test_image_i_is_the_same_in_a_request_of_4_or_16_in_both_precisions(dtype):
     """The README's promise with the shipped fast model and every image compared, not only image 0."""
     pipe = DiffusionPipeline.from_pretrained(ROOT / "checkpoints" / "emoji32_fast", device="cpu", dtype=dtype)
-    kwargs = dict(classes=["food_drink", "face"], sampler="dpmpp_2m_sde", steps=3, seed=7)
+    kwargs = dict(classes=["food_drink", "face"], sampler="dpmpp_2m_sde", steps=2, seed=7)  # step 2 is multistep
     big, small = pipe.generate(num_images=16, **kwargs), pipe.generate(num_images=5, **kwargs)
     assert np.array_equal(big.images[:5], small.images)
 
