@@ -131,7 +131,9 @@ def test_evaluate_runs_end_to_end_and_writes_the_model_card(tmp_path):
     torch.manual_seed(0)
     model = UNet(base_channels=8, num_groups=4, channel_mults=(1, 2, 2, 2), attention_resolutions=(4,), num_heads=2,
                  context_dim=len(EMOJI_CLASSES) + 2)
-    pipe = DiffusionPipeline(model, NoiseSchedule("cosine", 100), list(EMOJI_CLASSES), ["noto", "twemoji"], device="cpu")
+    # its default sampling is the setting evaluated below, so the comparison picture is drawn at it too
+    pipe = DiffusionPipeline(model, NoiseSchedule("cosine", 100), list(EMOJI_CLASSES), ["noto", "twemoji"], device="cpu",
+                             default_sampling={"sampler": "ddim", "steps": 2, "guidance": 1.0})
     folder = pipe.save_pretrained(tmp_path / "m", model_card="# card\n\n## Evaluation\nnot yet\n\n## Use\nhere\n")
     # guidance 1: one network branch (guidance itself is the samplers' tests' business), half the sampling
     result = evaluate(str(folder), settings=[Setting("ddim", 2, 1.0)], dtype="float32", seeds=(0, 1),

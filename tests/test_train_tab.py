@@ -203,7 +203,7 @@ def chromium():
 @pytest.mark.skipif(chromium() is None and not __import__("os").environ.get("CI"),
                     reason="Debian's chromium is not installed (CI must have it)")
 def test_a_short_training_in_the_browser_shows_the_loss_curve_and_the_grid_changing(train_server):
-    """A real browser: the Train tab's short run (the tiny preset, 40 steps, a grid every 10), the loss curve
+    """A real browser: the Train tab's short run (the tiny preset, 20 steps, a grid every 5), the loss curve
     and the fixed-noise grid update while it trains, then the trained model draws in the tab. With
     $SCREENSHOT_DIR set it runs the tab's default run instead and saves the README's screenshot."""
     import re
@@ -219,11 +219,11 @@ def test_a_short_training_in_the_browser_shows_the_loss_curve_and_the_grid_chang
         page.goto(train_server)
         page.get_by_role("tab", name="Train").click()
         panel = page.locator("[role=tabpanel]:visible")
-        steps = "700" if TAKE_ALL_SCREENSHOTS else "40"
+        steps = "700" if TAKE_ALL_SCREENSHOTS else "20"
         if not TAKE_ALL_SCREENSHOTS:
             panel.get_by_label("tiny (a first look)").check()
             panel.get_by_label("training steps (at most)").fill(steps)
-            panel.get_by_label("grid every (steps)").fill("10")
+            panel.get_by_label("grid every (steps)").fill("5")
         panel.get_by_role("button", name="Train", exact=True).click()
         page.locator("#train-status").get_by_text(re.compile(r"Step \d+ / " + steps)).wait_for(timeout=240_000)
         grid = page.locator("#train-grid img")
