@@ -62,6 +62,15 @@ def test_the_line_knows_each_place_and_the_seconds_before_it():
     assert scheduler.estimate(full) < 2.0  # learned: the job took about nothing
 
 
+def test_a_small_request_is_estimated_at_what_the_network_computes():
+    """The network runs on whole 16-row chunks per branch: 2 pictures cost a step as much as 16, 17 as 32."""
+    scheduler = Scheduler("test")
+    scheduler.expect("full", 2.0, rows=640)
+    assert scheduler.estimate(Work("full", 2, 20, 2)) == pytest.approx(2.0) == scheduler.estimate(Work("full", 16, 20, 2))
+    assert scheduler.estimate(Work("full", 17, 20, 2)) == pytest.approx(4.0)
+    assert Work("full", 2, 20, 2).rows == 80  # the work budget counts the pictures asked for
+
+
 def test_a_job_cancelled_or_whose_client_has_gone_does_not_run_and_one_running_stops_at_its_checkpoint():
     scheduler, ran = Scheduler("test"), []
     job, release = held(scheduler)

@@ -177,7 +177,8 @@ def test_a_deep_line_is_answered_by_the_fast_model_and_the_page_says_so(tiny_pip
     answer.join(timeout=60)
     assert "fast model: 2 steps" in busy[1] and "about 40 s of requests were ahead" in busy[1]  # BUSY_FAST_STEPS
     assert holder.future.done() and all(job.future.done() for job in ahead)
-    scheduler().seconds_per_row["full"] = 10.0 / 16  # a machine where this request alone takes 10 s: no line
+    # a machine where this request alone takes 10 s: no line (2 guided pictures x 4 steps fill 2 x 4 chunks of 16)
+    scheduler().seconds_per_row["full"] = 10.0 / (2 * 4 * 16)
     _, alone = fn(*request, progress=QUIET)
     scheduler().seconds_per_row.clear()
     scheduler().seconds_per_row.update(speeds)

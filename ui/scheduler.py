@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from diffusion_core.pipeline import NETWORK_ROWS
+
 # The work budget of one request: images x steps x network branches (two under classifier-free guidance
 # or autoguidance, one otherwise), i.e. image rows through the network. 16 images at 1000 guided DDPM
 # steps, the largest request the app allowed before the budget counted branches; the default Context
@@ -63,7 +65,14 @@ class Work:
 
     @property
     def rows(self) -> int:
+        """The budget's count (check_work): images x steps x branches."""
         return self.images * self.steps * self.branches
+
+    @property
+    def network_rows(self) -> int:
+        """What the network computes, which is what the job's seconds follow: each branch's images padded to
+        whole chunks of NETWORK_ROWS (pipeline.py), so 2 pictures cost a step as much as 16."""
+        return -(-self.images // NETWORK_ROWS) * NETWORK_ROWS * self.steps * self.branches
 
 
 class ClientGone(Exception):
@@ -155,7 +164,7 @@ class Scheduler:
 
     def estimate(self, work: Work) -> float:
         """The seconds ``work`` should take, at its kind's measured speed."""
-        return work.rows * self.seconds_per_row.get(work.kind, PRIOR_SECONDS_PER_ROW)
+        return work.network_rows * self.seconds_per_row.get(work.kind, PRIOR_SECONDS_PER_ROW)
 
     def expect(self, kind: str, seconds: float, rows: int) -> None:
         """A prior for a kind not yet timed: ``rows`` network rows take ``seconds``."""
@@ -228,9 +237,9 @@ class Scheduler:
         return True
 
     def _learn(self, work: Work, seconds: float) -> None:
-        if work.rows >= LEARN_ROWS:
+        if work.network_rows >= LEARN_ROWS:
             rate = self.seconds_per_row.get(work.kind, PRIOR_SECONDS_PER_ROW)
-            self.seconds_per_row[work.kind] = 0.7 * rate + 0.3 * seconds / work.rows
+            self.seconds_per_row[work.kind] = 0.7 * rate + 0.3 * seconds / work.network_rows
 
     def _loop(self) -> None:
         while True:
