@@ -257,7 +257,7 @@ def test_the_canvas_hands_the_browsers_blobs_to_the_handler_undecoded(demo, app_
 def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(demo):
     """Draw a scribble on the canvas (over the sprite it opens with) with the mouse, press Redraw and read the
     results; then choose "erase and redraw" and redraw: the results are the opening sprite but for the painted
-    pixels; then put another sprite on the canvas. (Controls are left at their defaults: each click costs
+    pixels; then put another sprite on the canvas and paint on it. (Controls are left at their defaults: each click costs
     seconds on a busy machine.)"""
     import re
 
@@ -309,9 +309,7 @@ def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(
             assert len(drawn) == 8 and len({d.tobytes() for d in drawn}) == 8
             page.screenshot(path=str(SCREENSHOTS / "sketch_scribble.png"), full_page=True)
 
-            # erase and redraw: the scribble above becomes the part to redraw; the opening sprite under it is kept.
-            # (Painting right after "Put this sprite on the canvas" is not reliable: Gradio's editor may not report
-            # the strokes that follow a value set by the server. That button is checked below, without paint.)
+            # erase and redraw: the scribble above becomes the part to redraw; the opening sprite under it is kept
             emoji = load_emoji(split="all")
             sprite = emoji.images[int(np.flatnonzero(emoji.names == DEFAULT_SPRITE)[0])]
             panel.get_by_label("erase and redraw only what I paint over (the rest is kept)").check()
@@ -339,6 +337,16 @@ def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(
             while shown.get_attribute("src") == before and time.time() < deadline:
                 time.sleep(0.2)
             assert shown.get_attribute("src") != before
+            # and it takes paint: the brush chosen again (ui/sketch.AFTER_PUT), a stroke is read as the part to redraw
+            start_text = page.locator("#sketch-start-text")
+            before_text = start_text.inner_text()
+            panel.get_by_role("button", name="Brush", exact=True).click()
+            stroke(page, panel, [(0.2, 0.2), (0.8, 0.8)])
+            deadline = time.time() + 60
+            while start_text.inner_text() == before_text and time.time() < deadline:
+                time.sleep(0.2)
+            assert re.search(r"; [1-9]\d* of 1024 pixels to redraw", start_text.inner_text())
+            assert start_text.inner_text() != before_text
             browser.close()
     finally:
         demo.close()

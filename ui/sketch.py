@@ -20,6 +20,7 @@ from .forward import noisy_image
 CANVAS = 8                     # the canvas shows a sprite pixel as 8x8 screen pixels: 256x256 for 32 px sprites
 MIN_REDRAWS, MAX_REDRAWS = 4, 16
 KEPT_BLOBS = 8                 # the newest strokes' blobs kept for the events that name them
+AFTER_PUT = "After a picture goes on the canvas, choose the brush 🖌 again before you draw (Gradio's editor needs it)."
 MAX_LAYERS = 8                 # paint layers read from one canvas (the editor makes one; the API could send more)
 WHOLE, ERASE = "whole", "erase"
 MODES = [("redraw the whole picture", WHOLE), ("erase and redraw only what I paint over (the rest is kept)", ERASE)]
@@ -163,8 +164,11 @@ def shrink(picture: np.ndarray, size: int) -> np.ndarray:
 
 
 def on_canvas(picture: np.ndarray) -> dict:
-    """A picture (uint8, the model's size) as the editor's value: the background, enlarged, with no paint."""
-    return {"background": upscale(picture[None], CANVAS)[0], "layers": [], "composite": None}
+    """A picture (uint8, the model's size) as the editor's value: the background, enlarged, and one empty
+    paint layer. Sent by the server with no layer, Gradio's editor stays busy and never shows the picture (as
+    in gradio-app/gradio#6822); with one, it draws again once its brush is chosen again (AFTER_PUT)."""
+    background = upscale(picture[None], CANVAS)[0]
+    return {"background": background, "layers": [np.zeros((*background.shape[:2], 4), np.uint8)], "composite": None}
 
 
 def shown_mask(picture: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -288,6 +292,7 @@ def build(app: App) -> None:
                     put = gr.Button("Put this sprite on the canvas", size="sm")
                 upload = gr.Image(label="or upload a picture (it goes on the canvas)", type="filepath",
                                   sources=["upload"], height=140)
+                gr.Markdown(AFTER_PUT)
                 mode = gr.Radio(MODES, value=WHOLE, label="what to redraw")
                 strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.01,
                                      label="strength s: how far into the noise the picture goes (t_0 = s·(T-1))")
@@ -304,7 +309,7 @@ def build(app: App) -> None:
                     read_as = gr.Image(opening_start[0], label="your picture as the model reads it (32x32)",
                                        format="png", elem_id="sketch-read-as", height=260)
                     start = gr.Image(opening_start[1], label="where the model starts: x_t0", format="png", height=260)
-                start_text = gr.Markdown(opening_start[2], latex_delimiters=LATEX)
+                start_text = gr.Markdown(opening_start[2], latex_delimiters=LATEX, elem_id="sketch-start-text")
                 live = gr.Image(label="denoising: x_t (left) and predicted x_0 (right)", format="png")
                 gallery = sprite_gallery("redrawn")
                 info = gr.Markdown(latex_delimiters=LATEX)
