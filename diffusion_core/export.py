@@ -100,8 +100,8 @@ def export_dataset(pipe: DiffusionPipeline, out: str | os.PathLike, classes=None
     an exception raised by ``progress`` or ``generate``, such as a cancel, leaves no file behind).
     Sampling defaults to the checkpoint's ``default_sampling``; ``progress(done, total)`` is called
     after every batch. Batch b of the whole export (``export_batches``: pictures of several labels share one)
-    is drawn with seed ``seed + b``. ``generate(**kwargs)``
-    draws each batch in place of ``pipe.generate`` (the app's waits for its turn in its scheduler)."""
+    is drawn with seed ``seed + b``. ``generate(**kwargs)`` draws each batch in place of ``pipe.generate``
+    (the app's waits for its turn in its scheduler)."""
     out = Path(out)
     if out.suffix.lower() != ".zip":
         raise ValueError(f"the export must be a .zip file, got {str(out)!r}")
