@@ -244,8 +244,8 @@ def test_same_seed_different_conditions_start_from_the_same_noise(tiny_pipeline)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_network_row_is_computed_the_same_whatever_the_batch_size(dtype):
     """The shipped model's network output for a row is bit for bit the same in a call of 1, 5, 16 or 17
-    rows (fixed-size internal chunks: 17 is two of them). Unchunked, oneDNN's fp32 kernels for 4 and 32 rows differ by
-    ~6e-6, which the samplers amplify to 13/255 in a picture."""
+    rows (fixed-size internal chunks: 17 is two of them). Unchunked, oneDNN's fp32 kernels for 4 and 32
+    rows differ by ~6e-6, which the samplers amplify to 13/255 in a picture."""
     pipe = DiffusionPipeline.from_pretrained(ROOT / "checkpoints" / "emoji32_fast", device="cpu", dtype=dtype)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(17, 3, 32, 32, generator=gen)

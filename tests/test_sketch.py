@@ -257,8 +257,8 @@ def test_the_canvas_hands_the_browsers_blobs_to_the_handler_undecoded(demo, app_
 def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(demo):
     """Draw a scribble on the canvas (over the sprite it opens with) with the mouse, press Redraw and read the
     results; then choose "erase and redraw" and redraw: the results are the opening sprite but for the painted
-    pixels; then put another sprite on the canvas and paint on it. (Controls are left at their defaults: each click costs
-    seconds on a busy machine.)"""
+    pixels; then put another sprite on the canvas and paint on it. (Controls are left at their defaults: each
+    click costs seconds on a busy machine.)"""
     import re
 
     import httpx
