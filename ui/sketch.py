@@ -20,7 +20,8 @@ from .forward import noisy_image
 CANVAS = 8                     # the canvas shows a sprite pixel as 8x8 screen pixels: 256x256 for 32 px sprites
 MIN_REDRAWS, MAX_REDRAWS = 4, 16
 KEPT_BLOBS = 8                 # the newest strokes' blobs kept for the events that name them
-AFTER_PUT = "After a picture goes on the canvas, choose the brush 🖌 again before you draw (Gradio's editor needs it)."
+AFTER_PUT = ("After a picture goes on the canvas, choose the brush 🖌 again before you draw "
+             "(Gradio's editor needs it).")
 MAX_LAYERS = 8                 # paint layers read from one canvas (the editor makes one; the API could send more)
 WHOLE, ERASE = "whole", "erase"
 MODES = [("redraw the whole picture", WHOLE), ("erase and redraw only what I paint over (the rest is kept)", ERASE)]
