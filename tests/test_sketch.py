@@ -289,6 +289,21 @@ def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(
             page.mouse.move(x + fx * w, y + fy * h)  # the canvas, about 0.4 s in a headless browser without a GPU)
         page.mouse.up()
 
+    def paint_until_read(page, panel, points, before: str | None = None):
+        """Choose the brush and paint until the start point reads paint to redraw (and, given ``before``, a
+        text other than it): a busy editor may drop a stroke, and a person would draw it again."""
+        start_text = page.locator("#sketch-start-text")
+        for _ in range(3):
+            panel.get_by_role("button", name="Brush", exact=True).click()
+            stroke(page, panel, points)
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                text = start_text.inner_text()
+                if re.search(r"; [1-9]\d* of 1024 pixels to redraw", text) and text != before:
+                    return text
+                time.sleep(0.2)
+        raise AssertionError(f"3 strokes, none read: {start_text.inner_text()!r}")
+
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"], headless=True)
@@ -313,7 +328,10 @@ def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(
             emoji = load_emoji(split="all")
             sprite = emoji.images[int(np.flatnonzero(emoji.names == DEFAULT_SPRITE)[0])]
             panel.get_by_label("erase and redraw only what I paint over (the rest is kept)").check()
-            panel.get_by_text(re.compile(r"; [1-9]\d* of 1024 pixels to redraw")).first.wait_for(timeout=60_000)
+            try:
+                panel.get_by_text(re.compile(r"; [1-9]\d* of 1024 pixels to redraw")).first.wait_for(timeout=20_000)
+            except Exception:  # the scribble's strokes never reached the server: paint again
+                paint_until_read(page, panel, [(0.3, 0.3), (0.7, 0.7)])
             panel.get_by_role("button", name="Redraw", exact=True).click()
             done = panel.get_by_text(re.compile(r"the (\d+) painted of 1024 pixels redrawn, the rest kept: [\d.]+ s"))
             done.first.wait_for(timeout=120_000)
@@ -338,15 +356,8 @@ def test_the_sketch_tab_redraws_a_scribble_and_an_erased_part_in_a_real_browser(
                 time.sleep(0.2)
             assert shown.get_attribute("src") != before
             # and it takes paint: the brush chosen again (ui/sketch.AFTER_PUT), a stroke is read as the part to redraw
-            start_text = page.locator("#sketch-start-text")
-            before_text = start_text.inner_text()
-            panel.get_by_role("button", name="Brush", exact=True).click()
-            stroke(page, panel, [(0.2, 0.2), (0.8, 0.8)])
-            deadline = time.time() + 60
-            while start_text.inner_text() == before_text and time.time() < deadline:
-                time.sleep(0.2)
-            assert re.search(r"; [1-9]\d* of 1024 pixels to redraw", start_text.inner_text())
-            assert start_text.inner_text() != before_text
+            before = page.locator("#sketch-start-text").inner_text()
+            paint_until_read(page, panel, [(0.2, 0.2), (0.8, 0.8)], before=before)
             browser.close()
     finally:
         demo.close()

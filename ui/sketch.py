@@ -164,12 +164,14 @@ def shrink(picture: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(picture).resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
 
 
-def on_canvas(picture: np.ndarray) -> dict:
+def on_canvas(picture: np.ndarray, paint_layer: bool = True) -> dict:
     """A picture (uint8, the model's size) as the editor's value: the background, enlarged, and one empty
     paint layer. Sent by the server with no layer, Gradio's editor stays busy and never shows the picture (as
-    in gradio-app/gradio#6822); with one, it draws again once its brush is chosen again (AFTER_PUT)."""
+    in gradio-app/gradio#6822); with one, it draws again once its brush is chosen again (AFTER_PUT). The
+    page's opening value goes without (``paint_layer=False``): the editor makes its own as the page loads."""
     background = upscale(picture[None], CANVAS)[0]
-    return {"background": background, "layers": [np.zeros((*background.shape[:2], 4), np.uint8)], "composite": None}
+    layers = [np.zeros((*background.shape[:2], 4), np.uint8)] if paint_layer else []
+    return {"background": background, "layers": layers, "composite": None}
 
 
 def shown_mask(picture: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -278,7 +280,8 @@ def build(app: App) -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 canvas = gr.ImageEditor(
-                    on_canvas(opening), label="your picture: draw on it, upload one, or put a sprite on it",
+                    on_canvas(opening, paint_layer=False),
+                    label="your picture: draw on it, upload one, or put a sprite on it",
                     type="filepath", image_mode="RGBA", sources=[], transforms=[], format="png",
                     canvas_size=(size * CANVAS, size * CANVAS), fixed_canvas=True, height=420,
                     brush=gr.Brush(colors=PALETTE, default_color=PALETTE[0], color_mode="fixed",
