@@ -30,6 +30,7 @@ from .text import words
 COMPARISON_FILE = "real_vs_samples.png"
 HEADLINE = ("dpmpp_2m_sde", 20, 5.0)  # the app's setting, for the picture of a checkpoint without default_sampling
 MEASURES = ("class_accuracy", "fd", "kid", "precision", "recall", "copies")
+CLASS_MEASURES = ("class_accuracy", "fd", "precision", "recall")  # per class (KID and copies: only overall)
 RETRIEVAL_K = 10  # the prompt check also asks whether the named emoji is among a sample's 10 nearest sprites
 
 
@@ -133,6 +134,7 @@ class RealData:
         self.reference = real_roles(train)[1]
         self.reference_features = remembered_predict(self.classifier, self.reference.images)[1]
         self.floor = self.score(held.images, held.labels, real=True)
+        self.class_floors = self.score_by_class(held.images, held.labels, real=True)
 
     def score(self, images: np.ndarray, labels: np.ndarray | None = None, real: bool = False) -> dict:
         """n, class_accuracy (None without labels), fd, kid, precision, recall, copies. ``real``: pictures
@@ -147,6 +149,22 @@ class RealData:
                 "fd": frechet_distance(features, self.reference_features),
                 "kid": kernel_inception_distance(features, self.reference_features),
                 "precision": precision, "recall": recall, "copies": copy_share(images, self.train.images)}
+
+    def score_by_class(self, images: np.ndarray, labels: np.ndarray, real: bool = False) -> dict[str, dict]:
+        """Per class: n, class_accuracy, fd, precision and recall of the pictures of that class against the
+        reference's pictures of that class (FD from ~60-170 pictures is biased upward: read it beside the
+        class's floor, the real held-out pictures of that class scored the same way, ``self.class_floors``)."""
+        labels = check_labels(labels, len(images), len(self.class_names))
+        pred, features = (remembered_predict if real else predict)(self.classifier, images)
+        out = {}
+        for c, name in enumerate(self.class_names):
+            mine, theirs = labels == c, self.reference_features[self.reference.labels == c]
+            if mine.sum() <= NEIGHBOURS:
+                continue
+            precision, recall = precision_recall(theirs, features[mine])
+            out[name] = {"n": int(mine.sum()), "class_accuracy": float((pred[mine] == c).mean()),
+                         "fd": frechet_distance(features[mine], theirs), "precision": precision, "recall": recall}
+        return out
 
     def score_with_floor(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict:
         """The scores, each beside its real-data value (``*_floor`` for FD and KID, ``*_real`` else)."""
@@ -247,13 +265,16 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
             seconds = (time.perf_counter() - start) / len(labels)
             runs.append({"seed": seed, **real.score(images, labels), "seconds_per_image": seconds,
                          "per_style": {s: r.score(images[in_style[s]], labels[in_style[s]])
-                                       for s, r in by_style.items()}})
+                                       for s, r in by_style.items()},
+                         "per_class": real.score_by_class(images, labels)})
         row = {"sampler": setting.sampler, "steps": setting.steps, "guidance": setting.guidance,
                "guidance_interval": list(setting.guidance_interval) if setting.guidance_interval else None,
                "autoguidance": setting.autoguidance, "n": int(len(labels)),
                **mean_over(runs, (*MEASURES, "seconds_per_image")),
                "per_style": {s: {"n": runs[0]["per_style"][s]["n"],
                                  **mean_over([r["per_style"][s] for r in runs], MEASURES)} for s in by_style},
+               "per_class": {c: {"n": scores["n"], **mean_over([r["per_class"][c] for r in runs], CLASS_MEASURES)}
+                             for c, scores in runs[0]["per_class"].items()},
                "seeds": runs}
         row["worst_style"] = worst_style(row, {s: r.floor for s, r in by_style.items()})
         rows.append(row)
@@ -270,6 +291,7 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
     return {"prompts": checked, "model": str(model), "weights_fingerprint": weights_fingerprint(pipe.model.state_dict()),
             "dtype": pipe.dtype, "seeds": list(seeds), "styles": real.styles, "roles": roles_of(real),
             "classifier": real.info, "floor": real.floor, "style_floors": {s: r.floor for s, r in by_style.items()},
+            "class_floors": real.class_floors,
             "calibration": calibration(real), "rows": rows,
             "headline": vars(headline), "copy_threshold_rmse": COPY_RMSE, "neighbours": NEIGHBOURS}
 
@@ -419,6 +441,7 @@ def to_markdown(result: dict, picture: str | None = None) -> str:
     if worst:
         lines[1:1] = ["", worst_style_line(worst) + " (at the headline setting; the per-style table below)"]
     lines += per_style_table(result)
+    lines += per_class_table(result)
     lines += ["", "Calibration: the same measures for real held-out images, damaged copies of them and a "
               "collapsed set, so the numbers above have a scale.", "",
               f"| set | n | {HEADER} |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -474,6 +497,28 @@ def per_style_table(result: dict) -> list[str]:
     for style, floor in floors.items():
         lines += [f"| {style} | real held-out | {floor['n']} | {cells(floor, floor)} |",
                   f"| {style} | samples | {row['per_style'][style]['n']} | {cells(row['per_style'][style], floor)} |"]
+    return lines
+
+
+def per_class_table(result: dict) -> list[str]:
+    """The headline row split by the class asked for, the class furthest from its floor first: each class's samples
+    against the reference pictures of that class, beside the real held-out pictures of that class (the floor: FD
+    from this few pictures is biased upward, the same for both; the class accuracy the classifier reaches on real
+    pictures of the class). Nothing for results written before per-class scores."""
+    floors, rows = result.get("class_floors"), result["rows"]
+    if not floors or not rows or not headline_row(result).get("per_class"):
+        return []
+    scores = headline_row(result)["per_class"]
+    order = sorted(scores, key=lambda c: scores[c]["fd"] / floors[c]["fd"], reverse=True)
+    lines = ["", ("Per class asked for, the class furthest from its floor first: FD, precision and recall against the "
+                  "reference pictures of that class; real: the held-out pictures of that class scored the same way."), "",
+             "| class | n | class accuracy (real) | FD / floor | precision (real) | recall (real) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for c in order:
+        s, f = scores[c], floors[c]
+        lines.append(f"| {c} | {s['n']} | {100 * s['class_accuracy']:.0f}% ({100 * f['class_accuracy']:.0f}%) "
+                     f"| {s['fd'] / f['fd']:.2f}x | {s['precision']:.2f} ({f['precision']:.2f}) "
+                     f"| {s['recall']:.2f} ({f['recall']:.2f}) |")
     return lines
 
 

@@ -156,6 +156,15 @@ def loss_note(cfg) -> str:
             f"the x_0 error weighted by min(SNR, γ), so the easy low-noise steps count less).")
 
 
+def curriculum_note(cfg) -> str:
+    steps = getattr(cfg, "curriculum_steps", 0)
+    if not steps:
+        return ""
+    size = cfg.curriculum_size
+    return (f" Its first {steps} steps trained on the pictures box-downsampled to {size}x{size} (a resolution"
+            f" curriculum: the same network, coarse structure first, at a fraction of the cost per picture).")
+
+
 def sampling_note(cfg) -> str:
     """What the card says about augmentation and about a guide the defaults use."""
     note = ""
@@ -183,7 +192,7 @@ tags: [diffusion, ddpm, emoji, pixel-art, unconditional-image-generation]
 A U-Net ({cfg.base_channels} base channels, multipliers {list(cfg.channel_mults)}, attention at
 {list(cfg.attention_resolutions)} px{patch_note(cfg)}) trained with `diffusion_core` to predict the noise
 ({cfg.prediction_type}) on a {cfg.schedule} schedule of {cfg.num_timesteps} steps, with context dropout
-{cfg.context_dropout} so one model serves guided and unguided sampling.{loss_note(cfg)}{text_note(cfg)} Weights are the EMA
+{cfg.context_dropout} so one model serves guided and unguided sampling.{loss_note(cfg)}{curriculum_note(cfg)}{text_note(cfg)} Weights are the EMA
 (decay {cfg.ema_decay}). `generate` defaults to `default_sampling` in config.json:
 {cfg.default_sampling}.{sampling_note(cfg)}
 

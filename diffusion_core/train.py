@@ -65,6 +65,8 @@ class TrainConfig(JsonConfig):
     # data
     data: str = "emoji"                    # "emoji", "course:IMAGES.npy,LABELS.npy" or "folder:PATH"
     image_size: int = 32
+    curriculum_size: int = 0               # a resolution curriculum: the first curriculum_steps steps train on
+    curriculum_steps: int = 0              # the pictures box-downsampled to curriculum_size px (0 = none)
     hflip: bool = False                    # random horizontal flips (augmentation)
     flip_condition: bool = False           # tell the model which pictures hflip mirrored (sampling: none)
     # model (the U-Net's arguments)
@@ -133,6 +135,12 @@ class TrainConfig(JsonConfig):
             (self.hflip or not self.flip_condition, "flip_condition needs hflip (it labels the mirrored pictures)"),
             (self.patch_size >= 1, "patch_size must be >= 1 (1 = one pixel per U-Net position)"),
             (self.min_snr_gamma >= 0, "min_snr_gamma must be >= 0 (0 turns the weighting off)"),
+            (self.curriculum_steps >= 0, "curriculum_steps must be >= 0 (0: no resolution curriculum)"),
+            (not self.curriculum_steps or (0 < self.curriculum_size < self.image_size
+                                           and self.image_size % self.curriculum_size == 0),
+             f"curriculum_size must divide image_size {self.image_size} and be smaller (e.g. {self.image_size // 2})"),
+            (not self.curriculum_steps or not self.curriculum_size % (self.patch_size * 2 ** (len(self.channel_mults) - 1)),
+             f"curriculum_size must be divisible by patch_size x 2^{len(self.channel_mults) - 1} (the U-Net's levels)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
             (1 <= self.grid_per_class <= GRID_PER_CLASS, f"grid_per_class must be in 1..{GRID_PER_CLASS}"),
@@ -576,11 +584,14 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
         idx = batch[shard]
         t = (edm.training_timesteps(schedule, cfg.batch_size, g) if cfg.prediction_type == "edm"
              else torch.randint(cfg.num_timesteps, (cfg.batch_size,), generator=g))[shard].to(device)
-        noise = torch.randn((cfg.batch_size, *images.shape[1:]), generator=g)[shard].to(device)
+        size = cfg.curriculum_size if step < cfg.curriculum_steps else cfg.image_size
+        noise = torch.randn((cfg.batch_size, images.shape[1], size, size), generator=g)[shard].to(device)
         keep = (torch.rand(cfg.batch_size, generator=g) >= cfg.context_dropout)[shard].to(device)
         flip = (torch.rand(cfg.batch_size, generator=g) < 0.5)[shard].to(device)
         keep_style = (torch.rand(cfg.batch_size, generator=g) >= cfg.style_dropout)[shard].to(device)
         x0 = images[idx.to(device)]
+        if size != cfg.image_size:  # the same network at a quarter of the positions: coarse structure first
+            x0 = F.avg_pool2d(x0, cfg.image_size // size)
         if cfg.hflip:
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         context = contexts[idx.to(device)] * keep[:, None]

@@ -207,6 +207,7 @@ class UNet(nn.Module, PyTorchModelHubMixin):
                              f"= {patch_size * 2 ** (len(channel_mults) - 1)}")
         self.image_size, self.in_channels, self.context_dim = image_size, in_channels, context_dim
         self.patch_size = patch_size
+        self.size_factor = patch_size * 2 ** (len(channel_mults) - 1)  # what every input size must be a multiple of
         emb_dim = 4 * base_channels
         self.base_channels = base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -284,9 +285,11 @@ class UNet(nn.Module, PyTorchModelHubMixin):
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
                 tokens: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
                 flipped: torch.Tensor | None = None) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2] != self.image_size or x.shape[3] != self.image_size:
-            raise ValueError(f"x_t must have shape (N, {self.in_channels}, {self.image_size}, {self.image_size}), "
-                             f"got {tuple(x.shape)}")
+        factor = self.size_factor
+        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2] % factor or x.shape[3] % factor:
+            # fully convolutional: any size the levels divide runs (a resolution curriculum trains smaller)
+            raise ValueError(f"x_t must have shape (N, {self.in_channels}, {self.image_size}, {self.image_size}) "
+                             f"(or another size divisible by {factor}), got {tuple(x.shape)}")
         if context is None:
             context = x.new_zeros(x.shape[0], self.context_dim)
         elif context.dim() != 2 or context.shape != (x.shape[0], self.context_dim):

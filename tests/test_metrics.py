@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from diffusion_core.__main__ import main
@@ -164,6 +165,29 @@ def test_evaluate_runs_end_to_end_and_writes_the_model_card(tmp_path):
     assert row["worst_style"]["style"] == worst and row["worst_style"]["fd_over_floor"] == pytest.approx(ratios[worst])
     assert f"Worst style: **{worst}**, FD {ratios[worst]:.2f}x its floor" in card
     assert card.index("Worst style") < card.index("| real held-out |")
+    # per class asked for: each class's samples against the reference pictures of that class
+    assert set(row["per_class"]) == set(result["class_floors"]) == set(EMOJI_CLASSES)
+    assert sum(c["n"] for c in row["per_class"].values()) == n and "Per class asked for" in card
+
+
+def test_per_class_scores_single_out_the_one_class_that_is_damaged(real):
+    from diffusion_core.evaluate import per_class_table
+
+    images, labels = real.held.images.copy(), real.held.labels
+    food = real.class_names.index("food_drink")
+    assert real.score_by_class(images, labels, real=True) == real.class_floors  # real pictures score as the floor
+    small = torch.from_numpy(images[labels == food]).permute(0, 3, 1, 2).float()
+    blurred = F.interpolate(F.interpolate(small, size=8, mode="area"), size=32, mode="bilinear")
+    images[labels == food] = blurred.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    scores = real.score_by_class(images, labels)
+    ratio = {c: scores[c]["fd"] / real.class_floors[c]["fd"] for c in scores}
+    assert max(ratio, key=ratio.get) == "food_drink" and ratio["food_drink"] > 3
+    assert all(ratio[c] == pytest.approx(1) for c in ratio if c != "food_drink")
+    assert scores["food_drink"]["n"] == (labels == food).sum()
+    result = {"class_floors": real.class_floors, "headline": {"sampler": "ddim", "steps": 2, "guidance": 1.0},
+              "rows": [{"sampler": "ddim", "steps": 2, "guidance": 1.0, "per_class": scores}]}
+    table = per_class_table(result)
+    assert table[5].startswith("| food_drink |") and f"{ratio['food_drink']:.2f}x" in table[5]  # the worst first
 
 
 def test_the_worst_style_is_the_one_furthest_from_its_own_floor_not_the_average():

@@ -380,6 +380,29 @@ def test_flip_condition_tells_the_model_exactly_which_pictures_were_mirrored(tmp
     assert "so samples may be too" in (tmp_path / "p" / "export" / "README.md").read_text()
 
 
+def test_a_resolution_curriculum_trains_its_first_steps_on_box_downsampled_pictures(course_files, tmp_path, monkeypatch):
+    seen = []
+
+    def spy(model, schedule, x0, context, t, noise, *args, **kwargs):
+        seen.append((x0.clone(), noise.shape))
+        return diffusion_loss(model, schedule, x0, context, t, noise, *args, **kwargs)
+
+    monkeypatch.setattr("diffusion_core.train.diffusion_loss", spy)
+    cfg = tiny_config(course_files, tmp_path, "r", curriculum_size=8, curriculum_steps=4)
+    train(cfg, show_progress=False)
+    sizes = [x0.shape[-1] for x0, _ in seen]
+    assert sizes == [8, 8, 8, 8, 16, 16] and all(x0.shape == shape for x0, shape in seen)
+    sprites = torch.from_numpy(np.load(course_files.split(":")[1].split(",")[0])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    small = torch.nn.functional.avg_pool2d(sprites, 2)  # each pixel the mean of a 2x2 block
+    assert all(torch.isclose(small, picture, atol=1e-5).flatten(1).all(1).any() for picture in seen[0][0])
+    assert DiffusionPipeline.from_pretrained(cfg.export_dir).generate(num_images=1, steps=2).images.shape == (1, 16, 16, 3)
+    assert "first 4 steps trained on the pictures box-downsampled to 8x8" in (Path(cfg.export_dir) / "README.md").read_text()
+    for bad, message in [({"curriculum_size": 12}, "must divide image_size 16"), ({"curriculum_size": 16}, "smaller"),
+                         ({"curriculum_size": 2, "channel_mults": [1, 2, 2]}, r"divisible by patch_size x 2\^2")]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(image_size=16, curriculum_steps=5, **bad).validate()
+
+
 def test_flip_input_is_checked():
     from diffusion_core.unet import UNet
 

@@ -61,8 +61,11 @@ def test_context_changes_the_prediction_and_none_means_zeros():
 
 def test_wrong_image_size_or_context_length_is_a_value_error():
     model = UNet(**TINY_UNET)
+    with pytest.raises(ValueError, match=r"x_t must have shape \(N, 3, 16, 16\) \(or another size divisible by 2\)"):
+        model(torch.randn(1, 3, 17, 17), torch.tensor([0]))
     with pytest.raises(ValueError, match=r"x_t must have shape \(N, 3, 16, 16\)"):
-        model(torch.randn(1, 3, 32, 32), torch.tensor([0]))
+        model(torch.randn(1, 1, 16, 16), torch.tensor([0]))
+    assert model(torch.randn(1, 3, 8, 8), torch.tensor([0])).shape == (1, 3, 8, 8)  # fully convolutional
     with pytest.raises(ValueError, match=r"context must have shape \(N=1, 5\)"):
         model(torch.randn(1, 3, 16, 16), torch.tensor([0]), torch.zeros(1, 4))
     with pytest.raises(ValueError, match="divisible"):
