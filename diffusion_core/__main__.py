@@ -143,8 +143,17 @@ def cmd_train(args) -> None:
 
     cfg = under_state_dir(config_from(args, TrainConfig), args.state_dir)
     summary = train(cfg, resume=args.resume, show_progress=not args.quiet, export_only=args.export_only)
+    exit_if_stopped(summary)
     print(f"trained to step {summary['step']}; checkpoint exported to {cfg.export_dir}")
     ship_export(cfg.export_dir, args.ship)
+
+
+def exit_if_stopped(summary: dict) -> None:
+    """A run stopped by Ctrl-C or SIGTERM (its state saved) exits as a shell expects of that signal: 128 + its number."""
+    if summary.get("stopped_by"):
+        import signal
+
+        raise SystemExit(128 + signal.Signals[summary["stopped_by"]].value)
 
 
 def cmd_distill(args) -> None:
@@ -153,6 +162,7 @@ def cmd_distill(args) -> None:
 
     cfg = under_state_dir(config_from(args, DistillConfig), args.state_dir)
     summary = distill(cfg, resume=args.resume, show_progress=not args.quiet, export_only=args.export_only)
+    exit_if_stopped(summary)
     print(f"distilled to step {summary['step']}; student exported to {cfg.export_dir}")
     ship_export(cfg.export_dir, args.ship)
 

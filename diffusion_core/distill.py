@@ -474,9 +474,10 @@ def distill(cfg: DistillConfig, resume: bool = False, show_progress: bool = True
         v = net(x_t.contiguous(memory_format=torch.channels_last), t, context, tokens, w).float()
         return consistency_distance(x0_from_v(v, x_t, a_t), target, a_t, cfg.huber_c, cfg.loss_space)
 
-    def save(step: int) -> None:
+    def save(step: int, with_export: bool = True) -> None:
         save_training_state(state_path, model, ema, optimizer, step, cfg)
-        export_student(ema, teacher, cfg, step, recipe)
+        if with_export:
+            export_student(ema, teacher, cfg, step, recipe)
 
     return run_optimisation(cfg, procs, model, ema, optimizer, step, batch_loss, save, show_progress, averaged=student)
 

@@ -18,7 +18,10 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -449,6 +452,26 @@ class StepProgress:
     ema: nn.Module
 
 
+@contextmanager
+def stop_signals(enabled: bool = True):
+    """While active, Ctrl-C (SIGINT) and SIGTERM only note their name in the yielded list, so the loop can
+    finish its step, save its state and stop: an interrupted run loses nothing. Python lets only the main
+    thread catch signals; elsewhere (the app's Train tab) and when not ``enabled``, nothing changes."""
+    received: list[str] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    caught = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in caught}
+    for s in caught:
+        signal.signal(s, lambda signum, frame: received.append(signal.Signals(signum).name))
+    try:
+        yield received
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, batch_loss, save, show_progress: bool = True,
                      averaged: nn.Module | None = None, on_step=None) -> dict:
     """The loop ``train`` and ``distill`` share: from ``step`` to cfg.max_steps, ``batch_loss(step, net)``
@@ -458,7 +481,9 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
     log (``LOG_FIELDS``) and ``save(step)`` (state and export) every cfg.checkpoint_every steps and at
     the end. ``on_step(StepProgress)`` (single process only) is called after every step; when it returns
     True the run stops there, logged and saved as at the end (a stopped run keeps what it learned).
-    Returns the last step and the last logged mean loss."""
+    Ctrl-C or SIGTERM (single process) stops it after the step it is in, with ``save(step, with_export=False)``:
+    the state only, written in about a second, so a stop between checkpoints loses nothing.
+    Returns the last step, the last logged mean loss and the signal that stopped it (``stopped_by``)."""
     if on_step is not None and procs.distributed:
         raise ValueError("on_step works in a single process (its stop would not reach the other processes)")
     out_dir = Path(cfg.out_dir)
@@ -479,47 +504,53 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (procs.is_main and show_progress), unit="step", dynamic_ncols=True)
     losses, t_last, images_since, start_time = [], time.perf_counter(), 0, time.perf_counter()
     first_step, stop = step, False
-    while step < cfg.max_steps:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg) * group.get("lr_scale", 1.0)
-        with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = batch_loss(step, net)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        ema_update(ema, averaged, min(cfg.ema_decay, (1 + step) / (10 + step)))  # with a warm-up
-        step += 1
+    with stop_signals(enabled=not procs.distributed) as received:
+        while step < cfg.max_steps:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, cfg) * group.get("lr_scale", 1.0)
+            with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = batch_loss(step, net)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            ema_update(ema, averaged, min(cfg.ema_decay, (1 + step) / (10 + step)))  # with a warm-up
+            step += 1
 
-        loss_value = loss.detach()
-        if procs.distributed:
-            dist.all_reduce(loss_value)
-            loss_value /= procs.world
-        losses.append(loss_value.item())
-        images_since += cfg.batch_size
-        if on_step is not None:
-            elapsed = time.perf_counter() - start_time
-            stop = bool(on_step(StepProgress(step, cfg.max_steps, losses[-1], (step - first_step) * cfg.batch_size / elapsed,
-                                             elapsed, ema)))
-        if step % cfg.log_every == 0 or step == cfg.max_steps or stop:
-            now = time.perf_counter()
-            ips = images_since / (now - t_last)
-            if procs.is_main:
-                with open(log_path, "a", newline="") as f:
-                    csv.writer(f).writerow([step, f"{np.mean(losses):.6f}", f"{learning_rate(step - 1, cfg):.3e}",
-                                            f"{ips:.1f}", f"{now - start_time:.1f}"])
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}", img_s=f"{ips:.0f}")
-            losses, t_last, images_since = [], now, 0
-        bar.update(1)
-        if procs.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop):
-            save(step)
-        if stop:
-            break
+            loss_value = loss.detach()
+            if procs.distributed:
+                dist.all_reduce(loss_value)
+                loss_value /= procs.world
+            losses.append(loss_value.item())
+            images_since += cfg.batch_size
+            if on_step is not None:
+                elapsed = time.perf_counter() - start_time
+                stop = bool(on_step(StepProgress(step, cfg.max_steps, losses[-1], (step - first_step) * cfg.batch_size / elapsed,
+                                                 elapsed, ema)))
+            stop = stop or bool(received)
+            if step % cfg.log_every == 0 or step == cfg.max_steps or stop:
+                now = time.perf_counter()
+                ips = images_since / (now - t_last)
+                if procs.is_main:
+                    with open(log_path, "a", newline="") as f:
+                        csv.writer(f).writerow([step, f"{np.mean(losses):.6f}", f"{learning_rate(step - 1, cfg):.3e}",
+                                                f"{ips:.1f}", f"{now - start_time:.1f}"])
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}", img_s=f"{ips:.0f}")
+                losses, t_last, images_since = [], now, 0
+            bar.update(1)
+            if procs.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop):
+                save(step, with_export=not received)
+            if stop:
+                break
     bar.close()
     if procs.distributed:
         dist.barrier()
         dist.destroy_process_group()
-    return {"step": step, "final_loss": float(np.mean(losses)) if losses else None}
+    if received:
+        print(f"stopped by {received[0]} at step {step}: the training state is saved (the export waits for the next "
+              f"checkpoint); --resume goes on from here", flush=True)
+    return {"step": step, "final_loss": float(np.mean(losses)) if losses else None,
+            "stopped_by": received[0] if received else None}
 
 
 @torch.no_grad()
@@ -607,9 +638,10 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
                               noise, cfg.prediction_type, tokens, cfg.min_snr_gamma,
                               flipped=flip.float() if cfg.flip_condition else None)
 
-    def save(step: int) -> None:
+    def save(step: int, with_export: bool = True) -> None:
         save_training_state(state_path, model, ema, optimizer, step, cfg)
-        export(ema, cfg, data, step, out_dir, device, vocabulary, recipe)
+        if with_export:
+            export(ema, cfg, data, step, out_dir, device, vocabulary, recipe)
 
     return run_optimisation(cfg, procs, model, ema, optimizer, step, batch_loss, save, show_progress, on_step=on_step)
 
