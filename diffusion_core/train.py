@@ -12,6 +12,7 @@ guidance works for a prompt, classes, or both.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -681,22 +682,35 @@ def export(ema: UNet, cfg: TrainConfig, data, step: int, out_dir: Path, device: 
     from .model_card import save_with_card, training_card
     from .viz import save_grid
 
-    pipe = DiffusionPipeline(ema_copy(ema, cfg), NoiseSchedule(cfg.schedule, cfg.num_timesteps),
-                             list(data.class_names), list(data.style_names), cfg.prediction_type, device=device,
-                             vocabulary=vocabulary, default_sampling=cfg.default_sampling,
-                             recipe=recipe)
-    grid, per_class = draw_grid(pipe, data.class_names, seed=0, per_class=cfg.grid_per_class, sampler=DEFAULT_SAMPLER,
-                                steps=20, guidance=3.0)
+    def pipeline(model: UNet) -> DiffusionPipeline:
+        return DiffusionPipeline(model, NoiseSchedule(cfg.schedule, cfg.num_timesteps), list(data.class_names),
+                                 list(data.style_names), cfg.prediction_type, device=device, vocabulary=vocabulary,
+                                 default_sampling=cfg.default_sampling, recipe=recipe)
+
+    pipe = pipeline(ema_copy(ema, cfg))
+    size = cfg.curriculum_size if step <= cfg.curriculum_steps else cfg.image_size  # the size it has learned so far
+    grid_pipe = pipe if size == cfg.image_size else pipeline(drawing_at(pipe.model, size))
+    grid, per_class = draw_grid(grid_pipe, data.class_names, seed=0, per_class=cfg.grid_per_class,
+                                sampler=DEFAULT_SAMPLER, steps=20, guidance=3.0)
     pipe.model.cpu()  # the weights are saved from the CPU
-    save_grid(grid, out_dir / f"samples_{step:07d}.png", nrow=per_class)
+    scale = 4 * cfg.image_size // size  # a curriculum's small pictures shown as large as the rest
+    save_grid(grid, out_dir / f"samples_{step:07d}.png", nrow=per_class, scale=scale)
     folder = save_with_card(pipe, cfg.export_dir, lambda evaluation: training_card(cfg, step, out_dir / "log.csv", evaluation),
                             cfg.weights_dtype)
     # every step's export, for learning curves, with its card: a run started from one keeps the whole story
     pipe.save_pretrained(out_dir / "exports" / f"step_{step:07d}", weights_dtype=cfg.weights_dtype,
                          model_card=training_card(cfg, step, out_dir / "log.csv", None))
-    save_grid(grid, folder / "samples.png", nrow=per_class)
+    save_grid(grid, folder / "samples.png", nrow=per_class, scale=scale)
     write_log_up_to(out_dir / "log.csv", step, folder / "training_log.csv")
     return folder
+
+
+def drawing_at(model: UNet, size: int) -> UNet:
+    """A copy of ``model`` that draws size x size pictures with the same weights (the U-Net is fully
+    convolutional): the sample grids of a resolution curriculum's first steps show what it has learned."""
+    small = copy.deepcopy(model)
+    small.image_size = size
+    return small
 
 
 def ema_copy(ema: UNet, cfg: TrainConfig) -> UNet:

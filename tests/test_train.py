@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -425,6 +426,11 @@ def test_a_resolution_curriculum_trains_its_first_steps_on_box_downsampled_pictu
     assert all(torch.isclose(small, picture, atol=1e-5).flatten(1).all(1).any() for picture in seen[0][0])
     assert DiffusionPipeline.from_pretrained(cfg.export_dir).generate(num_images=1, steps=2).images.shape == (1, 16, 16, 3)
     assert "first 4 steps trained on the pictures box-downsampled to 8x8" in (Path(cfg.export_dir) / "README.md").read_text()
+    # the sample grids show what it learned: drawn at 8 px while it trains at 8 px (as large as the rest), then at 16
+    grids = {step: np.asarray(Image.open(Path(cfg.out_dir) / f"samples_{step:07d}.png")) for step in (3, 6)}
+    first = {step: grid[2:66, 2:66].reshape(8, 8, 8, 8, 3) for step, grid in grids.items()}  # the first picture's 8x8 blocks
+    blocks_of_one_colour = {step: bool((b == b[:, :1, :, :1]).all()) for step, b in first.items()}
+    assert grids[3].shape == grids[6].shape and blocks_of_one_colour == {3: True, 6: False}
     for bad, message in [({"curriculum_size": 12}, "must divide image_size 16"), ({"curriculum_size": 16}, "smaller"),
                          ({"curriculum_size": 2, "channel_mults": [1, 2, 2]}, r"divisible by patch_size x 2\^2")]:
         with pytest.raises(ValueError, match=message):
