@@ -133,7 +133,9 @@ def main() -> None:
                    else log_facts(run / "log.csv", batch, images // batch)[0] / 60)
         rows.append(curve_row(name, images, result, minutes))
         print("\n".join(table(rows[-1:], styles)[2:]), flush=True)
-    lines = [f"Learning curve of `{run}` (`python -m benchmarks.learning_curve --run {run} --setting {args.setting}"
+    picked = "".join(f" --{name} {' '.join(f'{v:g}' for v in values)}"
+                     for name, values in (("steps", args.steps), ("minutes", args.minutes), ("speed", args.speed)) if values)
+    lines = [f"Learning curve of `{run}` (`python -m benchmarks.learning_curve --run {run}{picked} --setting {args.setting}"
              f"{f' --prompts {args.prompts}' if args.prompts else ''}`; {args.dtype} sampling; one sample per held-out "
              "image of every style, n = 840; FD / floor per style, each against its own reference and floor):", "",
              *table(rows, styles)]
