@@ -12,6 +12,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -134,14 +135,24 @@ class RealData:
         self.reference = real_roles(train)[1]
         self.reference_features = remembered_predict(self.classifier, self.reference.images)[1]
         self.floor = self.score(held.images, held.labels, real=True)
-        self.class_floors = self.score_by_class(held.images, held.labels, real=True)
 
-    def score(self, images: np.ndarray, labels: np.ndarray | None = None, real: bool = False) -> dict:
-        """n, class_accuracy (None without labels), fd, kid, precision, recall, copies. ``real``: pictures
-        scored again by later evaluations (real or damaged real ones), whose features are remembered."""
+    @cached_property
+    def class_floors(self) -> dict[str, dict]:
+        """``score_by_class`` of the real held-out pictures."""
+        return self.score_by_class(self.held.images, self.held.labels, real=True)
+
+    def classify(self, images: np.ndarray, real: bool = False, predicted=None) -> tuple[np.ndarray, np.ndarray]:
+        """The classifier's (class predictions, features) of ``images``: ``predicted`` when the caller has them.
+        ``real``: pictures scored again by later evaluations (real or damaged real ones), whose answers are
+        remembered."""
+        return predicted if predicted is not None else (remembered_predict if real else predict)(self.classifier, images)
+
+    def score(self, images: np.ndarray, labels: np.ndarray | None = None, real: bool = False, predicted=None) -> dict:
+        """n, class_accuracy (None without labels), fd, kid, precision, recall, copies (``classify`` for
+        ``real`` and ``predicted``)."""
         check_images(images, minimum=max(MIN_IMAGES, NEIGHBOURS + 1))
         labels = check_labels(labels, len(images), len(self.class_names))
-        pred, features = (remembered_predict if real else predict)(self.classifier, images)
+        pred, features = self.classify(images, real, predicted)
         precision, recall = precision_recall(self.reference_features, features)
         known = labels >= 0
         return {"n": int(len(images)),
@@ -150,12 +161,12 @@ class RealData:
                 "kid": kernel_inception_distance(features, self.reference_features),
                 "precision": precision, "recall": recall, "copies": copy_share(images, self.train.images)}
 
-    def score_by_class(self, images: np.ndarray, labels: np.ndarray, real: bool = False) -> dict[str, dict]:
+    def score_by_class(self, images: np.ndarray, labels: np.ndarray, real: bool = False, predicted=None) -> dict[str, dict]:
         """Per class: n, class_accuracy, fd, precision and recall of the pictures of that class against the
         reference's pictures of that class (FD from ~60-170 pictures is biased upward: read it beside the
         class's floor, the real held-out pictures of that class scored the same way, ``self.class_floors``)."""
         labels = check_labels(labels, len(images), len(self.class_names))
-        pred, features = (remembered_predict if real else predict)(self.classifier, images)
+        pred, features = self.classify(images, real, predicted)
         out = {}
         for c, name in enumerate(self.class_names):
             mine, theirs = labels == c, self.reference_features[self.reference.labels == c]
@@ -263,10 +274,12 @@ def evaluate(model: str, classifier: str | None = None, settings: list[Setting] 
             start = time.perf_counter()
             images = generate_like(pipe, labels, styles, setting, seed)
             seconds = (time.perf_counter() - start) / len(labels)
-            runs.append({"seed": seed, **real.score(images, labels), "seconds_per_image": seconds,
-                         "per_style": {s: r.score(images[in_style[s]], labels[in_style[s]])
+            predicted = predict(real.classifier, images)  # once, for all three splits (the same classifier file)
+            runs.append({"seed": seed, **real.score(images, labels, predicted=predicted), "seconds_per_image": seconds,
+                         "per_style": {s: r.score(images[in_style[s]], labels[in_style[s]],
+                                                  predicted=tuple(a[in_style[s]] for a in predicted))
                                        for s, r in by_style.items()},
-                         "per_class": real.score_by_class(images, labels)})
+                         "per_class": real.score_by_class(images, labels, predicted=predicted)})
         row = {"sampler": setting.sampler, "steps": setting.steps, "guidance": setting.guidance,
                "guidance_interval": list(setting.guidance_interval) if setting.guidance_interval else None,
                "autoguidance": setting.autoguidance, "n": int(len(labels)),
