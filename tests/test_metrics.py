@@ -179,7 +179,10 @@ def test_per_class_scores_single_out_the_one_class_that_is_damaged(real):
     small = torch.from_numpy(images[labels == food]).permute(0, 3, 1, 2).float()
     blurred = F.interpolate(F.interpolate(small, size=8, mode="area"), size=32, mode="bilinear")
     images[labels == food] = blurred.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    scores = real.score_by_class(images, labels)
+    # the classifier's answers: remembered for the real pictures, run anew only for the blurred class
+    pred, features = (a.copy() for a in real.classify(real.held.images, real=True))
+    pred[labels == food], features[labels == food] = predict(real.classifier, images[labels == food])
+    scores = real.score_by_class(images, labels, predicted=(pred, features))
     ratio = {c: scores[c]["fd"] / real.class_floors[c]["fd"] for c in scores}
     assert max(ratio, key=ratio.get) == "food_drink" and ratio["food_drink"] > 3
     assert all(ratio[c] == pytest.approx(1) for c in ratio if c != "food_drink")
