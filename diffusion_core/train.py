@@ -540,7 +540,7 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
                 losses, t_last, images_since = [], now, 0
             bar.update(1)
             if procs.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop):
-                save(step, with_export=not received)
+                save(step, with_export=not received or step == cfg.max_steps)  # the last step always exports
             if stop:
                 break
     bar.close()

@@ -286,7 +286,8 @@ class UNet(nn.Module, PyTorchModelHubMixin):
                 tokens: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
                 flipped: torch.Tensor | None = None) -> torch.Tensor:
         factor = self.size_factor
-        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2] % factor or x.shape[3] % factor:
+        if (x.dim() != 4 or x.shape[1] != self.in_channels or min(x.shape[2:]) < factor
+                or x.shape[2] % factor or x.shape[3] % factor):
             # fully convolutional: any size the levels divide runs (a resolution curriculum trains smaller)
             raise ValueError(f"x_t must have shape (N, {self.in_channels}, {self.image_size}, {self.image_size}) "
                              f"(or another size divisible by {factor}), got {tuple(x.shape)}")
