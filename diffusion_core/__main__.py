@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("num_threads", int), ("seed", int), ("base_channels", int), ("image_size", int),
                        ("prediction_type", str), ("schedule", str), ("warmup_steps", int), ("init_from", str),
                        ("min_lr_ratio", float), ("weights_dtype", str), ("text_lr_scale", float),
-                       ("min_snr_gamma", float), ("context_dropout", float), ("grid_per_class", int)):
+                       ("min_snr_gamma", float), ("context_dropout", float), ("grid_per_class", int),
+                       ("curriculum_size", int), ("curriculum_steps", int)):
         t.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
     t.set_defaults(func=cmd_train)
 
