@@ -31,10 +31,10 @@ def exports_of(run: Path, steps: list[int] | None) -> list[tuple[int, Path]]:
     return [(s, p) for s, p in found if steps is None or s in steps]
 
 
-def at_minutes(run: Path, exports: list[tuple[int, Path]], batch: int, minutes: list[float]) -> list[tuple[int, Path]]:
-    """For each mark, the last export trained within that many minutes (a mark the run has not reached yet, or
-    one before its first export, is left out with a note)."""
-    trained = [(log_facts(run / "log.csv", batch, step)[0] / 60, step, folder) for step, folder in exports]
+def at_minutes(exports: list[tuple[int, Path]], minutes: list[float], minutes_to) -> list[tuple[int, Path]]:
+    """For each mark, the last export trained within that many minutes (``minutes_to(step)``; a mark the run has
+    not reached yet, or one before its first export, is left out with a note)."""
+    trained = [(minutes_to(step), step, folder) for step, folder in exports]
     chosen = []
     for mark in minutes:
         within = [(step, folder) for spent, step, folder in trained if spent <= mark]
@@ -101,7 +101,8 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a training run's out_dir (holds config.json and exports/)")
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="only these steps' exports")
     parser.add_argument("--minutes", type=float, nargs="+", default=None,
-                        help="instead of --steps: the last export within each of these minutes of training")
+                        help="instead of --steps: the last export within each of these minutes of training "
+                             "(the log's, or with --speed images ÷ speed)")
     parser.add_argument("--speed", type=float, nargs="+", default=None, metavar="IMAGES_PER_S",
                         help="minutes from images ÷ this speed (benchmarks.training_speed, undisturbed) instead of the "
                              "log's wall time, which counts every pause; a second value: the curriculum steps' speed")
@@ -114,23 +115,26 @@ def main() -> None:
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
     batch = config["batch_size"]
-    if args.speed and args.minutes:
-        raise SystemExit("--minutes picks exports by the log's minutes; with --speed, pick them by --steps")
     if args.speed and len(args.speed) != (2 if config.get("curriculum_steps") else 1):
         raise SystemExit("--speed takes one images/s, and a second for a run with a resolution curriculum")
     curriculum = (config["curriculum_steps"], args.speed[1]) if args.speed and len(args.speed) == 2 else None
+
+    def minutes_to(step: int) -> float:
+        if args.speed:
+            return minutes_at(step, batch, args.speed[0], curriculum)
+        return log_facts(run / "log.csv", batch, step)[0] / 60
+
     setting = parse_setting(args.setting)
     rows, styles = [], None
     jobs = [(f"`{Path(c)}`", None, Path(c)) for c in args.compare]
     exports = exports_of(run, args.steps)
     if args.minutes:
-        exports = at_minutes(run, exports, batch, args.minutes)
+        exports = at_minutes(exports, args.minutes, minutes_to)
     jobs += [(f"step {s:,}", s * batch, folder) for s, folder in exports]
     for name, images, folder in jobs:
         result = evaluate(str(folder), settings=[setting], dtype=args.dtype, prompts=args.prompts, log=lambda _: None)
         styles = styles or list(result["style_floors"])
-        minutes = (None if images is None else minutes_at(images // batch, batch, args.speed[0], curriculum) if args.speed
-                   else log_facts(run / "log.csv", batch, images // batch)[0] / 60)
+        minutes = None if images is None else minutes_to(images // batch)
         rows.append(curve_row(name, images, result, minutes))
         print("\n".join(table(rows[-1:], styles)[2:]), flush=True)
     picked = "".join(f" --{name} {' '.join(f'{v:g}' for v in values)}"
