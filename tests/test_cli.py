@@ -96,14 +96,17 @@ def test_bad_prompt_check_arguments_are_clear_errors_before_any_sampling(args, m
 def test_prompts_only_prints_the_prompt_check_beside_its_real_values(capsys, shipped_stand_ins):
     """On a narrow copy of the shipped model (its labels, styles, vocabulary and guide; conftest.narrow_copy):
     the check's layout and its real values, which do not depend on the model."""
-    assert main(["evaluate", "--model", shipped_stand_ins[0], "--prompts", "2", "--prompts-only"]) in (0, None)
+    # compared with one style's real pictures (--styles): the classifier runs on a quarter of the training sprites
+    args = ["evaluate", "--model", shipped_stand_ins[0], "--prompts", "2", "--prompts-only", "--styles", "noto"]
+    assert main(args) in (0, None)
     out = capsys.readouterr().out
     summary, report = out.split("\n", 1)
     assert summary.startswith("Prompts (one sample each at the default setting): for 2 training emoji names")
     assert "a real sprite of the emoji, against the other training sprites" in summary and "(real held-out sprites:" in summary
     checked = json.loads(report)
     assert checked["train_names"] == checked["held_out_names"] == 2 and len(checked["examples"]) == 2
-    assert 0 <= checked["within_10_nearest"] <= 1 and checked["held_out_class_accuracy_real"] == pytest.approx(0.715, abs=0.01)
+    assert 0 <= checked["within_10_nearest"] <= 1
+    assert checked["held_out_class_accuracy_real"] == pytest.approx(133 / 184)  # noto's 184 held-out sprites
     if checked["held_out_names_without_a_known_word"] == 0:  # then the split is the whole
         assert checked["held_out_class_accuracy_with_a_known_word"] == checked["held_out_class_accuracy"]
     assert checked["held_out_names_without_a_known_word"] in (0, 0.5, 1)

@@ -72,3 +72,14 @@ def test_a_corrupt_file_is_ignored_and_an_unwritable_folder_only_costs_time(fres
     (tmp_path / "not_a_folder").write_text("a file where the folder would be")
     monkeypatch.setattr(feature_cache, "_MEMORY", {})
     assert np.array_equal(remembered_predict(model, images)[0], expected[0]) and fresh == [70, 70]
+
+
+def test_answers_another_process_saved_after_this_one_read_the_file_are_found_not_recomputed(fresh, monkeypatch):
+    model, first, later = classifier(), pictures(70), pictures(90, seed=5)
+    remembered_predict(model, first)  # this process has read (and written) the file
+    this_process = feature_cache._MEMORY
+    monkeypatch.setattr(feature_cache, "_MEMORY", {})  # another process, the same file
+    expected = remembered_predict(model, later)
+    monkeypatch.setattr(feature_cache, "_MEMORY", this_process)  # back in the first process
+    got = remembered_predict(model, np.concatenate([later, first]))
+    assert fresh == [70, 90] and np.array_equal(got[1][:90], expected[1])

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from diffusion_core.__main__ import main
 from diffusion_core.data import EMOJI_CLASSES, EMOJI_STYLES, load_emoji
-from diffusion_core.evaluate import (COMPARISON_FILE, RealData, Setting, calibration_sets, evaluate, parse_setting,
-                                     to_markdown, write_to_model_card)
+from diffusion_core.evaluate import (COMPARISON_FILE, RealData, Setting, calibration, calibration_sets, evaluate,
+                                     parse_setting, to_markdown, write_to_model_card)
 from diffusion_core.metrics import (copy_share, frechet_distance, kernel_inception_distance, load_classifier,
                                     precision_recall, predict, real_roles)
 from diffusion_core.model_card import weights_fingerprint
@@ -90,13 +90,16 @@ def real():
     return RealData()
 
 
-def test_calibration_orders_damage_as_a_person_would(real):
-    scores = {name: real.score(images, labels) for name, (images, labels)
-              in calibration_sets(real.held.images, real.held.labels).items()}
+def test_calibration_orders_damage_as_a_person_would():
+    # two styles' held-out pictures (365): the sets the end-to-end evaluation below scores, remembered once
+    real = RealData(styles=["noto", "twemoji"])
+    scores = calibration(real)
+    assert set(scores) == set(calibration_sets(real.held.images, real.held.labels))
     floor = real.floor
     assert scores["real held-out"]["fd"] == pytest.approx(floor["fd"]) and floor["precision"] >= 0.7
     for damaged in ("noise σ=25/255", "blurred (16 px and back)"):
-        assert scores[damaged]["fd"] >= 4 * floor["fd"] and scores[damaged]["kid"] > 10 * floor["kid"]
+        # KID is unbiased: the floor sits near zero, on either side of it
+        assert scores[damaged]["fd"] >= 4 * floor["fd"] and scores[damaged]["kid"] > 20 * abs(floor["kid"]) + 0.01
     assert floor["fd"] < scores["noise σ=10/255"]["fd"] < scores["noise σ=25/255"]["fd"]
     assert scores["noise σ=25/255"]["precision"] < floor["precision"]  # noisy sprites leave the real manifold
     assert scores["blurred (16 px and back)"]["recall"] < floor["recall"] - 0.2  # blurred ones lose variety
