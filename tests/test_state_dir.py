@@ -41,7 +41,7 @@ def test_train_keeps_its_state_in_the_state_dir_and_resumes_from_it(course_files
     config.write_text(TrainConfig(data=course_files, image_size=16, base_channels=8, channel_mults=[1, 2],
                                   attention_resolutions=[8], num_heads=2, num_groups=4, batch_size=4,
                                   warmup_steps=1, num_timesteps=50, precision="fp32", out_dir="runs/t",
-                                  export_dir="runs/t/export", checkpoint_every=2, log_every=1).to_json())
+                                  export_dir="runs/t/export", checkpoint_every=2, log_every=1, grid_per_class=1).to_json())
     args = ["train", "--config", str(config), "--quiet", "--state-dir", str(state)]
     assert main(args + ["--max-steps", "2"]) == 0
     assert (state / "runs" / "t" / "state.safetensors").exists()
@@ -57,7 +57,7 @@ def tiny_run(course_files, tmp_path, max_steps) -> TrainConfig:
     return TrainConfig(data=course_files, image_size=16, base_channels=8, channel_mults=[1, 2], attention_resolutions=[8],
                        num_heads=2, num_groups=4, batch_size=4, warmup_steps=1, num_timesteps=50, precision="fp32",
                        out_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "run" / "export"), checkpoint_every=2,
-                       log_every=1, max_steps=max_steps)
+                       log_every=1, max_steps=max_steps, grid_per_class=1)  # one grid picture per class: seconds, not tens
 
 
 def test_a_lost_state_resumes_from_the_one_before_it_and_then_from_the_newest_export_and_says_what_was_lost(
