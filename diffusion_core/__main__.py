@@ -326,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ship", metavar="DIR", default=None,
                    help="then copy the export into DIR (e.g. checkpoints/emoji32); configs never write there themselves")
     for name, kind in (("data", str), ("max_steps", int), ("batch_size", int), ("lr", float), ("out_dir", str),
-                       ("export_dir", str), ("checkpoint_every", int), ("log_every", int), ("precision", str),
-                       ("num_threads", int), ("seed", int), ("base_channels", int), ("image_size", int),
+                       ("export_dir", str), ("checkpoint_every", int), ("state_every", int), ("log_every", int),
+                       ("precision", str), ("num_threads", int), ("seed", int), ("base_channels", int), ("image_size", int),
                        ("prediction_type", str), ("schedule", str), ("warmup_steps", int), ("init_from", str),
                        ("min_lr_ratio", float), ("weights_dtype", str), ("text_lr_scale", float),
                        ("min_snr_gamma", float), ("context_dropout", float), ("grid_per_class", int),
@@ -346,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--ship", metavar="DIR", default=None,
                     help="then copy the export into DIR (e.g. checkpoints/emoji32_fast)")
     for name, kind in (("teacher", str), ("data", str), ("max_steps", int), ("batch_size", int), ("lr", float),
-                       ("out_dir", str), ("export_dir", str), ("checkpoint_every", int), ("log_every", int),
-                       ("precision", str), ("num_threads", int), ("seed", int), ("skeleton_steps", int),
+                       ("out_dir", str), ("export_dir", str), ("checkpoint_every", int), ("state_every", int),
+                       ("log_every", int), ("precision", str), ("num_threads", int), ("seed", int),
+                       ("skeleton_steps", int),
                        ("warmup_steps", int), ("weights_dtype", str), ("loss_space", str), ("init_student", str),
                        ("guidance_lr_scale", float), ("objective", str), ("segments", int),
                        ("regression_weight", float), ("critic_lr_scale", float)):

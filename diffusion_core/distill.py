@@ -134,6 +134,7 @@ class DistillConfig(JsonConfig):
     export_dir: str = "runs/emoji32_fast/export"  # never checkpoints/ (--ship)
     weights_dtype: str = "float32"         # how exports store the weights: "float32" or "float16" (half the bytes)
     checkpoint_every: int = 100
+    state_every: int = 0  # also the training state alone (no export) every N steps; 0: at checkpoints only
     log_every: int = 10
     num_threads: int = 0
 
@@ -168,6 +169,7 @@ class DistillConfig(JsonConfig):
             (all(0 <= p < 1 for p in (self.context_dropout, self.style_dropout, self.text_dropout, self.ema_decay)),
              "dropouts and ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
+            (self.state_every >= 0, "state_every must be >= 0 (0: the state is saved at checkpoints only)"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
         ]
         for ok, message in checks:

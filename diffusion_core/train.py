@@ -114,6 +114,7 @@ class TrainConfig(JsonConfig):
     export_dir: str = "runs/emoji32/export"  # never checkpoints/: copying there is --ship's job
     weights_dtype: str = "float32"         # how exports store the weights: "float32" or "float16" (half the bytes)
     checkpoint_every: int = 1000
+    state_every: int = 0                   # the training state alone (no export) every N steps too; 0: none
     grid_per_class: int = 8                # each export's sample grid: pictures per class (fewer if they would not fit)
     log_every: int = 50
     num_threads: int = 0                   # torch CPU threads; 0 = torch's default
@@ -147,6 +148,7 @@ class TrainConfig(JsonConfig):
              f"curriculum_size must be divisible by patch_size x 2^{len(self.channel_mults) - 1} (the U-Net's levels)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
+            (self.state_every >= 0, "state_every must be >= 0 (0: the state is saved at checkpoints only)"),
             (1 <= self.grid_per_class <= GRID_PER_CLASS, f"grid_per_class must be in 1..{GRID_PER_CLASS}"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
             (self.prediction_type in ("epsilon", "v", "edm"), "prediction_type must be 'epsilon', 'v' or 'edm'"),
@@ -480,7 +482,8 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
     DistributedDataParallel under torchrun); AdamW with warm-up and cosine decay, gradient clipping,
     the EMA update of ``averaged`` (the part of the model ``ema`` copies; all of it by default), a CSV
     log (``LOG_FIELDS``) and ``save(step)`` (state and export) every cfg.checkpoint_every steps and at
-    the end. ``on_step(StepProgress)`` (single process only) is called after every step; when it returns
+    the end, ``save(step, with_export=False)`` (the state alone) every cfg.state_every steps between.
+    ``on_step(StepProgress)`` (single process only) is called after every step; when it returns
     True the run stops there, logged and saved as at the end (a stopped run keeps what it learned).
     Ctrl-C or SIGTERM (single process) stops it after the step it is in, with ``save(step, with_export=False)``:
     the state only, written in about a second, so a stop between checkpoints loses nothing.
@@ -541,6 +544,8 @@ def run_optimisation(cfg, procs: Processes, model, ema, optimizer, step: int, ba
             bar.update(1)
             if procs.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop):
                 save(step, with_export=not received or step == cfg.max_steps)  # the last step always exports
+            elif procs.is_main and cfg.state_every and step % cfg.state_every == 0:
+                save(step, with_export=False)  # the state alone, about a second: a kill -9 loses fewer steps
             if stop:
                 break
     bar.close()

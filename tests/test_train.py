@@ -513,3 +513,21 @@ def test_each_shipped_evaluation_measured_the_weights_shipped_beside_it(checkpoi
     folder = ROOT / "checkpoints" / checkpoint
     measured = json.loads((folder / "evaluation.json").read_text())["weights_fingerprint"]
     assert measured == weights_fingerprint(load_file(folder / "model.safetensors"))
+
+
+def test_state_every_saves_the_state_alone_between_checkpoints(course_files, tmp_path):
+    """With state_every 2 and checkpoints every 1,000 steps, the state file follows every second step (what a
+    kill -9 would resume from) while the only export is the last step's."""
+    cfg = tiny_config(course_files, tmp_path, "often", max_steps=5, checkpoint_every=1_000, state_every=2)
+    state = Path(cfg.out_dir) / "state.safetensors"
+    seen = {}
+
+    def look(progress) -> bool:  # called after each step, before that step's saving
+        seen[progress.step] = state_step(state)
+        return False
+
+    train(cfg, show_progress=False, on_step=look)
+    assert seen == {1: None, 2: None, 3: 2, 4: 2, 5: 4} and state_step(state) == 5
+    assert [p.name for p in (Path(cfg.out_dir) / "exports").iterdir()] == ["step_0000005"]
+    with pytest.raises(ValueError, match="state_every must be >= 0"):
+        TrainConfig(state_every=-1).validate()
