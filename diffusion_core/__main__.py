@@ -348,8 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("teacher", str), ("data", str), ("max_steps", int), ("batch_size", int), ("lr", float),
                        ("out_dir", str), ("export_dir", str), ("checkpoint_every", int), ("state_every", int),
                        ("log_every", int), ("precision", str), ("num_threads", int), ("seed", int),
-                       ("skeleton_steps", int),
-                       ("warmup_steps", int), ("weights_dtype", str), ("loss_space", str), ("init_student", str),
+                       ("skeleton_steps", int), ("warmup_steps", int), ("weights_dtype", str), ("loss_space", str),
+                       ("init_student", str),
                        ("guidance_lr_scale", float), ("objective", str), ("segments", int),
                        ("regression_weight", float), ("critic_lr_scale", float)):
         di.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)

@@ -134,7 +134,7 @@ class DistillConfig(JsonConfig):
     export_dir: str = "runs/emoji32_fast/export"  # never checkpoints/ (--ship)
     weights_dtype: str = "float32"         # how exports store the weights: "float32" or "float16" (half the bytes)
     checkpoint_every: int = 100
-    state_every: int = 0  # also the training state alone (no export) every N steps; 0: at checkpoints only
+    state_every: int = 0  # the training state alone (no export) every N steps too; 0: none
     log_every: int = 10
     num_threads: int = 0
 
