@@ -63,6 +63,44 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return scores.softmax(dim=-1) @ v
 
 
+def checked_inputs(model: nn.Module, x: torch.Tensor, context: torch.Tensor | None, tokens: torch.Tensor | None,
+                   guidance: torch.Tensor | None, flipped: torch.Tensor | None):
+    """What a network's ``forward`` checks before it computes (``UNet`` and ``unet_mp.MPUNet`` alike, so a caller
+    gets the same error from either): x_t's shape, then context, flipped, guidance and tokens against the
+    model's ``in_channels``, ``size_factor``, ``context_dim``, ``flip_condition``, ``guidance_embedding``,
+    ``vocab_size`` and ``max_tokens``. Returns (context, tokens): None made all zeros (no context) and, for a
+    text model, all padding (no text)."""
+    factor = model.size_factor
+    if (x.dim() != 4 or x.shape[1] != model.in_channels or min(x.shape[2:]) < factor
+            or x.shape[2] % factor or x.shape[3] % factor):
+        # fully convolutional: any size the levels divide runs (a resolution curriculum trains smaller)
+        raise ValueError(f"x_t must have shape (N, {model.in_channels}, {model.image_size}, {model.image_size}) "
+                         f"(or another size divisible by {factor}), got {tuple(x.shape)}")
+    if context is None:
+        context = x.new_zeros(x.shape[0], model.context_dim)
+    elif context.dim() != 2 or context.shape != (x.shape[0], model.context_dim):
+        raise ValueError(f"context must have shape (N={x.shape[0]}, {model.context_dim}), got {tuple(context.shape)}")
+    if flipped is not None:
+        if not model.flip_condition:
+            raise ValueError("this model takes no flip input (flip_condition False)")
+        if flipped.shape != (x.shape[0],):
+            raise ValueError(f"flipped must have shape (N={x.shape[0]},), got {tuple(flipped.shape)}")
+    if model.guidance_embedding:
+        if guidance is None or guidance.shape != (x.shape[0],):
+            raise ValueError(f"this guidance-distilled model needs guidance: a float tensor of shape (N={x.shape[0]},)")
+    elif guidance is not None:
+        raise ValueError("this model takes no guidance input (guidance_embedding False); guide it with two calls")
+    if model.vocab_size:
+        if tokens is None:
+            tokens = torch.zeros(x.shape[0], model.max_tokens, dtype=torch.long, device=x.device)
+        elif tokens.shape != (x.shape[0], model.max_tokens) or tokens.dtype != torch.long:
+            raise ValueError(f"tokens must be long of shape (N={x.shape[0]}, {model.max_tokens}), "
+                             f"got {tokens.dtype} {tuple(tokens.shape)}")
+    elif tokens is not None:
+        raise ValueError("this model has no text encoder (vocab_size 0); give no tokens")
+    return context, tokens
+
+
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` (Wu & He 2018) that normalises a contiguous copy of a channels-last bf16 input on the
     CPU where PyTorch's channels-last bf16 kernel is slow: at 16x16 and below (3-5x slower than the contiguous
@@ -285,41 +323,17 @@ class UNet(nn.Module, PyTorchModelHubMixin):
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
                 tokens: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
                 flipped: torch.Tensor | None = None) -> torch.Tensor:
-        factor = self.size_factor
-        if (x.dim() != 4 or x.shape[1] != self.in_channels or min(x.shape[2:]) < factor
-                or x.shape[2] % factor or x.shape[3] % factor):
-            # fully convolutional: any size the levels divide runs (a resolution curriculum trains smaller)
-            raise ValueError(f"x_t must have shape (N, {self.in_channels}, {self.image_size}, {self.image_size}) "
-                             f"(or another size divisible by {factor}), got {tuple(x.shape)}")
-        if context is None:
-            context = x.new_zeros(x.shape[0], self.context_dim)
-        elif context.dim() != 2 or context.shape != (x.shape[0], self.context_dim):
-            raise ValueError(f"context must have shape (N={x.shape[0]}, {self.context_dim}), got {tuple(context.shape)}")
+        context, tokens = checked_inputs(self, x, context, tokens, guidance, flipped)
         time_features = timestep_embedding(t, self.base_channels).to(x.dtype)
         if flipped is not None:  # training only: sampling asks for unmirrored pictures, whose term is zero
-            if not self.flip_condition:
-                raise ValueError("this model takes no flip input (flip_condition False)")
-            if flipped.shape != (x.shape[0],):
-                raise ValueError(f"flipped must have shape (N={x.shape[0]},), got {tuple(flipped.shape)}")
             time_features = time_features + self.flip_embedding(flipped.to(x.dtype)[:, None])  # as EDM's augment labels
         emb = self.time_mlp(time_features) + self.context_mlp(context.to(x.dtype))
         if self.guidance_embedding:
-            if guidance is None or guidance.shape != (x.shape[0],):
-                raise ValueError(f"this guidance-distilled model needs guidance: a float tensor of shape (N={x.shape[0]},)")
             emb = emb + self.guidance_mlp(embed_guidance(guidance, self.base_channels).to(x.dtype))
-        elif guidance is not None:
-            raise ValueError("this model takes no guidance input (guidance_embedding False); guide it with two calls")
         text = None
         if self.vocab_size:
-            if tokens is None:
-                tokens = torch.zeros(x.shape[0], self.max_tokens, dtype=torch.long, device=x.device)
-            elif tokens.shape != (x.shape[0], self.max_tokens) or tokens.dtype != torch.long:
-                raise ValueError(f"tokens must be long of shape (N={x.shape[0]}, {self.max_tokens}), "
-                                 f"got {tokens.dtype} {tuple(tokens.shape)}")
             text = self.text_encoder(tokens)
             emb = emb + self.text_mlp(text[0][:, 0])
-        elif tokens is not None:
-            raise ValueError("this model has no text encoder (vocab_size 0); give no tokens")
         h = self.conv_in(F.pixel_unshuffle(x, self.patch_size) if self.patch_size > 1 else x)
         skips = [h]
         for layers in self.down:
