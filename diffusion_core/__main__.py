@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("prediction_type", str), ("schedule", str), ("warmup_steps", int), ("init_from", str),
                        ("min_lr_ratio", float), ("weights_dtype", str), ("text_lr_scale", float),
                        ("min_snr_gamma", float), ("context_dropout", float), ("grid_per_class", int),
-                       ("curriculum_size", int), ("curriculum_steps", int)):
+                       ("curriculum_size", int), ("curriculum_steps", int), ("network", str)):
         t.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
     t.set_defaults(func=cmd_train)
 

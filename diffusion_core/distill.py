@@ -179,9 +179,10 @@ class DistillConfig(JsonConfig):
 
 
 def student_of(teacher: DiffusionPipeline) -> UNet:
-    """The teacher's U-Net with a guidance input, starting from the teacher's weights. A flip input
-    (training augmentation only, zero when sampling) is left out: a student never sees mirrored pictures."""
-    student = UNet(**{**teacher.model._hub_mixin_config, "guidance_embedding": True, "flip_condition": False})
+    """The teacher's network (a UNet or an MPUNet) with a guidance input, starting from the teacher's weights. A
+    flip input (training augmentation only, zero when sampling) is left out: a student never sees mirrored pictures."""
+    student = type(teacher.model)(**{**teacher.model._hub_mixin_config, "guidance_embedding": True,
+                                     "flip_condition": False})
     weights = {k: v for k, v in teacher.model.state_dict().items() if not k.startswith("flip_embedding.")}
     missing, unexpected = student.load_state_dict(weights, strict=False)
     if unexpected or any(not k.startswith("guidance_mlp.") for k in missing):
@@ -492,7 +493,7 @@ def export_student(ema: UNet, teacher: DiffusionPipeline, cfg: DistillConfig, st
     from .model_card import distillation_card, save_with_card, write_log_up_to
     from .viz import save_grid
 
-    student = UNet(**ema._hub_mixin_config)
+    student = type(ema)(**ema._hub_mixin_config)
     student.load_state_dict({k: v.detach().float().cpu() for k, v in ema.state_dict().items()})
     round_weights(student, cfg.weights_dtype)
     pipe = DiffusionPipeline(student, NoiseSchedule(teacher.schedule.kind, teacher.schedule.num_timesteps),

@@ -141,6 +141,14 @@ def text_note(cfg) -> str:
                f"the lr." if cfg.text_lr_scale != 1 else ""))
 
 
+def network_note(cfg) -> str:
+    """How the card's description of the network starts: a U-Net, or EDM2's magnitude-preserving one."""
+    if getattr(cfg, "network", "unet") == "unet":
+        return "A U-Net ("
+    return ("A magnitude-preserving U-Net without normalisation layers (EDM2, Karras et al. 2024: `network` "
+            '"mp_unet", `unet_mp.py`; ')
+
+
 def patch_note(cfg) -> str:
     """What the card says about a U-Net on patches of pixels (nothing for one pixel per position)."""
     if cfg.patch_size == 1:
@@ -189,7 +197,7 @@ tags: [diffusion, ddpm, emoji, pixel-art, unconditional-image-generation]
 ---
 # {Path(cfg.export_dir).name}: a small diffusion model of {cfg.image_size}x{cfg.image_size} sprites
 
-A U-Net ({cfg.base_channels} base channels, multipliers {list(cfg.channel_mults)}, attention at
+{network_note(cfg)}{cfg.base_channels} base channels, multipliers {list(cfg.channel_mults)}, attention at
 {list(cfg.attention_resolutions)} px{patch_note(cfg)}) trained with `diffusion_core` to predict the noise
 ({cfg.prediction_type}) on a {cfg.schedule} schedule of {cfg.num_timesteps} steps, with context dropout
 {cfg.context_dropout} so one model serves guided and unguided sampling.{loss_note(cfg)}{curriculum_note(cfg)}{text_note(cfg)} Weights are the EMA

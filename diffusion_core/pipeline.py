@@ -1,10 +1,10 @@
 """DiffusionPipeline: a trained U-Net, its noise schedule and its context labels as one object.
 
-A checkpoint is a folder in the Hugging Face Hub's layout: config.json (the U-Net's arguments plus
-the schedule, prediction type, labels, styles and ``default_sampling``), model.safetensors (EMA
-weights), README.md (the model card), for a text model vocab.json, and optionally guide/: a smaller,
-less trained checkpoint of the same data that autoguidance steers away from (autoguidance.py).
-``from_pretrained`` takes such a folder or a Hub repo id.
+A checkpoint is a folder in the Hugging Face Hub's layout: config.json (the network's name, ``network``,
+"unet" or "mp_unet" (networks.py), and its arguments, plus the schedule, prediction type, labels, styles and
+``default_sampling``), model.safetensors (EMA weights), README.md (the model card), for a text model
+vocab.json, and optionally guide/: a smaller, less trained checkpoint of the same data that autoguidance
+steers away from (autoguidance.py). ``from_pretrained`` takes such a folder or a Hub repo id.
 
 A text prompt travels through the samplers packed into the context: the sampler sees one float
 (N, K + L) tensor, the K class and style weights followed by the L token ids, so the all-zero row is
@@ -34,6 +34,7 @@ from .sdedit import check_strength
 from .schedule import NoiseSchedule
 from .lexicon import read_word
 from .text import VOCAB_NAME, Vocabulary, words
+from .networks import build_network, network_arguments, network_name
 from .unet import WEIGHTS_NAME, UNet, load_weights_strict, weights_torch_dtype
 
 MAX_IMAGES = 64
@@ -48,7 +49,8 @@ GUIDE_FOLDER = "guide"  # a checkpoint's autoguidance model, a checkpoint folder
 PIPELINE_KEYS = ("schedule", "num_timesteps", "prediction_type", "labels", "styles", "default_sampling", "recipe")
 VOCAB_HASH_KEY = "vocab_sha256"  # a text model's config.json: the hash of its vocab.json's words in order
 FALLBACK_SAMPLING = {"sampler": DEFAULT_SAMPLER, "steps": 20, "guidance": 3.0}  # for checkpoints without default_sampling
-ADDED_KEYS = {"patch_size": 1, "recipe": []}  # keys added after checkpoints shipped: what a config.json without one means
+# keys added after checkpoints shipped: what a config.json without one means
+ADDED_KEYS = {"patch_size": 1, "recipe": [], "network": "unet"}
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -91,9 +93,10 @@ class GenerationOutput:
 
 
 def config_keys(config: dict) -> set[str]:
-    """The keys a checkpoint's config.json must hold: the U-Net's arguments and ``PIPELINE_KEYS``, and
-    ``vocab_sha256`` for a text model (``vocab_size`` > 0). ``DiffusionPipeline.config`` writes them."""
-    keys = set(UNet._hub_mixin_init_parameters.keys() - {"self"}) | set(PIPELINE_KEYS)
+    """The keys a checkpoint's config.json must hold: ``network`` and that network's arguments (networks.py;
+    no ``network``: "unet"), ``PIPELINE_KEYS``, and ``vocab_sha256`` for a text model (``vocab_size`` > 0).
+    ``DiffusionPipeline.config`` writes them."""
+    keys = network_arguments(config.get("network", "unet")) | {"network"} | set(PIPELINE_KEYS)
     return keys | {VOCAB_HASH_KEY} if config.get("vocab_size") else keys
 
 
@@ -106,7 +109,10 @@ def read_config(path: Path) -> dict:
         raise ValueError(f"{path} is missing or not valid JSON: {err}") from err
     if not isinstance(config, dict):
         raise ValueError(f"{path} must hold a JSON object")
-    expected = config_keys(config)
+    try:
+        expected = config_keys(config)
+    except ValueError as err:  # an unknown network
+        raise ValueError(f"{path}: {err}") from err
     config = {**ADDED_KEYS, **config}
     unknown, missing = sorted(config.keys() - expected), sorted(expected - config.keys())
     if unknown:
@@ -203,9 +209,8 @@ class DiffusionPipeline:
         the model has, and a text model's vocab.json the words, in the order, its ``vocab_sha256`` names."""
         folder = resolve_checkpoint(name_or_path)
         config = read_config(folder / CONFIG_NAME)
-        model_keys = UNet._hub_mixin_init_parameters.keys() - {"self"}
         try:
-            model = UNet(**{k: config[k] for k in model_keys})
+            model = build_network(config["network"], **{k: config[k] for k in network_arguments(config["network"])})
         except (TypeError, ValueError) as err:
             raise ValueError(f"{folder / CONFIG_NAME} holds invalid model arguments: {err}") from err
         load_weights_strict(model, str(folder / WEIGHTS_NAME))
@@ -248,9 +253,9 @@ class DiffusionPipeline:
         self.guide = guide
 
     def config(self) -> dict:
-        """What config.json holds (``read_config`` expects exactly these keys): the U-Net's arguments,
-        ``PIPELINE_KEYS`` and, for a text model, ``vocab_sha256``."""
-        config = {**self.model._hub_mixin_config, "schedule": self.schedule.kind,
+        """What config.json holds (``read_config`` expects exactly these keys): the network's name and
+        arguments, ``PIPELINE_KEYS`` and, for a text model, ``vocab_sha256``."""
+        config = {"network": network_name(self.model), **self.model._hub_mixin_config, "schedule": self.schedule.kind,
                   "num_timesteps": self.schedule.num_timesteps, "prediction_type": self.prediction_type,
                   "labels": self.labels, "styles": self.styles, "default_sampling": self.default_sampling,
                   "recipe": self.recipe}

@@ -41,7 +41,9 @@ from .pipeline import FALLBACK_SAMPLING, MAX_IMAGES, DiffusionPipeline, cpu_has_
 from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
 from .text import Vocabulary, data_texts, words
+from .networks import NETWORKS, build_network, network_arguments, network_name
 from .unet import CrossAttention, UNet, load_weights_strict, round_weights, weights_torch_dtype
+from .unet_mp import CosineCrossAttention
 
 LOG_FIELDS = ("step", "loss", "lr", "images_per_s", "elapsed_s")
 
@@ -73,14 +75,15 @@ class TrainConfig(JsonConfig):
     curriculum_steps: int = 0              # the pictures box-downsampled to curriculum_size px (0 = none)
     hflip: bool = False                    # random horizontal flips (augmentation)
     flip_condition: bool = False           # tell the model which pictures hflip mirrored (sampling: none)
-    # model (the U-Net's arguments)
+    # model (the network's arguments)
+    network: str = "unet"                  # "unet" (unet.py) or "mp_unet" (unet_mp.py: EDM2's magnitude-preserving net)
     base_channels: int = 32
     channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
     num_res_blocks: int = 1
     patch_size: int = 1                    # pixels per side of the patch one U-Net position sees (1 = pixels)
     attention_resolutions: list[int] = field(default_factory=lambda: [8, 4])
     num_heads: int = 4
-    num_groups: int = 16
+    num_groups: int = 16                   # GroupNorm's groups ("unet" only: "mp_unet" has no normalisation layers)
     dropout: float = 0.0
     # diffusion
     schedule: str = "cosine"
@@ -120,16 +123,21 @@ class TrainConfig(JsonConfig):
     num_threads: int = 0                   # torch CPU threads; 0 = torch's default
 
     def unet_kwargs(self, context_dim: int, vocab_size: int = 0) -> dict:
+        """The arguments of this config's network (``network``): the settings it takes, so no ``num_groups``
+        for "mp_unet"."""
         text = dict(vocab_size=vocab_size, text_dim=self.text_dim, text_layers=self.text_layers,
                     max_tokens=self.max_tokens) if vocab_size else {}
-        return dict(image_size=self.image_size, in_channels=3, base_channels=self.base_channels,
-                    channel_mults=list(self.channel_mults), num_res_blocks=self.num_res_blocks,
-                    attention_resolutions=list(self.attention_resolutions), context_dim=context_dim,
-                    num_heads=self.num_heads, num_groups=self.num_groups, dropout=self.dropout,
-                    patch_size=self.patch_size, **text, **(dict(flip_condition=True) if self.flip_condition else {}))
+        kwargs = dict(image_size=self.image_size, in_channels=3, base_channels=self.base_channels,
+                      channel_mults=list(self.channel_mults), num_res_blocks=self.num_res_blocks,
+                      attention_resolutions=list(self.attention_resolutions), context_dim=context_dim,
+                      num_heads=self.num_heads, num_groups=self.num_groups, dropout=self.dropout,
+                      patch_size=self.patch_size, **text, **(dict(flip_condition=True) if self.flip_condition else {}))
+        taken = network_arguments(self.network)
+        return {k: v for k, v in kwargs.items() if k in taken}
 
     def validate(self) -> None:
         checks = [
+            (self.network in NETWORKS, f"network must be one of {sorted(NETWORKS)}, got {self.network!r}"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.max_steps >= 1, "max_steps must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
@@ -200,8 +208,8 @@ def adamw_with_scaled_groups(model: nn.Module, scaled: list[tuple[list[nn.Parame
 
 def text_parameters(model: UNet) -> list[nn.Parameter]:
     """The text path: the text encoder, its projection into the time embedding and every
-    cross-attention block (all new in a text model, and zero-started where they join the U-Net)."""
-    parts = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    cross-attention block (all new in a text model; in a UNet, zero-started where they join it)."""
+    parts = [m for m in model.modules() if isinstance(m, (CrossAttention, CosineCrossAttention))]
     parts += [model.text_encoder, model.text_mlp] if model.vocab_size else []
     return [p for part in parts for p in part.parameters()]
 
@@ -363,16 +371,18 @@ def load_training_state(path: Path, model, ema, optimizer) -> int:
 
 
 GROWABLE = {"context_dim", "vocab_size", "text_dim", "text_layers", "max_tokens", "flip_condition"}
+CONTEXT_COLUMNS = ("context_mlp.0.weight", "context_mlp.weight")  # UNet's, MPUNet's: (out, K), a column per input
 
 
 def init_weights(model: UNet, cfg: TrainConfig, data) -> list[str]:
-    """Start from the weights of a trained checkpoint (its EMA export). The U-Net's shape must match;
-    the model may grow: new classes or styles (context columns matched by name, new ones start at
-    zero) and a text encoder with its cross-attention (zero-started, so the grown model draws what
-    the old one drew). The optimizer, schedule and step start fresh: fine-tuning, not resuming.
-    Returns the names of the tensors that start fresh."""
+    """Start from the weights of a trained checkpoint (its EMA export). The network and its shape must
+    match; the model may grow: new classes or styles (context columns matched by name, new ones start at
+    zero) and a text encoder with its cross-attention (in a UNet zero-started, so the grown model draws what
+    the old one drew; an MPUNet's joins by mp_sum, so it draws otherwise until trained). The optimizer,
+    schedule and step start fresh: fine-tuning, not resuming. Returns the names of the tensors that start fresh."""
     pipe = DiffusionPipeline.from_pretrained(cfg.init_from, device="cpu")
     expected, config = cfg.unet_kwargs(model.context_dim, model.vocab_size), pipe.config()
+    expected["network"] = cfg.network
     differ = sorted(k for k in expected if k not in GROWABLE and config.get(k) != expected[k])
     if differ:
         raise ValueError(f"init_from {cfg.init_from!r} has a different architecture than this config "
@@ -383,9 +393,10 @@ def init_weights(model: UNet, cfg: TrainConfig, data) -> list[str]:
     fresh = []
     with torch.no_grad():
         for key, value in target.items():
-            if key in source and source[key].shape == value.shape and (key != "context_mlp.0.weight" or old_columns == new_columns):
+            same_columns = key not in CONTEXT_COLUMNS or old_columns == new_columns
+            if key in source and source[key].shape == value.shape and same_columns:
                 value.copy_(source[key])
-            elif key == "context_mlp.0.weight":
+            elif key in CONTEXT_COLUMNS and key in source:
                 value.zero_()
                 for j, column in enumerate(new_columns):
                     if column in old_columns:
@@ -590,8 +601,8 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
     recipe = run_recipe(cfg, cfg.init_from) if procs.is_main else []  # what every export's config.json names
     schedule = NoiseSchedule(cfg.schedule, cfg.num_timesteps)
     torch.manual_seed(cfg.seed)
-    model = UNet(**cfg.unet_kwargs(contexts.shape[1], vocab_size)).to(device)
-    ema = UNet(**cfg.unet_kwargs(contexts.shape[1], vocab_size)).to(device)
+    model = build_network(cfg.network, **cfg.unet_kwargs(contexts.shape[1], vocab_size)).to(device)
+    ema = build_network(cfg.network, **cfg.unet_kwargs(contexts.shape[1], vocab_size)).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     optimizer = adamw_with_scaled_groups(model, [(text_parameters(model), cfg.text_lr_scale)], cfg.lr, cfg.weight_decay)
@@ -720,6 +731,6 @@ def drawing_at(model: UNet, size: int) -> UNet:
 
 def ema_copy(ema: UNet, cfg: TrainConfig) -> UNet:
     """The EMA weights on the CPU in float32, rounded to the precision they will be stored in."""
-    model = UNet(**cfg.unet_kwargs(ema.context_dim, ema.vocab_size))
+    model = build_network(network_name(ema), **cfg.unet_kwargs(ema.context_dim, ema.vocab_size))
     model.load_state_dict({k: v.detach().float().cpu() for k, v in ema.state_dict().items()})
     return round_weights(model, cfg.weights_dtype)
