@@ -229,3 +229,17 @@ def test_a_config_json_without_network_is_a_unet_and_unknown_names_are_clear_err
     with pytest.raises(ValueError, match="unknown network 'resnet'"):
         build_network("resnet")
     assert network_class("mp_unet") is MPUNet
+
+
+def test_the_mp_experiment_is_the_curriculum_recipe_on_the_other_network():
+    root = Path(__file__).resolve().parent.parent / "configs" / "experiments"
+    base, mp = (json.loads((root / f"{name}.json").read_text()) for name in ("emoji32_cpu_curriculum",
+                                                                              "emoji32_cpu_mp_curriculum"))
+    differs = {k for k in {*base, *mp} if base.get(k) != mp.get(k)}
+    assert differs == {"network", "out_dir", "export_dir"} and mp["network"] == "mp_unet"
+    assert mp["out_dir"] == "runs/emoji32_cpu_mp_curriculum" and mp["export_dir"].startswith(mp["out_dir"] + "/")
+    cfg = TrainConfig(**mp)
+    cfg.validate()
+    sizes = {name: sum(p.numel() for p in build_network(name, **TrainConfig(**{**mp, "network": name}).unet_kwargs(
+        13, 500)).parameters()) for name in ("unet", "mp_unet")}
+    assert 1.0 < sizes["mp_unet"] / sizes["unet"] < 1.1  # comparable: EDM2's resampling blocks add a few percent
