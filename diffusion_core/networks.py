@@ -34,3 +34,9 @@ def network_arguments(name: str) -> set[str]:
 def build_network(name: str, **kwargs) -> nn.Module:
     """``network_class(name)(**kwargs)``."""
     return network_class(name)(**kwargs)
+
+
+def lr_scales(model: nn.Module) -> list[tuple[list[nn.Parameter], float]]:
+    """The parameters the network wants trained at a multiple of the lr (MPUNet's learned gains; none for a
+    UNet), as ``(parameters, multiple)`` pairs for ``train.adamw_with_scaled_groups``."""
+    return model.lr_scales() if isinstance(model, MPUNet) else []

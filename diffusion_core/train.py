@@ -41,7 +41,7 @@ from .pipeline import FALLBACK_SAMPLING, MAX_IMAGES, DiffusionPipeline, cpu_has_
 from .samplers import DEFAULT_SAMPLER
 from .schedule import NoiseSchedule
 from .text import Vocabulary, data_texts, words
-from .networks import NETWORKS, build_network, network_arguments, network_name
+from .networks import NETWORKS, build_network, lr_scales, network_arguments, network_name
 from .unet import CrossAttention, UNet, load_weights_strict, round_weights, weights_torch_dtype
 from .unet_mp import CosineCrossAttention
 
@@ -204,6 +204,13 @@ def adamw_with_scaled_groups(model: nn.Module, scaled: list[tuple[list[nn.Parame
     rest = [p for p in model.parameters() if id(p) not in chosen]
     return torch.optim.AdamW([{"params": rest}, *({"params": params, "lr_scale": scale} for params, scale in groups)],
                              lr=lr, weight_decay=weight_decay)
+
+
+def training_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW at cfg.lr, the text path at cfg.text_lr_scale times it and what the network asks for
+    (``networks.lr_scales``: an MPUNet's gains) at the multiples it names."""
+    return adamw_with_scaled_groups(model, [(text_parameters(model), cfg.text_lr_scale), *lr_scales(model)],
+                                    cfg.lr, cfg.weight_decay)
 
 
 def text_parameters(model: UNet) -> list[nn.Parameter]:
@@ -605,7 +612,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ex
     ema = build_network(cfg.network, **cfg.unet_kwargs(contexts.shape[1], vocab_size)).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
-    optimizer = adamw_with_scaled_groups(model, [(text_parameters(model), cfg.text_lr_scale)], cfg.lr, cfg.weight_decay)
+    optimizer = training_optimizer(model, cfg)
 
     step = 0
     if export_only:

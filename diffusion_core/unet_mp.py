@@ -281,6 +281,18 @@ class MPUNet(nn.Module, PyTorchModelHubMixin):
 
     _from_pretrained = UNet.__dict__["_from_pretrained"]  # UNet's loader: model.safetensors only, always strict
 
+    def lr_scales(self) -> list[tuple[list[nn.Parameter], float]]:
+        """The learned gains with their lr multiples, for ``train.adamw_with_scaled_groups``. EDM2 trains every
+        parameter at one α against unit-variance storage; the unit-norm weights here get α = lr·√N_in from the
+        lr, but a gain is a plain scalar, which Adam at the lr alone moves by at most lr a step (the output gain
+        stood at 0.04 after 500 steps, so the network could hardly say ε or use the noise level). Each gain
+        therefore learns at its layer's α: lr·√N_in, N_in its weight's fan-in."""
+        by_scale: dict[float, list[nn.Parameter]] = {}
+        for layer in self.modules():
+            if isinstance(layer, MPConv) and layer.gain is not None:
+                by_scale.setdefault(math.sqrt(layer.weight[0].numel()), []).append(layer.gain)
+        return [(gains, scale) for scale, gains in by_scale.items()]
+
     def embedding(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, guidance, flipped,
                   text) -> torch.Tensor:
         """mp_silu(mp_sum(noise embedding, condition embedding, 0.5)) (+ g·w's embedding), the condition being the
