@@ -63,6 +63,18 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return scores.softmax(dim=-1) @ v
 
 
+def size_factor(image_size: int, patch_size: int, channel_mults) -> int:
+    """patch_size x 2^(levels - 1): what every input size of a U-Net with these levels must be a multiple of
+    (each level but the last halves it); ValueErrors for a patch_size below 1 or an image_size that is not one."""
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+    factor = patch_size * 2 ** (len(channel_mults) - 1)
+    if image_size % factor:
+        raise ValueError(f"image_size {image_size} must be divisible by patch_size x 2^{len(channel_mults) - 1} "
+                         f"= {factor}")
+    return factor
+
+
 def checked_inputs(model: nn.Module, x: torch.Tensor, context: torch.Tensor | None, tokens: torch.Tensor | None,
                    guidance: torch.Tensor | None, flipped: torch.Tensor | None):
     """What a network's ``forward`` checks before it computes (``UNet`` and ``unet_mp.MPUNet`` alike, so a caller
@@ -238,14 +250,9 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         patch_size: int = 1,
     ):
         super().__init__()
-        if patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
-        if image_size % (patch_size * 2 ** (len(channel_mults) - 1)):
-            raise ValueError(f"image_size {image_size} must be divisible by patch_size x 2^{len(channel_mults) - 1} "
-                             f"= {patch_size * 2 ** (len(channel_mults) - 1)}")
         self.image_size, self.in_channels, self.context_dim = image_size, in_channels, context_dim
         self.patch_size = patch_size
-        self.size_factor = patch_size * 2 ** (len(channel_mults) - 1)  # what every input size must be a multiple of
+        self.size_factor = size_factor(image_size, patch_size, channel_mults)
         emb_dim = 4 * base_channels
         self.base_channels = base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))

@@ -50,7 +50,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from .text import TextEncoder
-from .unet import UNet, attend, checked_inputs, embed_guidance, timestep_embedding
+from .unet import UNet, attend, checked_inputs, embed_guidance, size_factor, timestep_embedding
 
 RES_BALANCE = 0.3     # t of mp_sum(x, residual) in every block (EDM2 Fig. 21)
 ATTN_BALANCE = 0.3    # t of mp_sum(x, attention)
@@ -225,14 +225,9 @@ class MPUNet(nn.Module, PyTorchModelHubMixin):
         patch_size: int = 1,
     ):
         super().__init__()
-        if patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
-        if image_size % (patch_size * 2 ** (len(channel_mults) - 1)):
-            raise ValueError(f"image_size {image_size} must be divisible by patch_size x 2^{len(channel_mults) - 1} "
-                             f"= {patch_size * 2 ** (len(channel_mults) - 1)}")
         self.image_size, self.in_channels, self.context_dim = image_size, in_channels, context_dim
         self.patch_size, self.base_channels = patch_size, base_channels
-        self.size_factor = patch_size * 2 ** (len(channel_mults) - 1)  # what every input size must be a multiple of
+        self.size_factor = size_factor(image_size, patch_size, channel_mults)
         self.vocab_size, self.max_tokens = vocab_size, max_tokens
         self.guidance_embedding, self.flip_condition = guidance_embedding, flip_condition
         emb_dim = 4 * base_channels
