@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -296,8 +297,21 @@ def save_training_state(path: Path, model, ema, optimizer, step: int, cfg: Train
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     if path.exists():  # the state before this one stays, for a resume when this one is lost
-        os.replace(path, previous_state_path(path))
-    os.replace(tmp, path)
+        keep_as_previous(path)
+    os.replace(tmp, path)  # `path` names a whole state at every instant: the old one until this rename
+
+
+def keep_as_previous(path: Path) -> None:
+    """Make ``previous_state_path(path)`` a copy of ``path`` while ``path`` stays where it is (a hard link, or
+    a file copy where links are not allowed), put in place by one rename: a kill at any moment leaves both
+    names whole."""
+    staged = path.with_name(f".{previous_state_path(path).name}.tmp")
+    staged.unlink(missing_ok=True)  # left by a kill during an earlier save
+    try:
+        os.link(path, staged)
+    except OSError:
+        shutil.copy2(path, staged)
+    os.replace(staged, previous_state_path(path))
 
 
 def previous_state_path(path: Path) -> Path:

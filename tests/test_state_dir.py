@@ -91,3 +91,29 @@ def test_a_lost_state_resumes_from_the_one_before_it_and_then_from_the_newest_ex
     assert all(torch.equal(started["ema"][k], exported[k].float()) for k in exported)
     notes = (run / "resume_log.md").read_text().splitlines()
     assert len(notes) == 2 and "AdamW's moments were lost" in notes[1] and "`state.safetensors` is missing" in notes[1]
+
+
+def test_a_kill_at_any_instant_of_a_save_leaves_the_state_and_the_one_before_it_whole(tmp_path, monkeypatch):
+    """Every rename a save makes is a moment a SIGKILL may land after: at each one, `state.safetensors` must be a
+    whole state (the old one until the new one replaces it) and, once there was one, so must the one before it."""
+    import os
+
+    model = torch.nn.Linear(3, 2)
+    ema = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    state = tmp_path / "state.safetensors"
+    previous = train_module.previous_state_path(state)
+    seen, real_replace = [], os.replace
+
+    def replace_then_look(src, dst):
+        real_replace(src, dst)
+        seen.append((train_module.unreadable(state), train_module.unreadable(previous) if len(seen) > 1 else None))
+
+    monkeypatch.setattr(os, "replace", replace_then_look)
+    for step in (1, 2, 3):
+        train_module.save_training_state(state, model, ema, optimizer, step, TrainConfig())
+    assert len(seen) == 5 and all(problems == (None, None) for problems in seen), seen
+    assert [train_module.load_training_state(path, model, ema, optimizer) for path in (state, previous)] == [3, 2]
+    assert not list(tmp_path.glob(".*tmp"))  # nothing left half-made
