@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .data import load_emoji
 from .feature_cache import remembered_predict
-from .metrics import (COPY_RMSE, MIN_IMAGES, NEIGHBOURS, check_images, copy_share, frechet_distance,
+from .metrics import (COPY_RMSE, MIN_IMAGES, NEIGHBOURS, SPLIT_SEED, check_images, copy_share, frechet_distance,
                       kernel_inception_distance, load_classifier, precision_recall, predict, real_roles)
 from .model_card import EVALUATION_FILE, EVALUATION_JSON, weights_fingerprint
 from .pipeline import MAX_IMAGES, DiffusionPipeline
@@ -132,7 +132,7 @@ class RealData:
             raise ValueError(f"the data's classes {train.class_names} differ from the classifier's {self.info['classes']}")
         self.class_names, self.styles = list(train.class_names), list(styles or train.style_names)
         self.train, self.held = train, held
-        self.reference = real_roles(train)[1]
+        self.reference = real_roles(train, self.info.get("split_seed", SPLIT_SEED))[1]  # the classifier's own split
         self.reference_features = remembered_predict(self.classifier, self.reference.images)[1]
         self.floor = self.score(held.images, held.labels, real=True)
 
@@ -387,7 +387,8 @@ def name_retrieval(queries: torch.Tensor, features: torch.Tensor, names: np.ndar
 
 def roles_of(real: RealData) -> dict:
     return {"reference_images": len(real.reference), "held_out_images": len(real.held),
-            "feature_train_images": len(real.train) - len(real.reference)}
+            "feature_train_images": len(real.train) - len(real.reference),
+            "split_seed": real.info.get("split_seed", SPLIT_SEED)}
 
 
 def save_comparison(pipe: DiffusionPipeline, real: RealData, setting: Setting, path: Path, per_class: int = 12) -> None:

@@ -35,6 +35,7 @@ from .data import ASSETS, EMOJI_CLASSES, SpriteData, load_emoji
 CLASSIFIER_PATH = ASSETS / "classifier.safetensors"
 COPY_RMSE = 0.05        # a sample within this pixel RMSE (0..1 scale) of a training image counts as a copy
 REFERENCE_FRACTION = 0.3  # of each class's training emoji: the reference, never seen by the classifier
+SPLIT_SEED = 1            # which emoji are the reference (the shipped classifier's; another seed, another split)
 NEIGHBOURS = 3          # k of the k-NN manifolds (Kynkaanniemi et al. 2019 use k = 3)
 MIN_IMAGES = 8
 
@@ -42,7 +43,8 @@ MIN_IMAGES = 8
 # ---------------------------------------------------------------------------------------------
 # Roles of the real images
 # ---------------------------------------------------------------------------------------------
-def reference_mask(names: np.ndarray, labels: np.ndarray, fraction: float = REFERENCE_FRACTION, seed: int = 1) -> np.ndarray:
+def reference_mask(names: np.ndarray, labels: np.ndarray, fraction: float = REFERENCE_FRACTION,
+                   seed: int = SPLIT_SEED) -> np.ndarray:
     """True for the sprites of ``fraction`` of each class's emoji (by name, all styles together)."""
     rng = np.random.default_rng(seed)
     chosen = set()
@@ -52,9 +54,10 @@ def reference_mask(names: np.ndarray, labels: np.ndarray, fraction: float = REFE
     return np.isin(names, list(chosen))
 
 
-def real_roles(data_train: SpriteData) -> tuple[SpriteData, SpriteData]:
-    """The training split as (feature_train, reference): disjoint in emoji."""
-    ref = reference_mask(data_train.names, data_train.labels)
+def real_roles(data_train: SpriteData, split_seed: int = SPLIT_SEED) -> tuple[SpriteData, SpriteData]:
+    """The training split as (feature_train, reference): disjoint in emoji, chosen by ``split_seed`` (a
+    classifier is only fair against the reference of its own split: ``load_classifier``'s info says which)."""
+    ref = reference_mask(data_train.names, data_train.labels, seed=split_seed)
     return data_train.subset(~ref), data_train.subset(ref)
 
 
@@ -101,13 +104,13 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train_classifier(out_path: str | os.PathLike | None = None, epochs: int = 30, patience: int = 6, seed: int = 0,
-                     width: int = 48, batch_size: int = 128, log=print) -> dict:
-    """Train on the feature-train role (never on the reference or the held-out split), keep the
-    epoch with the best accuracy on held-out emoji, stop after ``patience`` epochs without a better
-    one; save weights + metadata to a .safetensors file atomically."""
+                     width: int = 48, batch_size: int = 128, split_seed: int = SPLIT_SEED, log=print) -> dict:
+    """Train on the feature-train role of ``split_seed``'s split (never on the reference or the held-out
+    split), keep the epoch with the best accuracy on held-out emoji, stop after ``patience`` epochs without
+    a better one; save weights + metadata to a .safetensors file atomically."""
     out_path = Path(out_path or CLASSIFIER_PATH)
     torch.manual_seed(seed)
-    feature_train, reference = real_roles(load_emoji(split="train"))
+    feature_train, reference = real_roles(load_emoji(split="train"), split_seed)
     held = load_emoji(split="held_out")
     x, y = to_input(feature_train.images), torch.from_numpy(feature_train.labels)
     model = SpriteClassifier(num_classes=len(feature_train.class_names), width=width).to(memory_format=torch.channels_last)
@@ -140,7 +143,7 @@ def train_classifier(out_path: str | os.PathLike | None = None, epochs: int = 30
     result = {"held_out_accuracy": best, "epoch": best_epoch, "seed": seed, "width": width,
               "classes": list(feature_train.class_names), "trained_on": "feature_train",
               "feature_train_images": len(feature_train), "reference_images": len(reference),
-              "reference_fraction": REFERENCE_FRACTION,
+              "reference_fraction": REFERENCE_FRACTION, "split_seed": split_seed,
               "reference_accuracy": accuracy(model, reference.images, reference.labels)}
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata={"info": json.dumps(result)})

@@ -85,6 +85,23 @@ def test_classifier_never_saw_the_reference_or_held_out_emoji_and_generalises_to
     assert info["classes"] == list(EMOJI_CLASSES)
 
 
+def test_a_classifier_of_another_split_is_scored_against_that_splits_reference(tmp_path):
+    """train-classifier --split-seed 2: another 30% of each class's emoji become the reference it never trains on,
+    and evaluation compares with that reference, not the shipped classifier's (benchmarks/independent_eval.py)."""
+    train = load_emoji(split="train")
+    shipped_ref, (other_train, other_ref) = real_roles(train)[1], real_roles(train, split_seed=2)
+    assert set(shipped_ref.names) != set(other_ref.names) and not set(other_train.names) & set(other_ref.names)
+    assert len(set(other_ref.names)) == len(set(shipped_ref.names))  # the same 30% of each class, other emoji
+    path = tmp_path / "other.safetensors"
+    assert main(["train-classifier", "--out", str(path), "--epochs", "1", "--width", "4", "--split-seed", "2"]) == 0
+    info = load_classifier(path)[1]
+    assert info["split_seed"] == 2 and info["feature_train_images"] == len(other_train)
+    real = RealData(str(path), styles=["noto"])
+    noto = train.subset(train.style_index() == train.style_names.index("noto"))
+    assert sorted(real.reference.names) == sorted(real_roles(noto, split_seed=2)[1].names)
+    assert RealData(styles=["noto"]).reference.names.tolist() == real_roles(noto)[1].names.tolist()  # split seed 1
+
+
 @pytest.fixture(scope="module")
 def real():
     return RealData()
