@@ -10,8 +10,8 @@ What differs from `python -m diffusion_core evaluate` with the shipped `assets/c
   initialisation and other batches) on another split of the training emoji (split seed 2: another 30% of each
   class's emoji are its reference, never trained on; the rest train it). It is trained once and kept in
   ``--classifier-dir`` (default ``$DIFFUSION_CACHE``, else ``~/.cache/diffusion_core``).
-- the reference: that split's reference, of noto and openmoji only (a model is compared with two styles whose
-  drawings differ most: shaded and outlined); the floor is real held-out noto and openmoji sprites.
+- the reference: that split's reference, of noto and openmoji only (a shaded style and an outlined one, the two
+  styles of issue 41's outside evaluation); the floor is real held-out noto and openmoji sprites.
 - samples: one per held-out noto and openmoji sprite (its class and style: the data's class mix), once per seed.
 
 Reported per model: class accuracy (and each class's, lowest first), FD / floor over both styles and per style,
@@ -24,9 +24,9 @@ import json
 from pathlib import Path
 
 from diffusion_core.evaluate import evaluate, headline_setting, parse_setting
-from diffusion_core.pipeline import DiffusionPipeline
 from diffusion_core.feature_cache import cache_dir
 from diffusion_core.metrics import load_classifier, train_classifier
+from diffusion_core.pipeline import DiffusionPipeline
 
 STYLES = ["noto", "openmoji"]
 CLASSIFIER = {"seed": 1, "width": 48, "split_seed": 2}  # the shipped classifier: seed 0, width 48, split seed 1
