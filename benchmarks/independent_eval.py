@@ -43,6 +43,12 @@ def independent_classifier(folder: Path | None = None, log=print) -> Path:
     return path
 
 
+def own_setting(model: str):
+    """The model's default setting (its config.json's default_sampling), as `evaluate` reports it."""
+    pipe = DiffusionPipeline.from_pretrained(model)
+    return headline_setting(pipe, pipe.folder / "config.json")
+
+
 def summary(result: dict) -> dict:
     """One model's row: its setting, class accuracy, each class's, FD / floor over both styles and per style."""
     (row,) = result["rows"]
@@ -87,17 +93,16 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.fast and args.fast not in args.model:
         parser.error("--fast must be one of the --model")
-    classifier = independent_classifier(args.classifier_dir)
-    rows, results = {}, {}
-    for model in args.model:
-        if args.setting:
-            setting = parse_setting(args.setting)
-        else:
-            pipe = DiffusionPipeline.from_pretrained(model)
-            setting = headline_setting(pipe, pipe.folder / "config.json")
-        results[model] = evaluate(model, classifier=str(classifier), settings=[setting], dtype=args.dtype,
-                                  seeds=tuple(args.seeds), styles=STYLES)
-        rows[model] = summary(results[model])
+    try:
+        settings = {model: parse_setting(args.setting) if args.setting else own_setting(model) for model in args.model}
+        classifier = independent_classifier(args.classifier_dir)
+        rows, results = {}, {}
+        for model in args.model:
+            results[model] = evaluate(model, classifier=str(classifier), settings=[settings[model]], dtype=args.dtype,
+                                      seeds=tuple(args.seeds), styles=STYLES)
+            rows[model] = summary(results[model])
+    except ValueError as err:  # a model or setting that cannot be used: one line, before minutes of work where it can
+        parser.error(str(err))
     first = results[args.model[0]]
     text = markdown(rows, load_classifier(classifier)[1], first["floor"], args.fast)
     print(text)
