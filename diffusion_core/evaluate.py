@@ -132,7 +132,8 @@ class RealData:
             raise ValueError(f"the data's classes {train.class_names} differ from the classifier's {self.info['classes']}")
         self.class_names, self.styles = list(train.class_names), list(styles or train.style_names)
         self.train, self.held = train, held
-        self.reference = real_roles(train, self.info.get("split_seed", SPLIT_SEED))[1]  # the classifier's own split
+        self.split_seed = self.info.get("split_seed", SPLIT_SEED)  # which emoji the classifier never trained on
+        self.reference = real_roles(train, self.split_seed)[1]  # the classifier's own split
         self.reference_features = remembered_predict(self.classifier, self.reference.images)[1]
         self.floor = self.score(held.images, held.labels, real=True)
 
@@ -388,7 +389,7 @@ def name_retrieval(queries: torch.Tensor, features: torch.Tensor, names: np.ndar
 def roles_of(real: RealData) -> dict:
     return {"reference_images": len(real.reference), "held_out_images": len(real.held),
             "feature_train_images": len(real.train) - len(real.reference),
-            "split_seed": real.info.get("split_seed", SPLIT_SEED)}
+            "split_seed": real.split_seed}
 
 
 def save_comparison(pipe: DiffusionPipeline, real: RealData, setting: Setting, path: Path, per_class: int = 12) -> None:
