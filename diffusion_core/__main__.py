@@ -198,10 +198,17 @@ def cmd_build_data(args) -> None:
     from .lexicon import READINGS_FILE, build_wordnet_readings
 
     if args.name == "wordnet":
+        if args.check or args.every != 1:
+            raise SystemExit("--check and --every are for the emoji build (the wordnet readings' check is in tests/test_lexicon.py)")
         result = build_wordnet_readings(args.out or READINGS_FILE)
         print(f"wrote {result['path']}: readings of {result['words']:,} words the emoji data lacks ({result['bytes']:,} bytes)")
         return
 
+    if args.every != 1 and not args.check:
+        raise SystemExit("--every draws a sample of the emoji: use it with --check (a sample must not replace the data)")
+    if args.check:
+        check_emoji_build(args.out or EMOJI_NPZ, args.every)
+        return
     out = args.out or EMOJI_NPZ
     result = build_emoji(out)
     for style, report in result["icon_sets"].items():
@@ -214,6 +221,26 @@ def cmd_build_data(args) -> None:
             line += f", {len(report['failed'])} failed to render: {'; '.join(report['failed'])}"
         print(line)
     print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
+
+
+def check_emoji_build(shipped_path, every: int) -> None:
+    """Rebuild the emoji (every ``every``-th of them) into a temporary file and hold it against ``shipped_path``."""
+    import tempfile
+
+    import numpy as np
+
+    from .emoji_build import build_emoji, compare_emoji_arrays
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_emoji(Path(tmp) / "rebuilt.npz", every=every)
+        with np.load(Path(tmp) / "rebuilt.npz") as built, np.load(shipped_path) as shipped:
+            differences = compare_emoji_arrays(dict(built), dict(shipped))
+            compared = len(built["names"])
+    if differences:
+        print(f"{len(differences)} differences from {shipped_path}, e.g.:\n  " + "\n  ".join(differences[:20]))
+        raise SystemExit(1)
+    print(f"the rebuild matches {shipped_path}: {compared:,} sprites compared"
+          + (f" (one emoji in {every})" if every > 1 else " (every array, bit for bit)"))
 
 
 def cmd_describe_data(args) -> None:
@@ -398,7 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build-data", help="render a data set from pinned packages")
     b.add_argument("name", choices=["emoji", "wordnet"],
                    help="emoji: assets/emoji_sprites.npz; wordnet: the readings of unknown prompt words (lexicon.py)")
-    b.add_argument("--out", default=None)
+    b.add_argument("--out", default=None, help="where to write (with --check: the file to check; default: the shipped one)")
+    b.add_argument("--check", action="store_true", help="emoji: rebuild into a temporary file and compare with the "
+                   "shipped arrays, writing nothing; exit 1 on a difference")
+    b.add_argument("--every", type=int, default=1, help="with --check: draw only every N-th emoji (a quick sample)")
     b.set_defaults(func=cmd_build_data)
 
     d = sub.add_parser("describe-data", help="a grid of real sprites per style and class, and a table of counts")

@@ -341,12 +341,17 @@ def _render_every_style(e: Emoji) -> list:
     return results
 
 
-def build_emoji(out_path: str | os.PathLike = EMOJI_NPZ, sizes=(32, 16), processes: int | None = None) -> dict:
+def build_emoji(out_path: str | os.PathLike = EMOJI_NPZ, sizes=(32, 16), processes: int | None = None,
+                every: int = 1) -> dict:
     """Render every fully-qualified, skin-tone-free emoji in the five styles, drop exact duplicates,
     attach name and keywords, split by emoji and write the arrays to ``out_path`` (atomically).
     Returns counts per class, style and split, and what each icon set left out. The pictures are drawn
     by ``processes`` worker processes (default: one per CPU core, at most 8); each emoji's pictures are
-    drawn alone, and kept in the list's order, so the arrays are the same for any number."""
+    drawn alone, and kept in the list's order, so the arrays are the same for any number.
+    ``every`` > 1 draws only every ``every``-th emoji of the list (the split and the icon mapping still
+    come from the whole list): a sample to hold against the full file with ``compare_emoji_arrays``."""
+    if every < 1:
+        raise ValueError(f"every must be at least 1, not {every}")
     check_emoji_build_requirements()
     import multiprocessing
 
@@ -367,8 +372,9 @@ def build_emoji(out_path: str | os.PathLike = EMOJI_NPZ, sizes=(32, 16), process
     processes = processes or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     # spawned, not forked: the caller may hold threads (torch's, a server's) that a fork would copy mid-lock
     with multiprocessing.get_context("spawn").Pool(processes, _start_worker, (emoji, sizes)) as pool:
-        drawings = pool.imap(_render_every_style, emoji, chunksize=8)
-        for e, results in zip(emoji, tqdm(drawings, total=len(emoji), desc="rendering emoji", unit="emoji")):
+        drawn_emoji = emoji[::every]
+        drawings = pool.imap(_render_every_style, drawn_emoji, chunksize=8)
+        for e, results in zip(drawn_emoji, tqdm(drawings, total=len(drawn_emoji), desc="rendering emoji", unit="emoji")):
             text = "".join(map(chr, e.key))
             words = "|".join(keywords.get(text, []))
             for style, (style_name, rendered) in enumerate(zip(EMOJI_STYLES, results)):
@@ -407,3 +413,32 @@ def build_emoji(out_path: str | os.PathLike = EMOJI_NPZ, sizes=(32, 16), process
     counts.update({c: int((labels == i).sum()) for i, c in enumerate(EMOJI_CLASSES)})
     counts.update({s: int((styles == i).sum()) for i, s in enumerate(EMOJI_STYLES)})
     return {"counts": counts, "icon_sets": report}
+
+
+def compare_emoji_arrays(built: dict, shipped: dict) -> list[str]:
+    """What differs between a build's arrays and the shipped ones (empty: they agree), where ``built`` may be
+    a sample (``build_emoji(every=k)``). Each built sprite must be the shipped sprite of its emoji and style,
+    pictures, class, split and keywords alike, or, when the shipped file has none, an exact copy of a
+    shipped picture (the full build dropped it as a duplicate of an emoji the sample left out). Each shipped
+    sprite of a built emoji must be built. A build of the same length must match array for array."""
+    if len(built["names"]) == len(shipped["names"]):
+        return [f"{key} differs" for key in sorted(shipped) if key not in built or not np.array_equal(built[key], shipped[key])]
+    differences = [f"{key} differs" for key in ("class_names", "style_names") if not np.array_equal(built[key], shipped[key])]
+    row_of = {(name, int(style)): i for i, (name, style) in enumerate(zip(shipped["names"], shipped["styles"]))}
+    pictures = {hashlib.sha1(picture.tobytes()).digest() for picture in shipped["images32"]}
+    built_keys = set()
+    for j, (name, style) in enumerate(zip(built["names"], built["styles"])):
+        key = (name, int(style))
+        built_keys.add(key)
+        i = row_of.get(key)
+        if i is None:
+            if hashlib.sha1(built["images32"][j].tobytes()).digest() not in pictures:
+                differences.append(f"{name} ({EMOJI_STYLES[key[1]]}): drawn, but not in the shipped file")
+            continue
+        for array in ("images32", "images16", "labels", "split", "keywords"):
+            if not np.array_equal(built[array][j], shipped[array][i]):
+                differences.append(f"{name} ({EMOJI_STYLES[key[1]]}): {array} differs")
+    built_names = {name for name, _ in built_keys}
+    differences += [f"{name} ({EMOJI_STYLES[style]}): shipped, but not drawn" for name, style in row_of
+                    if name in built_names and (name, style) not in built_keys]
+    return differences

@@ -1,4 +1,6 @@
 """Data loaders: the shipped emoji arrays, the course's format, an image folder; clear errors."""
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -171,11 +173,38 @@ def _can_build_emoji() -> bool:
 @pytest.mark.skipif(not _can_build_emoji(), reason="the emoji build needs Debian's fonts-noto-color-emoji, "
                     "unicode-data, unicode-cldr-core, libfribidi0, requirements-data.txt and `npm ci --prefix "
                     "scripts/emoji-data` (see docs/data.md)")
-def test_build_data_reproduces_the_shipped_arrays(tmp_path):
-    from diffusion_core.emoji_build import build_emoji
+def test_a_sample_of_the_emoji_rebuilds_bit_for_bit_as_the_shipped_arrays(capsys):
+    """One emoji in eight, every style, through `build-data emoji --check --every 8` (the whole rebuild, the
+    same command without --every, takes a minute of two cores)."""
+    from diffusion_core.__main__ import main
 
-    build_emoji(tmp_path / "rebuilt.npz")
-    with np.load(tmp_path / "rebuilt.npz") as rebuilt, np.load(EMOJI_NPZ) as shipped:
-        assert sorted(rebuilt.files) == sorted(shipped.files)
-        for key in shipped.files:
-            assert np.array_equal(rebuilt[key], shipped[key]), key
+    assert main(["build-data", "emoji", "--check", "--every", "8"]) == 0
+    compared = re.search(r"the rebuild matches .*: ([\d,]+) sprites compared \(one emoji in 8\)", capsys.readouterr().out)
+    assert compared and 900 < int(compared.group(1).replace(",", "")) < 1300  # about an eighth of the 8,500
+
+
+def test_the_rebuild_check_names_every_damaged_missing_or_foreign_sprite():
+    from diffusion_core.emoji_build import compare_emoji_arrays
+
+    with np.load(EMOJI_NPZ) as npz:
+        shipped = dict(npz)
+    sampled = np.isin(shipped["names"], np.unique(shipped["names"])[::8])
+    sample = {k: v[sampled] if len(v) == len(shipped["names"]) else v for k, v in shipped.items()}
+    assert compare_emoji_arrays(sample, shipped) == [] and compare_emoji_arrays(shipped, shipped) == []
+
+    damaged = {**sample, "images16": sample["images16"].copy(), "keywords": sample["keywords"].copy()}
+    damaged["images16"][3, 5, 5] ^= 1
+    damaged["keywords"][7] = "not|its|words"
+    assert compare_emoji_arrays(damaged, shipped) == [f"{sample['names'][3]} ({EMOJI_STYLES[sample['styles'][3]]}): "
+                                                      "images16 differs", f"{sample['names'][7]} "
+                                                      f"({EMOJI_STYLES[sample['styles'][7]]}): keywords differs"]
+    one_less = {k: np.delete(v, 0, axis=0) if len(v) == len(sample["names"]) else v for k, v in sample.items()}
+    assert compare_emoji_arrays(one_less, shipped) == [f"{sample['names'][0]} ({EMOJI_STYLES[sample['styles'][0]]}): "
+                                                       "shipped, but not drawn"]
+    foreign = {**sample, "names": sample["names"].copy(), "images32": sample["images32"].copy()}
+    foreign["names"][0], foreign["images32"][0] = "no such emoji", 255 - foreign["images32"][0]
+    assert f"no such emoji ({EMOJI_STYLES[sample['styles'][0]]}): drawn, but not in the shipped file" in \
+        compare_emoji_arrays(foreign, shipped)
+    whole = {**shipped, "labels": shipped["labels"].copy()}
+    whole["labels"][-1] = (whole["labels"][-1] + 1) % len(EMOJI_CLASSES)
+    assert compare_emoji_arrays(whole, shipped) == ["labels differs"]
