@@ -218,18 +218,24 @@ def test_bad_inputs_give_a_visible_error_naming_the_field_and_the_server_keeps_s
     assert len(client.predict("ddim", 1, 1, 0, api_name="/generate")[0]) == 1
 
 
+def open_page(playwright, url: str):
+    """Headless Debian Chromium (no GPU, no background traffic) with one 1280 x 1000 page open at ``url``."""
+    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"]
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(url)
+    return browser, page
+
+
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed "
                     "(the test command installs it where it can; CI must have it)")
 def test_every_tab_works_in_a_real_browser(default_server):
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(default_server)
+        browser, page = open_page(p, default_server)
         page.get_by_role("tab", name="Generate").click()
         assert "Could not load" not in page.content()  # the models it was given load as they are
         tab_runs = [  # (tab, its main button, the text that appears once the result is in)
@@ -277,12 +283,8 @@ def test_a_short_training_in_the_browser_shows_the_loss_curve_and_the_grid_chang
     $SCREENSHOT_DIR set it runs the tab's default run instead and saves the README's screenshot."""
     from playwright.sync_api import sync_playwright
 
-    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(default_server)
+        browser, page = open_page(p, default_server)
         page.get_by_role("tab", name="Train").click()
         panel = page.locator("[role=tabpanel]:visible")
         steps = "700" if TAKE_ALL_SCREENSHOTS else "20"
