@@ -681,7 +681,7 @@ def test_live_redraws_asked_while_one_runs_are_dropped_but_the_newest(tiny_pipel
     seeds = []
     generate = fast.generate
     fast.generate = lambda **kwargs: seeds.append(kwargs["seed"]) or generate(**kwargs)
-    Gate(fast.model, delay=1.0)  # a redraw takes 3 s
+    gate = Gate(fast.model, delay=1.0)  # a redraw takes 3 s
     demo = build_app(tiny_pipeline, "Weights: tiny.", fast)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     try:
@@ -705,7 +705,11 @@ def test_live_redraws_asked_while_one_runs_are_dropped_but_the_newest(tiny_pipel
             deadline = time.time() + 60
             while len(seeds) < 2 and time.time() < deadline:
                 time.sleep(0.1)
-            time.sleep(8)  # time for any further (wrongly kept) redraw to start
+            quiet_since = time.time()  # then until the network has been idle for 3 s: a redraw wrongly kept
+            while time.time() - quiet_since < 3 and time.time() < deadline:  # would start as the newest ends
+                if gate.running:
+                    quiet_since = time.time()
+                time.sleep(0.05)
             browser.close()
     finally:
         demo.close()
