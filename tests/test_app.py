@@ -33,9 +33,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_app(model: str | None, log_name: str, start_timeout: float = 180, fast_model: str | None = None):
+def serve_app(model: str | None, log_name: str, start_timeout: float = 600, fast_model: str | None = None):
     """Start `python app.py` (offline, with $HF_MODEL_ID = model and $HF_FAST_MODEL_ID = fast_model when
-    given), yield its URL, stop it."""
+    given), yield its URL, stop it. (``start_timeout``: a busy 2-core machine can be slow to start it.)"""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     env.pop("HF_MODEL_ID", None)
@@ -77,9 +77,9 @@ def server(shipped_stand_ins):
     That the shipped weights load and draw, and the fallback from a Hub model it cannot get, are proved
     in-process (test_app_falls_back_to_the_shipped_checkpoint_and_says_so)."""
     if TAKE_ALL_SCREENSHOTS:
-        yield from serve_app(None, "app_test.log", start_timeout=600)  # a busy 2-core machine can be slow
+        yield from serve_app(None, "app_test.log")
     else:
-        yield from serve_app(shipped_stand_ins[0], "app_test.log", start_timeout=600, fast_model=shipped_stand_ins[1])
+        yield from serve_app(shipped_stand_ins[0], "app_test.log", fast_model=shipped_stand_ins[1])
 
 
 @pytest.fixture(scope="module")

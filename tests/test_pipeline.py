@@ -66,8 +66,9 @@ def test_denoise_runs_channels_last_with_the_numbers_of_nchw(tiny_pipeline):
         assert torch.allclose(out, nchw.eval()(x, t, ctx), atol=1e-5)
 
 
-# bf16 with the shipped model's real kernels, where the CPU has them: emulated (AVX2, AVX-512 without BF16) it runs
-# other kernels than a bf16 machine's at several times fp32's time (6.6x on an AVX2 EPYC), and the app's "auto" never picks it there
+# bf16 with the shipped model's real kernels, where the CPU has them: emulated (AVX2, AVX-512 without BF16) it
+# runs other kernels than a bf16 machine's, at several times fp32's time (6.6x on an AVX2 EPYC), and the app's
+# "auto" never picks it there
 NATIVE_BF16 = pytest.param("bfloat16", marks=pytest.mark.skipif(
     not cpu_has_native_bf16(), reason="bf16 is emulated on this CPU (no AVX-512 BF16, no AMX): not the kernels a bf16 machine runs"))
 
