@@ -21,8 +21,9 @@ from diffusion_core.pipeline import MAX_IMAGES, DiffusionPipeline
 
 
 def step_pictures(pipe: DiffusionPipeline, labels: np.ndarray, style: str, steps: int, guidance: float,
-                  seed: int) -> list[np.ndarray]:
-    """x̂_0 after each of the sampler's ``steps`` steps (uint8, one list entry per step), one per label."""
+                  seed: int) -> tuple[list[int], list[np.ndarray]]:
+    """The sampler's timesteps and x̂_0 after each of its ``steps`` steps (uint8, one list entry per step),
+    one picture per label."""
     size = pipe.model.image_size
     pictures = [np.zeros((len(labels), size, size, 3), np.uint8) for _ in range(steps)]
     for start in range(0, len(labels), MAX_IMAGES):
@@ -31,7 +32,7 @@ def step_pictures(pipe: DiffusionPipeline, labels: np.ndarray, style: str, steps
                             steps=steps, guidance=guidance, seed=1000 * seed + start, return_trajectory=True)
         for k, x0 in enumerate(out.trajectory.x0_pred):
             pictures[k][start:start + len(part)] = x0
-    return pictures
+    return [int(t) for t in out.trajectory.timesteps], pictures
 
 
 def main(argv=None) -> None:
@@ -57,8 +58,8 @@ def main(argv=None) -> None:
         print(f"| {style} | real held-out | | | {real.floor['class_accuracy']:.1%} | 1.00x | "
               f"{real.floor['recall']:.2f} | {real.floor['copies']:.1%} |")
         for steps in args.steps:
-            timesteps = pipe.schedule.respace(steps).tolist()
-            for k, pictures in enumerate(step_pictures(pipe, real.held.labels, style, steps, guidance, args.seed)):
+            timesteps, per_step = step_pictures(pipe, real.held.labels, style, steps, guidance, args.seed)
+            for k, pictures in enumerate(per_step):
                 s = real.score(pictures, real.held.labels)
                 print(f"| {style} | {steps} | {k + 1} | {timesteps[k]} | {s['class_accuracy']:.1%} | "
                       f"{s['fd'] / floor:.2f}x | {s['recall']:.2f} | {s['copies']:.1%} |", flush=True)
